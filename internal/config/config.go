@@ -1,0 +1,414 @@
+// Package config loads wgkex.yaml with koanf: the file named by --config, else $WGKEX_CONFIG_FILE, else
+// /etc/wgkex.yaml, then WGKEX_-prefixed environment overrides. Every key of the reference wgkex.yaml keeps its
+// meaning; unknown keys and inconsistent values are reported all at once.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/confmap"
+	"github.com/knadh/koanf/v2"
+
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+)
+
+// DefaultPath is read when neither --config nor $WGKEX_CONFIG_FILE names a file.
+const DefaultPath = "/etc/wgkex.yaml"
+
+// EnvFile names the environment variable that points at the configuration file, as in the reference.
+const EnvFile = "WGKEX_CONFIG_FILE"
+
+// envPrefix starts every environment override: WGKEX_MQTT_PASSWORD sets mqtt.password.
+const envPrefix = "WGKEX_"
+
+// Config is the whole wgkex.yaml. Broker and worker read the parts they need.
+type Config struct {
+	Domains        []string          `koanf:"domains"`
+	DomainPrefixes []string          `koanf:"domain_prefixes"`
+	Workers        map[string]Worker `koanf:"workers"`
+	ExternalName   string            `koanf:"externalName"`
+	MQTT           MQTT              `koanf:"mqtt"`
+	BrokerListen   Listen            `koanf:"broker_listen"`
+	KeyWhitelist   []string          `koanf:"key_whitelist"`
+	Cleanup        Cleanup           `koanf:"cleanup"`
+	Log            Log               `koanf:"log"`
+	Broker         Broker            `koanf:"broker"`
+	Worker         WorkerAgent       `koanf:"worker"`
+
+	// LogLevel is the reference's docker entrypoint key; it sets log.level when log.level is not given.
+	LogLevel string `koanf:"log_level"`
+	// LoggingConfig is the reference's Python dictConfig. It is accepted so that old files load, and ignored.
+	LoggingConfig any `koanf:"logging_config"`
+}
+
+// Worker is one gateway as the broker knows it: workers.<name>.
+type Worker struct {
+	// Weight is the share of peers this gateway should carry relative to the others. Missing means 1.
+	Weight *int `koanf:"weight"`
+	// Location is an optional free-form place (e.g. MUC) a node may ask for.
+	Location string `koanf:"location"`
+}
+
+// MQTT is how clients reach the MQTT server, and the credentials the embedded server accepts.
+type MQTT struct {
+	BrokerURL  string `koanf:"broker_url"`
+	BrokerPort int    `koanf:"broker_port"`
+	Username   string `koanf:"username"`
+	Password   string `koanf:"password"`
+	Keepalive  int    `koanf:"keepalive"`
+	TLS        bool   `koanf:"tls"`
+	// CAFile is a PEM bundle to verify the server with; empty means the system roots.
+	CAFile string `koanf:"ca_file"`
+	// ServerName overrides the name verified in the server certificate.
+	ServerName string `koanf:"server_name"`
+}
+
+// Listen is a host and port to serve on.
+type Listen struct {
+	Host string `koanf:"host"`
+	Port int    `koanf:"port"`
+}
+
+// Addr is host:port.
+func (l Listen) Addr() string { return net.JoinHostPort(l.Host, strconv.Itoa(l.Port)) }
+
+// Cleanup times the worker's stale-peer sweep (the keys of the reference's later versions).
+type Cleanup struct {
+	Interval              Duration `koanf:"interval"`
+	LegacyStaleTimeout    Duration `koanf:"legacy_stale_timeout"`
+	InitialHandshakeGrace Duration `koanf:"initial_handshake_grace"`
+}
+
+// Log chooses the log level (debug, info, warn, error) and format (text, json).
+type Log struct {
+	Level  string `koanf:"level"`
+	Format string `koanf:"format"`
+}
+
+// Broker holds what only wgkex-broker needs.
+type Broker struct {
+	// StateFile is the bbolt database of keys, workers and retained MQTT messages.
+	StateFile string `koanf:"state_file"`
+	// MQTTListeners are the embedded MQTT server's listeners.
+	MQTTListeners []MQTTListener `koanf:"mqtt_listeners"`
+	// ReplayWindow is how far back a returning worker is sent the keys of its domains.
+	ReplayWindow Duration `koanf:"replay_window"`
+	// ReconnectGrace is how long after a broker start a worker that was online may take to reconnect before it
+	// is marked offline.
+	ReconnectGrace Duration `koanf:"reconnect_grace"`
+}
+
+// MQTTListener is one TCP listener of the embedded MQTT server, with TLS when both files are given.
+type MQTTListener struct {
+	Address  string `koanf:"address"`
+	CertFile string `koanf:"cert_file"`
+	KeyFile  string `koanf:"key_file"`
+}
+
+// WorkerAgent holds what only wgkex-worker needs.
+type WorkerAgent struct {
+	// Name is the worker's MQTT client id and topic name; empty means the hostname.
+	Name            string   `koanf:"name"`
+	MetricsInterval Duration `koanf:"metrics_interval"`
+	// HealthPort, when not 0, serves GET / on [LinkAddress%wg-X]:HealthPort of every domain.
+	HealthPort int `koanf:"health_port"`
+}
+
+// Duration is a time.Duration that YAML and the environment may give as seconds (10800) or as Go text ("3h").
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Defaults returns the configuration that a file need not repeat. With them wgkex.yaml.example runs as it is on
+// a fresh machine: REST on 127.0.0.1:5000, embedded MQTT on 127.0.0.1:1883, state in ./wgkex.db.
+func Defaults() map[string]any {
+	return map[string]any{
+		"mqtt": map[string]any{
+			"broker_url":  "127.0.0.1",
+			"broker_port": 1883,
+			"keepalive":   5,
+			"tls":         false,
+		},
+		"broker_listen": map[string]any{"host": "127.0.0.1", "port": 5000},
+		"cleanup": map[string]any{
+			"interval":                "1h",
+			"legacy_stale_timeout":    "3h",
+			"initial_handshake_grace": "10m",
+		},
+		"log": map[string]any{"format": "text"},
+		"broker": map[string]any{
+			"state_file":      "wgkex.db",
+			"replay_window":   "3h",
+			"reconnect_grace": "2m",
+		},
+		"worker": map[string]any{"metrics_interval": "60s"},
+	}
+}
+
+// defaultMQTTListener is used when broker.mqtt_listeners is empty.
+var defaultMQTTListener = MQTTListener{Address: "127.0.0.1:1883"}
+
+// Path picks the configuration file: the flag value, else $WGKEX_CONFIG_FILE, else DefaultPath.
+func Path(flag string, getenv func(string) string) string {
+	if flag != "" {
+		return flag
+	}
+	if p := getenv(EnvFile); p != "" {
+		return p
+	}
+	return DefaultPath
+}
+
+// Load reads the file at path, applies the environment (given as os.Environ() lines) and checks the result.
+func Load(path string, environ []string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read configuration %s: %w", path, err)
+	}
+	return Parse(b, environ)
+}
+
+// Parse builds a Config from YAML bytes and environment lines ("KEY=value").
+func Parse(yamlBytes []byte, environ []string) (*Config, error) {
+	k := koanf.New("/")
+	if err := k.Load(confmap.Provider(Defaults(), ""), nil); err != nil {
+		return nil, fmt.Errorf("load defaults: %w", err)
+	}
+	if err := k.Load(rawBytes(yamlBytes), yaml.Parser()); err != nil {
+		return nil, fmt.Errorf("parse YAML: %w", err)
+	}
+	env, err := envOverrides(environ)
+	if err != nil {
+		return nil, err
+	}
+	if err := k.Load(confmap.Provider(env, ""), nil); err != nil {
+		return nil, fmt.Errorf("load environment: %w", err)
+	}
+	var c Config
+	err = k.UnmarshalWithConf("", &c, koanf.UnmarshalConf{DecoderConfig: &mapstructure.DecoderConfig{
+		DecodeHook:  durationHook,
+		ErrorUnused: true,
+		Result:      &c,
+		TagName:     "koanf",
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	c.fill()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// rawBytes is a koanf provider of bytes already read.
+type rawBytes []byte
+
+func (r rawBytes) ReadBytes() ([]byte, error) { return r, nil }
+func (r rawBytes) Read() (map[string]any, error) {
+	return nil, errors.New("rawBytes provides bytes only")
+}
+
+func (c *Config) fill() {
+	if c.Log.Level == "" {
+		c.Log.Level = strings.ToLower(c.LogLevel)
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if len(c.Broker.MQTTListeners) == 0 {
+		c.Broker.MQTTListeners = []MQTTListener{defaultMQTTListener}
+	}
+}
+
+// Validate checks the whole configuration and reports every problem in one error.
+func (c *Config) Validate() error {
+	var p []string
+	if len(c.Domains) == 0 {
+		p = append(p, "domains: at least one domain is required")
+	}
+	if len(c.DomainPrefixes) == 0 {
+		p = append(p, "domain_prefixes: at least one prefix is required")
+	}
+	for i, pre := range c.DomainPrefixes {
+		if pre == "" {
+			p = append(p, fmt.Sprintf("domain_prefixes[%d]: empty prefix", i))
+		}
+	}
+	seen := map[string]string{}
+	for _, d := range c.Domains {
+		if err := wire.ValidateTopicLevel(d); err != nil {
+			p = append(p, fmt.Sprintf("domains: %v", err))
+			continue
+		}
+		if len(c.DomainPrefixes) == 0 {
+			continue
+		}
+		s, err := wire.StripDomain(d, c.DomainPrefixes)
+		if err != nil {
+			p = append(p, "domains: "+err.Error())
+			continue
+		}
+		if other, dup := seen[s]; dup {
+			p = append(p, fmt.Sprintf("domains: %q and %q both give the interface name %s", other, d, wire.WGInterface(s)))
+		}
+		seen[s] = d
+	}
+	for name, w := range c.Workers {
+		if err := wire.ValidateTopicLevel(name); err != nil {
+			p = append(p, fmt.Sprintf("workers: %v", err))
+		}
+		if w.Weight != nil && *w.Weight < 0 {
+			p = append(p, fmt.Sprintf("workers.%s.weight: %d is negative", name, *w.Weight))
+		}
+	}
+	for i, k := range c.KeyWhitelist {
+		if err := wire.ValidateKey(k); err != nil {
+			p = append(p, fmt.Sprintf("key_whitelist[%d]: %v", i, err))
+		}
+	}
+	if c.MQTT.BrokerPort < 1 || c.MQTT.BrokerPort > 65535 {
+		p = append(p, fmt.Sprintf("mqtt.broker_port: %d is not a port", c.MQTT.BrokerPort))
+	}
+	if c.MQTT.Keepalive < 1 || c.MQTT.Keepalive > 65535 {
+		p = append(p, fmt.Sprintf("mqtt.keepalive: %d is not between 1 and 65535 seconds", c.MQTT.Keepalive))
+	}
+	if c.BrokerListen.Port < 0 || c.BrokerListen.Port > 65535 {
+		p = append(p, fmt.Sprintf("broker_listen.port: %d is not a port", c.BrokerListen.Port))
+	}
+	if c.Worker.HealthPort < 0 || c.Worker.HealthPort > 65535 {
+		p = append(p, fmt.Sprintf("worker.health_port: %d is not a port", c.Worker.HealthPort))
+	}
+	if c.Worker.Name != "" {
+		if err := wire.ValidateTopicLevel(c.Worker.Name); err != nil {
+			p = append(p, fmt.Sprintf("worker.name: %v", err))
+		}
+	}
+	for i, l := range c.Broker.MQTTListeners {
+		if _, _, err := net.SplitHostPort(l.Address); err != nil {
+			p = append(p, fmt.Sprintf("broker.mqtt_listeners[%d].address: %v", i, err))
+		}
+		if (l.CertFile == "") != (l.KeyFile == "") {
+			p = append(p, fmt.Sprintf("broker.mqtt_listeners[%d]: cert_file and key_file go together", i))
+		}
+	}
+	if c.Broker.StateFile == "" {
+		p = append(p, "broker.state_file: empty")
+	}
+	positive := map[string]Duration{
+		"cleanup.interval":                c.Cleanup.Interval,
+		"cleanup.legacy_stale_timeout":    c.Cleanup.LegacyStaleTimeout,
+		"worker.metrics_interval":         c.Worker.MetricsInterval,
+		"broker.replay_window":            c.Broker.ReplayWindow,
+		"cleanup.initial_handshake_grace": c.Cleanup.InitialHandshakeGrace + 1, // 0 is allowed
+		"broker.reconnect_grace":          c.Broker.ReconnectGrace + 1,
+	}
+	for _, name := range sortedKeys(positive) {
+		if positive[name] <= 0 {
+			p = append(p, fmt.Sprintf("%s: must be positive", name))
+		}
+	}
+	if _, err := ParseLevel(c.Log.Level); err != nil {
+		p = append(p, "log.level: "+err.Error())
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		p = append(p, fmt.Sprintf("log.format: %q is neither text nor json", c.Log.Format))
+	}
+	if len(p) > 0 {
+		return &Error{Problems: p}
+	}
+	return nil
+}
+
+// Error lists every problem found in a configuration.
+type Error struct{ Problems []string }
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("invalid configuration (%d problems):\n  %s", len(e.Problems), strings.Join(e.Problems, "\n  "))
+}
+
+// ParseLevel maps a level name to slog.Level.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("%q is not one of debug, info, warn, error", s)
+	}
+	return l, nil
+}
+
+// Stripped maps each configured domain to its stripped name (wg-{name}). Validate has checked that it exists.
+func (c *Config) Stripped() map[string]string {
+	m := make(map[string]string, len(c.Domains))
+	for _, d := range c.Domains {
+		if s, err := wire.StripDomain(d, c.DomainPrefixes); err == nil {
+			m[d] = s
+		}
+	}
+	return m
+}
+
+// Locations returns the sorted, unique, non-empty worker locations.
+func (c *Config) Locations() []string {
+	set := map[string]bool{}
+	for _, w := range c.Workers {
+		if w.Location != "" {
+			set[w.Location] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for l := range set {
+		out = append(out, l)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+var durationType = reflect.TypeOf(Duration(0))
+
+// durationHook decodes a Duration from an integer number of seconds or from Go duration text.
+func durationHook(from, to reflect.Type, v any) (any, error) {
+	if to != durationType {
+		return v, nil
+	}
+	switch x := v.(type) {
+	case int:
+		return Duration(time.Duration(x) * time.Second), nil
+	case int64:
+		return Duration(time.Duration(x) * time.Second), nil
+	case uint64:
+		return Duration(time.Duration(x) * time.Second), nil
+	case float64:
+		return Duration(time.Duration(x * float64(time.Second))), nil
+	case string:
+		if n, err := strconv.ParseFloat(x, 64); err == nil {
+			return Duration(time.Duration(n * float64(time.Second))), nil
+		}
+		d, err := time.ParseDuration(x)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither seconds nor a duration like 3h", x)
+		}
+		return Duration(d), nil
+	}
+	return nil, fmt.Errorf("%v (%T) is not a duration", v, v)
+}

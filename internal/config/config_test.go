@@ -1,0 +1,162 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestExampleLoads(t *testing.T) {
+	c, err := Load("../../wgkex.yaml.example", nil)
+	if err != nil {
+		t.Fatalf("Load(wgkex.yaml.example): %v", err)
+	}
+	if got, want := c.BrokerListen.Addr(), "127.0.0.1:5000"; got != want {
+		t.Errorf("broker_listen = %s, want %s", got, want)
+	}
+	if diff := cmp.Diff([]MQTTListener{{Address: "127.0.0.1:1883"}}, c.Broker.MQTTListeners); diff != "" {
+		t.Errorf("mqtt listeners (-want +got):\n%s", diff)
+	}
+	if got := *c.Workers["gw04.in.ffmuc.net"].Weight; got != 30 {
+		t.Errorf("gw04 weight = %d, want 30 (worker names with dots must survive)", got)
+	}
+	if diff := cmp.Diff([]string{"MUC", "Vienna"}, c.Locations()); diff != "" {
+		t.Errorf("Locations (-want +got):\n%s", diff)
+	}
+	if c.Cleanup.LegacyStaleTimeout.D() != 3*time.Hour || c.Cleanup.InitialHandshakeGrace.D() != 10*time.Minute {
+		t.Errorf("cleanup = %+v", c.Cleanup)
+	}
+	if c.Stripped()["ffmuc_muc_cty"] != "muc_cty" {
+		t.Errorf("Stripped = %v", c.Stripped())
+	}
+}
+
+// validCfg is the reference's _VALID_CFG (SPEC §9), with prefixed domains as our validation requires.
+const validCfg = "domain_prefixes:\n- ffmuc_\n- ffdon_\n- ffwert_\nlog_level: DEBUG\ndomains:\n- ffmuc_a\n- ffdon_b\nmqtt:\n  broker_port: 1883\n  broker_url: mqtt://broker\n  keepalive: 5\n  password: pass\n  tls: true\n  username: user\n"
+
+func TestParseReferenceConfig(t *testing.T) {
+	c, err := Parse([]byte(validCfg), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := MQTT{BrokerURL: "mqtt://broker", BrokerPort: 1883, Username: "user", Password: "pass", Keepalive: 5, TLS: true}
+	if diff := cmp.Diff(want, c.MQTT); diff != "" {
+		t.Errorf("mqtt (-want +got):\n%s", diff)
+	}
+	if c.Log.Level != "debug" {
+		t.Errorf("log_level DEBUG gave log.level %q", c.Log.Level)
+	}
+	if diff := cmp.Diff([]string{"ffmuc_a", "ffdon_b"}, c.Domains); diff != "" {
+		t.Errorf("domains (-want +got):\n%s", diff)
+	}
+}
+
+func TestParseDurations(t *testing.T) {
+	c, err := Parse([]byte("domains: [ffmuc_a]\ndomain_prefixes: [ffmuc_]\ncleanup:\n  interval: 3600\n  legacy_stale_timeout: 10800\n  initial_handshake_grace: 0\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Cleanup.Interval.D() != time.Hour || c.Cleanup.LegacyStaleTimeout.D() != 3*time.Hour || c.Cleanup.InitialHandshakeGrace != 0 {
+		t.Errorf("cleanup = %+v", c.Cleanup)
+	}
+}
+
+func TestEnvOverrides(t *testing.T) {
+	env := []string{
+		"WGKEX_MQTT_PASSWORD=s3cret",
+		"WGKEX_MQTT_TLS=true",
+		"WGKEX_BROKER_LISTEN_PORT=6000",
+		"WGKEX_DOMAINS=ffmuc_x, ffmuc_y",
+		"WGKEX_EXTERNALNAME=gw.example",
+		"WGKEX_BROKER_REPLAY_WINDOW=1h",
+		"WGKEX_CONFIG_FILE=/ignored",
+		"WGKEX_DEBUG=1",
+		"OTHER=1",
+	}
+	c, err := Parse([]byte(validCfg), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []any{c.MQTT.Password, c.MQTT.TLS, c.BrokerListen.Port, c.Domains, c.ExternalName, c.Broker.ReplayWindow.D()}
+	want := []any{"s3cret", true, 6000, []string{"ffmuc_x", "ffmuc_y"}, "gw.example", time.Hour}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("overrides (-want +got):\n%s", diff)
+	}
+	if _, err := Parse([]byte(validCfg), []string{"WGKEX_BROKER_LISTEN_PORT=abc"}); err == nil {
+		t.Error("non-integer port from the environment: want error")
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       []string // substrings, each must appear
+	}{
+		{"not a mapping", "asdasdasdasd", []string{"YAML"}},
+		{"reference _INVALID_LINT", "domain_prefixes: ffmuc_\n", []string{"domain_prefixes"}},
+		{"missing everything", "{}", []string{"domains: at least one", "domain_prefixes: at least one"}},
+		{"unknown keys", validCfg + "bogus: 1\nmqtt2: {}\n", []string{"bogus", "mqtt2"}},
+		{"unknown nested key", validCfg + "broker:\n  state_fiel: x\n", []string{"state_fiel"}},
+		{"all domain problems at once",
+			"domain_prefixes: [ffmuc_]\ndomains: [ffmuc_welt, welt, ffmuc_thirteenchars, ffmuc_welt]\n",
+			[]string{`"welt" starts with none`, "ffmuc_thirteenchars", `both give the interface name wg-welt`}},
+		{"whitelist", validCfg + "key_whitelist: [invalid_key]\n", []string{"key_whitelist[0]"}},
+		{"whitelist not a list", validCfg + "key_whitelist: not_a_list\n", []string{"key_whitelist"}},
+		{"weights and ports", validCfg + "workers:\n  gw1: {weight: -1}\nbroker_listen: {port: 70000}\n", []string{"weight: -1", "broker_listen.port"}},
+		{"log", validCfg + "log: {level: loud, format: xml}\n", []string{"log.level", "log.format"}},
+		{"durations", validCfg + "cleanup: {interval: soon}\n", []string{"soon"}},
+		{"tls listener", validCfg + "broker:\n  mqtt_listeners: [{address: ':8883', cert_file: x}]\n", []string{"cert_file and key_file"}},
+		{"bad yaml", "domains: [\n", []string{"YAML"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.yaml), nil)
+			if err == nil {
+				t.Fatal("want error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"), nil)
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load(missing) = %v, want ErrNotExist", err)
+	}
+}
+
+func TestPath(t *testing.T) {
+	env := func(v string) func(string) string { return func(string) string { return v } }
+	if got := Path("a.yaml", env("b.yaml")); got != "a.yaml" {
+		t.Errorf("flag first: %s", got)
+	}
+	if got := Path("", env("b.yaml")); got != "b.yaml" {
+		t.Errorf("env second: %s", got)
+	}
+	if got := Path("", env("")); got != DefaultPath {
+		t.Errorf("default last: %s", got)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	b, _ := os.ReadFile("../../wgkex.yaml.example")
+	f.Add(b)
+	f.Add([]byte(validCfg))
+	f.Add([]byte("asdasdasdasd"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b, nil)
+		if err == nil && len(c.Domains) == 0 {
+			t.Fatal("accepted a configuration without domains")
+		}
+	})
+}

@@ -1,0 +1,229 @@
+package wire
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestLinkLocalVectors(t *testing.T) {
+	// SPEC §4.2: computed with the reference implementation.
+	tests := []struct{ key, want string }{
+		{"public_key", "fe80::282:6eff:fe9d:ecd3/128"},
+		{"WGPEER_A_PUBLIC_KEY_STALE", "fe80::281:16ff:fe49:395e/128"},
+		{"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=", "fe80::2a6:8fff:fe21:5465/128"},
+		{"TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=", "fe80::27c:16ff:fec0:6c74/128"},
+		{"PcKkakZcTEx3LKh+G06Opb8/esg08aWK33A5/Ff1YXE=", "fe80::23b:d2ff:fe95:967f/128"},
+		{"4WAyZBpHcyRE5+L4ApV+jjWgj4q1o3CrCQ3NjclXfV4=", "fe80::28f:a7ff:fec6:7530/128"},
+	}
+	for _, tt := range tests {
+		if got := LinkLocalPrefix(tt.key).String(); got != tt.want {
+			t.Errorf("LinkLocalPrefix(%q) = %s, want %s", tt.key, got, tt.want)
+		}
+	}
+}
+
+func TestMAC2EUI64(t *testing.T) {
+	got, err := MAC2EUI64("c4:91:0c:b2:c5:a0")
+	if err != nil || got != "c691:0cff:feb2:c5a0" {
+		t.Errorf("MAC2EUI64 = %q, %v; want c691:0cff:feb2:c5a0", got, err)
+	}
+	for _, bad := range []string{"not_a_mac_address", "c4:91:0c:b2:c5", "c4-91-0c-b2-c5-a0", "zz:91:0c:b2:c5:a0"} {
+		if _, err := MAC2EUI64(bad); err == nil {
+			t.Errorf("MAC2EUI64(%q): want error", bad)
+		}
+	}
+}
+
+func TestValidateKey(t *testing.T) {
+	tests := []struct {
+		key string
+		ok  bool
+	}{
+		{"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=", true},
+		{"TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=", true},
+		{strings.Repeat("A", 43) + "=", true},
+		{strings.Repeat("B", 42) + "E=", true},
+		{"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=\n", false}, // Python's $ accepted this; we do not
+		{"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkh=", false},   // 43rd char has low bits set
+		{"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg", false},
+		{"o52Ge-Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=", false},
+		{"", false},
+		{"invalid_key", false},
+		{strings.Repeat("A", 42) + "==", false},
+		{strings.Repeat("A", 44), false},
+	}
+	for _, tt := range tests {
+		err := ValidateKey(tt.key)
+		if (err == nil) != tt.ok {
+			t.Errorf("ValidateKey(%q) = %v, want ok=%v", tt.key, err, tt.ok)
+		}
+		if err != nil && !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("ValidateKey(%q) error %v is not ErrInvalidKey", tt.key, err)
+		}
+	}
+}
+
+func TestStripDomain(t *testing.T) {
+	prefixes := []string{"ffmuc_", "ffdon_", "ffwert_"}
+	tests := []struct {
+		domain, want string
+		ok           bool
+	}{
+		{"ffmuc_welt", "welt", true},
+		{"ffwert_city", "city", true},
+		{"ffmuc_muc_cty", "muc_cty", true},
+		{"welt", "", false},
+		{"x_ffmuc_welt", "", false}, // the reference would split here; we require the prefix at the start
+		{"ffmuc_", "", false},
+		{"ffmuc_thirteenchars", "", false},
+		{"ffmuc_twelve_chars", "twelve_chars", true},
+		{"ffmuc_a/b", "", false},
+	}
+	for _, tt := range tests {
+		got, err := StripDomain(tt.domain, prefixes)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("StripDomain(%q) = %q, %v; want %q ok=%v", tt.domain, got, err, tt.want, tt.ok)
+		}
+	}
+	if got, _ := StripDomain("_ffmuc_domain.one", []string{"_ffmuc_", "_TEST_PREFIX2_"}); got != "domain.one" {
+		t.Errorf("StripDomain(_ffmuc_domain.one) = %q, want domain.one", got)
+	}
+}
+
+func TestTopics(t *testing.T) {
+	if got := KeyTopic("ffmuc_welt"); got != "wireguard/ffmuc_welt/all" {
+		t.Errorf("KeyTopic = %q", got)
+	}
+	if got := MetricTopic("ffmuc_welt", "gw04"); got != "wireguard-metrics/ffmuc_welt/gw04/connected_peers" {
+		t.Errorf("MetricTopic = %q", got)
+	}
+	if got := DataTopic("gw04", "ffmuc_welt"); got != "wireguard-worker/gw04/ffmuc_welt/data" {
+		t.Errorf("DataTopic = %q", got)
+	}
+	tests := []struct {
+		topic string
+		parse func(string) parsed2
+		want  parsed2
+	}{
+		{"wireguard/_ffmuc_domain1/gateway", pk, parsed2{A: "_ffmuc_domain1"}},
+		{"wireguard/ffmuc_welt/all", pk, parsed2{A: "ffmuc_welt"}},
+		{"wireguard/ffmuc_welt", pk, parsed2{Err: true}},
+		{"wireguard//all", pk, parsed2{Err: true}},
+		{"wireguard/a/b/c", pk, parsed2{Err: true}},
+		{"wireguard-metrics/ffmuc_welt/gw04/connected_peers", pm, parsed2{"ffmuc_welt", "gw04", "connected_peers", false}},
+		{"wireguard-metrics/ffmuc_welt/gw04", pm, parsed2{Err: true}},
+		{"wireguard-metrics/ffmuc_welt/gw04/a/b", pm, parsed2{Err: true}},
+		{"wireguard-worker/gw04.in.ffmuc.net/status", ps, parsed2{A: "gw04.in.ffmuc.net"}},
+		{"wireguard-worker/gw04/state", ps, parsed2{Err: true}},
+		{"wireguard-worker/gw04/ffmuc_welt/data", pd, parsed2{A: "gw04", B: "ffmuc_welt"}},
+		{"wireguard-worker/gw04/ffmuc_welt/info", pd, parsed2{Err: true}},
+		{"wgkex/replay/gw04/request", pr, parsed2{A: "gw04"}},
+		{"wgkex/replay/gw04/keys", pr, parsed2{Err: true}},
+	}
+	for _, tt := range tests {
+		if diff := cmp.Diff(tt.want, tt.parse(tt.topic)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tt.topic, diff)
+		}
+	}
+}
+
+func pk(t string) parsed2 { d, err := ParseKeyTopic(t); return parsed2{A: d, Err: err != nil} }
+func ps(t string) parsed2 { w, err := ParseStatusTopic(t); return parsed2{A: w, Err: err != nil} }
+func pr(t string) parsed2 { w, err := ParseReplayRequestTopic(t); return parsed2{A: w, Err: err != nil} }
+func pd(t string) parsed2 {
+	w, d, err := ParseDataTopic(t)
+	return parsed2{A: w, B: d, Err: err != nil}
+}
+func pm(t string) parsed2 {
+	d, w, m, err := ParseMetricTopic(t)
+	return parsed2{d, w, m, err != nil}
+}
+
+type parsed2 = struct {
+	A, B, C string
+	Err     bool
+}
+
+func TestParseInt(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"20", 20, true}, {"-1", -1, true}, {"0", 0, true}, {" 1\n", 1, true},
+		{"", 0, false}, {"abc", 0, false}, {"1.5", 0, false}, {"99999999999999999999999", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := ParseInt([]byte(tt.in))
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseInt(%q) = %d, %v; want %d ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+const refKey = "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g="
+
+func TestWorkerDataMarshal(t *testing.T) {
+	d := WorkerData{ExternalAddress: "gw04.ext.ffmuc.net", Port: 51820, PublicKey: "456asdf=", LinkAddress: "fe80::1"}
+	want := `{"ExternalAddress": "gw04.ext.ffmuc.net", "Port": 51820, "PublicKey": "456asdf=", "LinkAddress": "fe80::1"}`
+	if got := string(d.Marshal()); got != want {
+		t.Errorf("Marshal() = %s\nwant       %s", got, want)
+	}
+	if got := string((WorkerData{ExternalAddress: "gä<\""}).Marshal()); !strings.HasPrefix(got, `{"ExternalAddress": "g\u00e4<\""`) {
+		t.Errorf("Marshal() escapes as %s", got)
+	}
+}
+
+func TestParseWorkerData(t *testing.T) {
+	good := WorkerData{ExternalAddress: "gw04.ext.ffmuc.net", Port: 51820, PublicKey: refKey, LinkAddress: "fe80::27c:16ff:fec0:6c74"}
+	tests := []struct {
+		in   string
+		want WorkerData
+		ok   bool
+	}{
+		{string(good.Marshal()), good, true},
+		{`{"ExternalAddress":"gw04.ext.ffmuc.net","Port":"51820","PublicKey":"` + refKey + `","LinkAddress":"fe80::27c:16ff:fec0:6c74"}`, good, true},
+		{`{"Port": 51820}`, WorkerData{}, false},
+		{`[1,2]`, WorkerData{}, false},
+		{`not json`, WorkerData{}, false},
+		{``, WorkerData{}, false},
+		{`{"ExternalAddress":"x","Port":70000,"PublicKey":"` + refKey + `","LinkAddress":"fe80::1"}`, WorkerData{}, false},
+		{`{"ExternalAddress":"x","Port":1,"PublicKey":"abc","LinkAddress":"fe80::1"}`, WorkerData{}, false},
+		{`{"ExternalAddress":"x","Port":1,"PublicKey":"` + refKey + `","LinkAddress":"nope"}`, WorkerData{}, false},
+		{string(good.Marshal()) + `{}`, WorkerData{}, false},
+	}
+	for _, tt := range tests {
+		got, err := ParseWorkerData([]byte(tt.in))
+		if (err == nil) != tt.ok {
+			t.Errorf("ParseWorkerData(%s) error = %v, want ok=%v", tt.in, err, tt.ok)
+			continue
+		}
+		if diff := cmp.Diff(tt.want, got); diff != "" {
+			t.Errorf("ParseWorkerData(%s) (-want +got):\n%s", tt.in, diff)
+		}
+	}
+}
+
+func TestParseReplay(t *testing.T) {
+	r, err := ParseReplayRequest([]byte(`{"domains":["ffmuc_welt","ffwert_city"]}`))
+	if err != nil || len(r.Domains) != 2 {
+		t.Fatalf("ParseReplayRequest = %v, %v", r, err)
+	}
+	for _, bad := range []string{``, `{}`, `{"domains":[]}`, `{"domains":["a/b"]}`, `{"domains":"x"}`, `[]`} {
+		if _, err := ParseReplayRequest([]byte(bad)); err == nil {
+			t.Errorf("ParseReplayRequest(%s): want error", bad)
+		}
+	}
+	b, err := ParseReplayBatch([]byte(`{"domain":"ffmuc_welt","seq":1,"last":true,"keys":["` + refKey + `"]}`))
+	if err != nil || !b.Last || b.Seq != 1 || len(b.Keys) != 1 {
+		t.Fatalf("ParseReplayBatch = %+v, %v", b, err)
+	}
+	for _, bad := range []string{``, `{}`, `{"domain":"d","seq":-1}`, `{"domain":1}`} {
+		if _, err := ParseReplayBatch([]byte(bad)); err == nil {
+			t.Errorf("ParseReplayBatch(%s): want error", bad)
+		}
+	}
+}
