@@ -1,0 +1,308 @@
+// Package broker is the domain core of wgkex-broker: it checks key registrations, records them, publishes them to
+// the workers, keeps the state the workers report, chooses a gateway for each node and replays keys to returning
+// workers. It imports no HTTP, MQTT or database package: it declares the store and publisher it needs.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/broker/selection"
+	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+)
+
+// Errors of a key exchange. The web package maps them to HTTP status codes.
+var (
+	// ErrBadRequest covers every invalid registration: malformed body, invalid key, unknown domain.
+	ErrBadRequest = errors.New("bad request")
+	// ErrNoGateway means no online gateway serves the domain.
+	ErrNoGateway = errors.New("no gateway online for this domain")
+	// ErrNoGatewayData means the chosen gateway has not published its endpoint for the domain.
+	ErrNoGatewayData = errors.New("could not get gateway data")
+	// ErrStore means a registration could not be made durable.
+	ErrStore = errors.New("state store failed")
+)
+
+// KeyRecord is one registered key.
+type KeyRecord struct {
+	Key       string
+	Domain    string
+	FirstSeen time.Time
+	LastSeen  time.Time
+	// Gateway is the worker last assigned by API v2, empty after v1.
+	Gateway string
+}
+
+// WorkerState is what the broker knows of one worker, rebuilt from MQTT and kept in the store.
+type WorkerState struct {
+	Name   string `json:"-"`
+	Online bool   `json:"online"`
+	// Peers maps a domain to the worker's connected_peers metric (-1: domain offline).
+	Peers map[string]int `json:"peers"`
+	// Data maps a domain to the worker's endpoint there.
+	Data map[string]wire.WorkerData `json:"data"`
+	// Changed is when the worker last reported anything.
+	Changed time.Time `json:"changed"`
+}
+
+// Store is the durable state the broker needs. Writes must be on disk when they return.
+type Store interface {
+	PutKey(KeyRecord) error
+	Keys(domain string, since time.Time, fn func(KeyRecord) error) error
+	PutWorker(WorkerState) error
+	Workers() ([]WorkerState, error)
+}
+
+// Publisher sends MQTT messages (the embedded server's inline client).
+type Publisher interface {
+	Publish(topic string, payload []byte, retain bool, qos byte) error
+}
+
+// Options configure a Broker.
+type Options struct {
+	// Domains are the domains nodes may register for (already checked against the prefixes).
+	Domains []string
+	// Workers are the configured gateways, with weights and locations.
+	Workers map[string]config.Worker
+	// ReplayWindow is how far back keys are replayed to a returning worker.
+	ReplayWindow time.Duration
+	// ReconnectGrace is how long workers that were online before a restart have to reconnect.
+	ReconnectGrace time.Duration
+	// ReplayBatch is the number of keys per replay message (default 1000).
+	ReplayBatch int
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Broker is the key exchange and gateway choice. It is safe for concurrent use.
+type Broker struct {
+	st     Store
+	pub    Publisher
+	log    *slog.Logger
+	opts   Options
+	domain map[string]bool
+	total  int // sum of configured weights
+
+	mu       sync.Mutex
+	workers  map[string]*WorkerState
+	gws      []selection.Gateway // sorted by name, rebuilt when dirty; shares the Peers maps of workers
+	dirty    bool
+	awaiting map[string]bool // online before a restart, not yet reconnected
+
+	replay replayer
+}
+
+// New creates a Broker and loads the worker state from st.
+func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.ReplayBatch <= 0 {
+		opts.ReplayBatch = 1000
+	}
+	b := &Broker{
+		st: st, pub: pub, log: log, opts: opts,
+		domain:   map[string]bool{},
+		workers:  map[string]*WorkerState{},
+		awaiting: map[string]bool{},
+		dirty:    true,
+	}
+	for _, d := range opts.Domains {
+		b.domain[d] = true
+	}
+	for _, w := range opts.Workers {
+		b.total += weight(w)
+	}
+	stored, err := st.Workers()
+	if err != nil {
+		return nil, fmt.Errorf("load worker state: %w", err)
+	}
+	for i := range stored {
+		w := stored[i]
+		if w.Peers == nil {
+			w.Peers = map[string]int{}
+		}
+		if w.Data == nil {
+			w.Data = map[string]wire.WorkerData{}
+		}
+		b.workers[w.Name] = &w
+		if w.Online {
+			b.awaiting[w.Name] = true
+		}
+	}
+	b.replay.init(b)
+	log.Info("worker state loaded", "workers", len(stored), "online", len(b.awaiting))
+	return b, nil
+}
+
+func weight(w config.Worker) int {
+	if w.Weight == nil {
+		return 1
+	}
+	return *w.Weight
+}
+
+// Run marks workers that were online before the restart offline if they have not reconnected within the grace
+// period, and serves replay requests until ctx ends.
+func (b *Broker) Run(ctx context.Context) {
+	t := time.NewTimer(b.opts.ReconnectGrace)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-t.C:
+	}
+	b.mu.Lock()
+	var gone []string
+	for name := range b.awaiting {
+		gone = append(gone, name)
+	}
+	b.awaiting = map[string]bool{}
+	b.mu.Unlock()
+	sort.Strings(gone)
+	for _, name := range gone {
+		b.log.Warn("worker did not reconnect after broker start, marking offline", "worker", name)
+		// Publish what its last will would have: retained status 0. The status handler records it.
+		if err := b.pub.Publish(wire.StatusTopic(name), []byte("0"), true, 1); err != nil {
+			b.log.Error("publish offline status", "worker", name, "err", err)
+		}
+		b.setStatus(name, 0)
+	}
+	<-ctx.Done()
+}
+
+// Request is a key registration as a node posts it.
+type Request struct {
+	PublicKey string
+	Domain    string
+	Location  string
+}
+
+// validate checks a registration in the reference's order: key, then domain.
+func (b *Broker) validate(r Request) error {
+	if err := wire.ValidateKey(r.PublicKey); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	if !b.domain[r.Domain] {
+		return fmt.Errorf("%w: unknown domain %q", ErrBadRequest, r.Domain)
+	}
+	return nil
+}
+
+// ExchangeV1 records the key and publishes it to the domain's workers.
+func (b *Broker) ExchangeV1(r Request) error {
+	if err := b.validate(r); err != nil {
+		return err
+	}
+	return b.register(r, "")
+}
+
+// ExchangeV2 records and publishes the key like ExchangeV1, then chooses the gateway for the node and returns its
+// endpoint. Like the reference, the key is published even when no gateway can be chosen.
+func (b *Broker) ExchangeV2(r Request) (wire.WorkerData, error) {
+	if err := b.validate(r); err != nil {
+		return wire.WorkerData{}, err
+	}
+	name, data, chooseErr := b.choose(r.Domain, r.Location)
+	if err := b.register(r, name); err != nil {
+		return wire.WorkerData{}, err
+	}
+	if chooseErr != nil {
+		return wire.WorkerData{}, chooseErr
+	}
+	return data, nil
+}
+
+// register makes the key durable, then publishes it.
+func (b *Broker) register(r Request, gateway string) error {
+	now := b.opts.Now()
+	if err := b.st.PutKey(KeyRecord{Key: r.PublicKey, Domain: r.Domain, FirstSeen: now, LastSeen: now, Gateway: gateway}); err != nil {
+		return fmt.Errorf("%w: record key: %w", ErrStore, err)
+	}
+	// The key is durable: if this publish fails, the replay delivers it.
+	if err := b.pub.Publish(wire.KeyTopic(r.Domain), []byte(r.PublicKey), false, 0); err != nil {
+		b.log.Warn("publish key", "domain", r.Domain, "err", err)
+	}
+	return nil
+}
+
+// choose picks the gateway and counts the new peer on it at once (the reference's interpolation), under the lock.
+func (b *Broker) choose(domain, location string) (string, wire.WorkerData, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.dirty {
+		b.rebuild()
+	}
+	c, ok := selection.Choose(b.gws, b.total, domain, location)
+	if !ok {
+		return "", wire.WorkerData{}, ErrNoGateway
+	}
+	w := b.workers[c.Name]
+	w.Peers[domain] = max(w.Peers[domain], 0) + 1
+	data, ok := w.Data[domain]
+	if !ok {
+		return c.Name, wire.WorkerData{}, fmt.Errorf("%w: worker %s, domain %s", ErrNoGatewayData, c.Name, domain)
+	}
+	return c.Name, data, nil
+}
+
+// rebuild refreshes the selection input from the worker state. Callers hold mu.
+func (b *Broker) rebuild() {
+	b.gws = b.gws[:0]
+	for name, w := range b.workers {
+		cw, configured := b.opts.Workers[name]
+		b.gws = append(b.gws, selection.Gateway{
+			Name: name, Weight: weight(cw), Configured: configured, Location: cw.Location,
+			Online: w.Online, Peers: w.Peers,
+		})
+	}
+	sort.Slice(b.gws, func(i, j int) bool { return b.gws[i].Name < b.gws[j].Name })
+	b.dirty = false
+}
+
+// Locations returns the sorted, unique worker locations of the configuration.
+func (b *Broker) Locations() []string {
+	set := map[string]bool{}
+	for _, w := range b.opts.Workers {
+		if w.Location != "" {
+			set[w.Location] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for l := range set {
+		out = append(out, l)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Workers returns a copy of every worker's state, in name order.
+func (b *Broker) Workers() []WorkerState {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]WorkerState, 0, len(b.workers))
+	for _, w := range b.workers {
+		out = append(out, copyState(w))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func copyState(w *WorkerState) WorkerState {
+	c := *w
+	c.Peers = make(map[string]int, len(w.Peers))
+	for k, v := range w.Peers {
+		c.Peers[k] = v
+	}
+	c.Data = make(map[string]wire.WorkerData, len(w.Data))
+	for k, v := range w.Data {
+		c.Data[k] = v
+	}
+	return c
+}

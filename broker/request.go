@@ -1,0 +1,43 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+)
+
+// ParseRequest parses a registration body: a JSON object with the strings public_key and domain and an optional
+// location. Like the reference, it ignores the Content-Type (Gluon posts JSON as a form). A location that is not a
+// string is ignored, as an unknown location falls back to all gateways.
+func ParseRequest(body []byte) (Request, error) {
+	var raw map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&raw); err != nil {
+		return Request{}, fmt.Errorf("%w: body is not a JSON object: %v", ErrBadRequest, err)
+	}
+	if dec.More() {
+		return Request{}, fmt.Errorf("%w: data after the JSON object", ErrBadRequest)
+	}
+	var r Request
+	if err := stringField(raw, "public_key", &r.PublicKey); err != nil {
+		return Request{}, err
+	}
+	if err := stringField(raw, "domain", &r.Domain); err != nil {
+		return Request{}, err
+	}
+	if v, ok := raw["location"]; ok {
+		_ = json.Unmarshal(v, &r.Location)
+	}
+	return r, nil
+}
+
+func stringField(raw map[string]json.RawMessage, name string, dst *string) error {
+	v, ok := raw[name]
+	if !ok {
+		return fmt.Errorf("%w: %s missing", ErrBadRequest, name)
+	}
+	if err := json.Unmarshal(v, dst); err != nil {
+		return fmt.Errorf("%w: %s is not a string", ErrBadRequest, name)
+	}
+	return nil
+}

@@ -1,0 +1,147 @@
+// Package brokerd assembles wgkex-broker from its parts: the bbolt store, the embedded MQTT server, the broker
+// core and the REST API. main runs it; the end-to-end tests start it in-process.
+package brokerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/broker"
+	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+	"github.com/freifunkMUC/wgkex-go/mqttd"
+	"github.com/freifunkMUC/wgkex-go/store"
+	"github.com/freifunkMUC/wgkex-go/web"
+)
+
+// Daemon is a running broker.
+type Daemon struct {
+	Broker *broker.Broker
+	Store  *store.Store
+	MQTT   *mqttd.Server
+
+	http   *http.Server
+	httpLn net.Listener
+	log    *slog.Logger
+	cancel context.CancelFunc
+	served chan error
+	ran    chan struct{}
+}
+
+// Start opens the state file, starts the MQTT server and the REST API, and returns once both accept connections.
+func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
+	st, err := store.Open(cfg.Broker.StateFile)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			st.Close()
+		}
+	}()
+	mq, err := mqttd.New(log.With("component", "mqtt"), mqttd.Options{
+		Listeners: cfg.Broker.MQTTListeners,
+		Username:  cfg.MQTT.Username,
+		Password:  cfg.MQTT.Password,
+		Retained:  st,
+	})
+	if err != nil {
+		return nil, err
+	}
+	b, err := broker.New(st, mq, log.With("component", "broker"), broker.Options{
+		Domains:        cfg.Domains,
+		Workers:        cfg.Workers,
+		ReplayWindow:   cfg.Broker.ReplayWindow.D(),
+		ReconnectGrace: cfg.Broker.ReconnectGrace.D(),
+	})
+	if err != nil {
+		mq.Close()
+		return nil, err
+	}
+	for filter, h := range map[string]func(string, []byte){
+		wire.MetricsFilter:       b.HandleMetric,
+		wire.StatusFilter:        b.HandleStatus,
+		wire.DataFilter:          b.HandleData,
+		wire.ReplayRequestFilter: b.HandleReplayRequest,
+	} {
+		if err := mq.Handle(filter, h); err != nil {
+			mq.Close()
+			return nil, err
+		}
+	}
+	if err := mq.Serve(); err != nil {
+		mq.Close()
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.BrokerListen.Addr())
+	if err != nil {
+		mq.Close()
+		return nil, fmt.Errorf("listen for http: %w", err)
+	}
+	ws := web.New(b, log.With("component", "web"))
+	d := &Daemon{Broker: b, Store: st, MQTT: mq, http: ws.HTTPServer(ln.Addr().String()), httpLn: ln, log: log,
+		served: make(chan error, 1), ran: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	go func() { d.served <- d.http.Serve(ln) }()
+	go func() { b.Run(ctx); close(d.ran) }()
+	log.Info("broker started", "http", ln.Addr().String(), "mqtt", mq.Addrs(), "state", cfg.Broker.StateFile)
+	return d, nil
+}
+
+// HTTPAddr is the address the REST API listens on.
+func (d *Daemon) HTTPAddr() string { return d.httpLn.Addr().String() }
+
+// MQTTAddr is the address of the first MQTT listener.
+func (d *Daemon) MQTTAddr() string { return d.MQTT.Addrs()[0] }
+
+// Wait returns when the HTTP server fails.
+func (d *Daemon) Wait() <-chan error { return d.served }
+
+// Shutdown drains HTTP requests, stops MQTT, finishes replays and closes the state file.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	var errs []error
+	if err := d.http.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+	}
+	d.cancel()
+	<-d.ran
+	if err := d.MQTT.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("mqtt shutdown: %w", err))
+	}
+	done := make(chan struct{})
+	go func() { d.Broker.WaitReplays(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs = append(errs, errors.New("replays still running at shutdown"))
+	}
+	if err := d.Store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close state: %w", err))
+	}
+	d.log.Info("broker stopped")
+	return errors.Join(errs...)
+}
+
+// Run starts the broker and serves until ctx ends, then shuts down within 10 seconds.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	d, err := Start(cfg, log)
+	if err != nil {
+		return err
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case serveErr = <-d.Wait():
+		serveErr = fmt.Errorf("http server: %w", serveErr)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return errors.Join(serveErr, d.Shutdown(sctx))
+}
