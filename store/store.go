@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -34,6 +35,9 @@ type Store struct {
 	db     *bolt.DB
 	writes chan write
 	done   chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 type write struct {
@@ -76,11 +80,14 @@ func Open(path string) (*Store, error) {
 	return s, nil
 }
 
-// Close stops the writer and closes the file. Writes still queued are committed first.
+// Close stops the writer and closes the file. Writes still queued are committed first. Closing twice is harmless.
 func (s *Store) Close() error {
-	close(s.writes)
-	<-s.done
-	return s.db.Close()
+	s.closeOnce.Do(func() {
+		close(s.writes)
+		<-s.done
+		s.closeErr = s.db.Close()
+	})
+	return s.closeErr
 }
 
 // update runs fn in a write transaction shared with concurrent callers and returns once it is on disk.
@@ -186,8 +193,7 @@ func decodeKey(domain, key string, v []byte) broker.KeyRecord {
 	return r
 }
 
-// Keys calls fn, in key order, for every key of domain last seen at or after since. fn must not keep rec.Key's
-// memory beyond the call... it is a fresh string, so it may.
+// Keys calls fn, in key order, inside one read transaction, for every key of domain last seen at or after since.
 func (s *Store) Keys(domain string, since time.Time, fn func(rec broker.KeyRecord) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketKeys).Bucket([]byte(domain))

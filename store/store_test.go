@@ -1,0 +1,169 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/freifunkMUC/wgkex-go/broker"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+)
+
+func open(t *testing.T, path string) *Store {
+	t.Helper()
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+const key1 = "o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg="
+
+func TestKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := open(t, path)
+	t0 := time.Unix(1000, 0)
+	if err := s.PutKey(broker.KeyRecord{Key: key1, Domain: "ffmuc_welt", FirstSeen: t0, LastSeen: t0}); err != nil {
+		t.Fatal(err)
+	}
+	t1 := t0.Add(time.Hour)
+	if err := s.PutKey(broker.KeyRecord{Key: key1, Domain: "ffmuc_welt", FirstSeen: t1, LastSeen: t1, Gateway: "gw04"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Key("ffmuc_welt", key1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := broker.KeyRecord{Key: key1, Domain: "ffmuc_welt", FirstSeen: t0, LastSeen: t1, Gateway: "gw04"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("after re-registration (-want +got):\n%s", diff)
+	}
+	if _, err := s.Key("ffmuc_welt", "other"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Key(other) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.Key("nodomain", key1); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Key(nodomain) = %v, want ErrNotFound", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutKey(want); !errors.Is(err, ErrClosed) {
+		t.Errorf("PutKey after Close = %v, want ErrClosed", err)
+	}
+
+	s = open(t, path)
+	defer s.Close()
+	var since []string
+	for _, cut := range []time.Time{t1, t1.Add(time.Nanosecond)} {
+		n := 0
+		if err := s.Keys("ffmuc_welt", cut, func(broker.KeyRecord) error { n++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		since = append(since, fmt.Sprint(n))
+	}
+	if diff := cmp.Diff([]string{"1", "0"}, since); diff != "" {
+		t.Errorf("Keys since last seen, and 1ns later (-want +got):\n%s", diff)
+	}
+	counts, err := s.KeyCounts()
+	if err != nil || counts["ffmuc_welt"] != 1 {
+		t.Errorf("KeyCounts = %v, %v", counts, err)
+	}
+}
+
+// TestConcurrentPutKey checks that group commit loses no write and keeps them apart.
+func TestConcurrentPutKey(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer s.Close()
+	var wg sync.WaitGroup
+	now := time.Now()
+	for g := 0; g < 50; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 40; i++ {
+				k := fmt.Sprintf("%042d%02dA=", g, i)[2:]
+				if err := s.PutKey(broker.KeyRecord{Key: k, Domain: fmt.Sprint("d", g%3), FirstSeen: now, LastSeen: now}); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	counts, err := s.KeyCounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total := counts["d0"] + counts["d1"] + counts["d2"]; total != 2000 {
+		t.Errorf("stored %d keys (%v), want 2000", total, counts)
+	}
+}
+
+func TestWorkersAndRetained(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := open(t, path)
+	w := broker.WorkerState{Name: "gw04.in.ffmuc.net", Online: true, Peers: map[string]int{"ffmuc_welt": 20},
+		Data: map[string]wire.WorkerData{"ffmuc_welt": {ExternalAddress: "gw04.ext", Port: 51820, PublicKey: key1, LinkAddress: "fe80::1"}},
+		Changed: time.Unix(5, 0).UTC()}
+	if err := s.PutWorker(w); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutRetained("a/b", []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutRetained("a/c", []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteRetained("a/c"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteRetained("never/there"); err != nil {
+		t.Errorf("DeleteRetained(missing) = %v", err)
+	}
+	s.Close()
+
+	s = open(t, path)
+	defer s.Close()
+	ws, err := s.Workers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]broker.WorkerState{w}, ws); diff != "" {
+		t.Errorf("workers after reopen (-want +got):\n%s", diff)
+	}
+	got := map[string]string{}
+	if err := s.Retained(func(topic string, msg []byte) error { got[topic] = string(msg); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]string{"a/b": "one"}, got); diff != "" {
+		t.Errorf("retained after reopen (-want +got):\n%s", diff)
+	}
+}
+
+func BenchmarkPutKeyParallel(b *testing.B) {
+	s, err := Open(filepath.Join(b.TempDir(), "state.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	now := time.Now()
+	var n sync.Mutex
+	i := 0
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			n.Lock()
+			i++
+			k := fmt.Sprintf("%043dA=", i)[1:]
+			n.Unlock()
+			if err := s.PutKey(broker.KeyRecord{Key: k, Domain: "ffmuc_welt", FirstSeen: now, LastSeen: now}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
