@@ -154,8 +154,11 @@ func (s *Server) Clients() int {
 }
 
 // Close disconnects every client and stops the listeners. Last wills fired by this are not handed to the broker.
+// Closing twice is harmless.
 func (s *Server) Close() error {
-	s.closing.Store(true)
+	if !s.closing.CompareAndSwap(false, true) {
+		return nil
+	}
 	return s.srv.Close()
 }
 

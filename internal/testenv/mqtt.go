@@ -1,0 +1,135 @@
+package testenv
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// Message is one MQTT message a test client received.
+type Message struct {
+	Topic   string
+	Payload string
+	Retain  bool
+}
+
+// Client is a plain MQTT v5 client (eclipse paho) for tests, recording what it receives.
+type Client struct {
+	c    *paho.Client
+	mu   sync.Mutex
+	msgs []Message
+}
+
+// ClientOptions are the optional parts of a test connection.
+type ClientOptions struct {
+	Username, Password string
+	Will               *paho.WillMessage
+	KeepAlive          uint16
+}
+
+// Connect dials addr and connects as id, failing the test on error. The client disconnects at cleanup.
+func Connect(t testing.TB, addr, id string, o ClientOptions) *Client {
+	t.Helper()
+	c, err := Dial(addr, id, o)
+	if err != nil {
+		t.Fatalf("mqtt connect %s as %s: %v", addr, id, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Dial is Connect returning the error.
+func Dial(addr, id string, o ClientOptions) (*Client, error) {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	tc := &Client{}
+	tc.c = paho.NewClient(paho.ClientConfig{
+		Conn: conn,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			tc.mu.Lock()
+			tc.msgs = append(tc.msgs, Message{Topic: pr.Packet.Topic, Payload: string(pr.Packet.Payload), Retain: pr.Packet.Retain})
+			tc.mu.Unlock()
+			return true, nil
+		}},
+	})
+	ka := o.KeepAlive
+	if ka == 0 {
+		ka = 30
+	}
+	cp := &paho.Connect{ClientID: id, KeepAlive: ka, CleanStart: true, WillMessage: o.Will}
+	if o.Username != "" {
+		cp.Username, cp.UsernameFlag = o.Username, true
+		cp.Password, cp.PasswordFlag = []byte(o.Password), true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := tc.c.Connect(ctx, cp); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// Subscribe subscribes at QoS 1.
+func (c *Client) Subscribe(t testing.TB, filters ...string) {
+	t.Helper()
+	s := &paho.Subscribe{}
+	for _, f := range filters {
+		s.Subscriptions = append(s.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: 1})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.c.Subscribe(ctx, s); err != nil {
+		t.Fatalf("subscribe %v: %v", filters, err)
+	}
+}
+
+// Publish publishes and waits for the acknowledgement at QoS 1.
+func (c *Client) Publish(t testing.TB, topic, payload string, qos byte, retain bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.c.Publish(ctx, &paho.Publish{Topic: topic, Payload: []byte(payload), QoS: qos, Retain: retain}); err != nil {
+		t.Fatalf("publish %s: %v", topic, err)
+	}
+}
+
+// Messages returns what the client has received so far.
+func (c *Client) Messages() []Message {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Message(nil), c.msgs...)
+}
+
+// WaitFor polls until a message on topic has arrived and returns the last one.
+func (c *Client) WaitFor(t testing.TB, topic string) Message {
+	t.Helper()
+	var m Message
+	Eventually(t, 10*time.Second, func() bool {
+		for _, x := range c.Messages() {
+			if x.Topic == topic {
+				m = x
+			}
+		}
+		return m.Topic != ""
+	}, "no message on %s", topic)
+	return m
+}
+
+// Close disconnects cleanly (the will is not sent).
+func (c *Client) Close() {
+	_ = c.c.Disconnect(&paho.Disconnect{ReasonCode: 0})
+}
+
+// Drop closes the network connection without DISCONNECT, so that the server sends the will.
+func (c *Client) Drop() {
+	if conn := c.c; conn != nil {
+		_ = c.c.Disconnect(&paho.Disconnect{ReasonCode: 4}) // 0x04: disconnect with will message
+	}
+}
