@@ -144,19 +144,19 @@ func ParseWorkerData(payload []byte) (WorkerData, error) {
 
 func parsePort(raw json.RawMessage) (int, error) {
 	if len(raw) == 0 || string(raw) == "null" {
-		return 0, errors.New("Port missing")
+		return 0, errors.New("missing Port")
 	}
 	var n json.Number
 	if err := json.Unmarshal(raw, &n); err != nil {
 		var s string
 		if json.Unmarshal(raw, &s) != nil {
-			return 0, fmt.Errorf("Port %s is not a number", raw)
+			return 0, fmt.Errorf("port %s is not a number", raw)
 		}
 		n = json.Number(s)
 	}
 	p, err := strconv.Atoi(n.String())
 	if err != nil || p < 1 || p > 65535 {
-		return 0, fmt.Errorf("Port %s is not a port number", raw)
+		return 0, fmt.Errorf("port %s is not a port number", raw)
 	}
 	return p, nil
 }

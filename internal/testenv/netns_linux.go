@@ -1,0 +1,184 @@
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// isolatedEnv marks a test binary re-executed in a private mount namespace.
+const isolatedEnv = "WGKEX_TEST_ISOLATED"
+
+// Main runs a package's tests. As root it first re-executes the test binary in a private mount namespace with its
+// own /var/run/wireguard, so that test binaries running in parallel (go test ./...) can each have a userspace
+// device named wg-welt: wgctrl finds userspace devices through sockets in that directory, which all network
+// namespaces share.
+func Main(m *testing.M) {
+	if os.Geteuid() == 0 && os.Getenv(isolatedEnv) == "" {
+		if unshare, err := exec.LookPath("unshare"); err == nil {
+			cmd := exec.Command(unshare, append([]string{"--mount", "--propagation", "private", os.Args[0]}, os.Args[1:]...)...)
+			cmd.Env = append(os.Environ(), isolatedEnv+"=1")
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+			if err := cmd.Run(); err != nil {
+				if ee, ok := err.(*exec.ExitError); ok {
+					os.Exit(ee.ExitCode())
+				}
+				fmt.Fprintln(os.Stderr, "testenv: re-exec in a private mount namespace:", err)
+				os.Exit(2)
+			}
+			os.Exit(0)
+		}
+	}
+	if os.Getenv(isolatedEnv) == "1" {
+		if err := os.MkdirAll("/var/run/wireguard", 0o755); err == nil {
+			if err := syscall.Mount("tmpfs", "/var/run/wireguard", "tmpfs", 0, "mode=0755"); err != nil {
+				fmt.Fprintln(os.Stderr, "testenv: private /var/run/wireguard:", err)
+				os.Exit(2)
+			}
+		}
+	}
+	os.Exit(m.Run())
+}
+
+// NS is a fresh network namespace, closed at the end of the test.
+type NS struct {
+	Handle netns.NsHandle
+}
+
+// NewNS creates a network namespace with lo up. It needs root.
+func NewNS(t testing.TB) *NS {
+	t.Helper()
+	RequireRoot(t)
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		Skip(t, "no /dev/net/tun")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	h, err := netns.New()
+	if err != nil {
+		t.Fatalf("new network namespace: %v", err)
+	}
+	if err := netns.Set(orig); err != nil {
+		t.Fatalf("back to the original namespace: %v", err)
+	}
+	n := &NS{Handle: h}
+	t.Cleanup(func() { h.Close() })
+	n.Run(t, "ip", "link", "set", "lo", "up")
+	return n
+}
+
+// Path is a file naming the namespace, for nsenter.
+func (n *NS) Path() string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(n.Handle)) }
+
+// Do runs fn on a thread inside the namespace.
+func (n *NS) Do(fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	if err := netns.Set(n.Handle); err != nil {
+		return err
+	}
+	defer netns.Set(orig)
+	return fn()
+}
+
+// Run runs a command (ip, bridge, wg …) inside the namespace and returns its output, failing the test on error.
+func (n *NS) Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := n.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// Command builds a command that runs inside the namespace.
+func (n *NS) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=" + n.Path(), name}, args...)...)
+}
+
+// WireGuard creates a userspace WireGuard device (wireguard-go, in-process) in the namespace with the given key
+// and listen port, reachable through wgctrl and `wg` by its UAPI socket, and sets it up. It returns the device's
+// public key.
+func (n *NS) WireGuard(t testing.TB, name string, key wgtypes.Key, port int) wgtypes.Key {
+	t.Helper()
+	var dev *device.Device
+	var uapi net.Listener
+	err := n.Do(func() error {
+		td, err := tun.CreateTUN(name, 1420)
+		if err != nil {
+			return fmt.Errorf("create tun %s: %w", name, err)
+		}
+		dev = device.NewDevice(td, conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
+		if err := dev.IpcSet(fmt.Sprintf("private_key=%x\nlisten_port=%d\n", key[:], port)); err != nil {
+			return fmt.Errorf("configure %s: %w", name, err)
+		}
+		if err := dev.Up(); err != nil {
+			return fmt.Errorf("up %s: %w", name, err)
+		}
+		f, err := ipc.UAPIOpen(name)
+		if err != nil {
+			return fmt.Errorf("uapi open %s: %w", name, err)
+		}
+		uapi, err = ipc.UAPIListen(name, f)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := uapi.Accept()
+			if err != nil {
+				return
+			}
+			go dev.IpcHandle(c)
+		}
+	}()
+	t.Cleanup(func() { uapi.Close(); dev.Close() })
+	n.Run(t, "ip", "link", "set", name, "up")
+	return key.PublicKey()
+}
+
+// Gateway sets up a domain's interfaces as the README tells operators to: a userspace wg-{name} with the link
+// address, and vx-{name} on top of it. It returns the WireGuard public key.
+func (n *NS) Gateway(t testing.TB, stripped string, key wgtypes.Key, port int, linkAddr string) wgtypes.Key {
+	t.Helper()
+	wg, vx := "wg-"+stripped, "vx-"+stripped
+	pub := n.WireGuard(t, wg, key, port)
+	n.Run(t, "ip", "-6", "addr", "add", linkAddr+"/64", "dev", wg, "nodad")
+	n.Run(t, "ip", "link", "add", vx, "type", "vxlan", "id", "99", "dstport", "4789", "local", linkAddr, "dev", wg)
+	n.Run(t, "ip", "link", "set", vx, "up")
+	return pub
+}
+
+// NewKey returns a fresh WireGuard private key.
+func NewKey(t testing.TB) wgtypes.Key {
+	t.Helper()
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}

@@ -1,0 +1,177 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrNoDevice is what Fake answers for a link it does not have.
+var ErrNoDevice = errors.New("no such device")
+
+// Fake is an in-memory Dataplane for tests. Its String method prints the state as text.
+type Fake struct {
+	mu    sync.Mutex
+	links map[Link]*fakeLink
+	// Fail, when set, is asked before every step; a non-nil answer fails that step.
+	Fail func(step, key string) error
+	// Log records every call: "add wg-welt 2", "remove wg-welt KEY".
+	Log []string
+}
+
+type fakeLink struct {
+	dev   Device
+	peers map[string]time.Time
+	route map[string]bool
+	fdb   map[string]bool
+}
+
+var _ Dataplane = (*Fake)(nil)
+
+// NewFake returns a Fake with the given links.
+func NewFake(links ...Link) *Fake {
+	f := &Fake{links: map[Link]*fakeLink{}}
+	for _, l := range links {
+		f.AddLink(l)
+	}
+	return f
+}
+
+// AddLink creates a link (as an operator creating wg-X and vx-X would).
+func (f *Fake) AddLink(l Link) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.links[l] = &fakeLink{
+		dev:   Device{ListenPort: 51820, PublicKey: "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=", LinkAddress: "fe80::1"},
+		peers: map[string]time.Time{}, route: map[string]bool{}, fdb: map[string]bool{},
+	}
+}
+
+// SetHandshake sets a peer's last handshake (the peer must exist).
+func (f *Fake) SetHandshake(l Link, key string, t time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.links[l].peers[key] = t
+}
+
+func (f *Fake) fail(step, key string) error {
+	if f.Fail == nil {
+		return nil
+	}
+	return f.Fail(step, key)
+}
+
+// Device implements Dataplane.
+func (f *Fake) Device(l Link) (Device, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fl, ok := f.links[l]
+	if !ok {
+		return Device{}, fmt.Errorf("device %s: %w", l.WG, ErrNoDevice)
+	}
+	if err := f.fail("device", ""); err != nil {
+		return Device{}, err
+	}
+	d := fl.dev
+	for k, t := range fl.peers {
+		d.Peers = append(d.Peers, Peer{PublicKey: k, LastHandshake: t})
+	}
+	sort.Slice(d.Peers, func(i, j int) bool { return d.Peers[i].PublicKey < d.Peers[j].PublicKey })
+	return d, nil
+}
+
+// AddPeers implements Dataplane.
+func (f *Fake) AddPeers(l Link, keys []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Log = append(f.Log, fmt.Sprintf("add %s %d", l.WG, len(keys)))
+	fl, ok := f.links[l]
+	var errs []error
+	for _, k := range keys {
+		if !ok {
+			errs = append(errs, &PeerError{Key: k, Step: "peer", Err: ErrNoDevice})
+			continue
+		}
+		if err := f.fail("peer", k); err != nil {
+			errs = append(errs, &PeerError{Key: k, Step: "peer", Err: err})
+			continue
+		}
+		if _, had := fl.peers[k]; !had {
+			fl.peers[k] = time.Time{}
+		}
+		for _, step := range []string{"route", "fdb"} {
+			if err := f.fail(step, k); err != nil {
+				errs = append(errs, &PeerError{Key: k, Step: step, Err: err})
+				continue
+			}
+			if step == "route" {
+				fl.route[k] = true
+			} else {
+				fl.fdb[k] = true
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RemovePeer implements Dataplane.
+func (f *Fake) RemovePeer(l Link, key string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Log = append(f.Log, fmt.Sprintf("remove %s %s", l.WG, key))
+	fl, ok := f.links[l]
+	if !ok {
+		return fmt.Errorf("device %s: %w", l.WG, ErrNoDevice)
+	}
+	for _, step := range []string{"fdb", "route", "peer"} {
+		if err := f.fail("remove-"+step, key); err != nil {
+			return &PeerError{Key: key, Step: step, Err: err}
+		}
+		switch step {
+		case "fdb":
+			delete(fl.fdb, key)
+		case "route":
+			delete(fl.route, key)
+		case "peer":
+			delete(fl.peers, key)
+		}
+	}
+	return nil
+}
+
+// String prints every link's peers, one line each: "wg-welt KEY peer route fdb".
+func (f *Fake) String() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var lines []string
+	for l, fl := range f.links {
+		keys := map[string]bool{}
+		for k := range fl.peers {
+			keys[k] = true
+		}
+		for k := range fl.route {
+			keys[k] = true
+		}
+		for k := range fl.fdb {
+			keys[k] = true
+		}
+		for k := range keys {
+			s := l.WG + " " + k
+			if _, ok := fl.peers[k]; ok {
+				s += " peer"
+			}
+			if fl.route[k] {
+				s += " route"
+			}
+			if fl.fdb[k] {
+				s += " fdb"
+			}
+			lines = append(lines, s)
+		}
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,84 @@
+package kernel
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
+)
+
+// The pure half of the package: requests built from values, tested with literal values.
+
+// peerConfig builds one device configuration adding (or removing) every key with its link-local /128 as the only
+// allowed IP, no endpoint and no keepalive. Keys that do not parse are returned as errors and left out.
+func peerConfig(keys []string, remove bool) (wgtypes.Config, []error) {
+	var cfg wgtypes.Config
+	var errs []error
+	for _, k := range keys {
+		pk, err := wgtypes.ParseKey(k)
+		if err != nil {
+			errs = append(errs, &dataplane.PeerError{Key: k, Step: "peer", Err: err})
+			continue
+		}
+		pc := wgtypes.PeerConfig{PublicKey: pk, Remove: remove}
+		if !remove {
+			pc.ReplaceAllowedIPs = true
+			pc.AllowedIPs = []net.IPNet{ipNet(dataplane.AllowedIP(k))}
+		}
+		cfg.Peers = append(cfg.Peers, pc)
+	}
+	return cfg, errs
+}
+
+func ipNet(p netip.Prefix) net.IPNet {
+	return net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// peerRoute is `ip -6 route replace <addr>/128 dev <wg>`.
+func peerRoute(wgIndex int, key string) *netlink.Route {
+	dst := ipNet(dataplane.AllowedIP(key))
+	return &netlink.Route{LinkIndex: wgIndex, Dst: &dst, Family: unix.AF_INET6, Scope: netlink.SCOPE_LINK}
+}
+
+// fdbRequest builds `bridge fdb append|del 00:00:00:00:00:00 dev <vx> dst <addr> via <wg>`. netlink.Neigh has no
+// field for "via" (NDA_IFINDEX); without it a delete is answered with success and deletes nothing.
+func fdbRequest(req *nl.NetlinkRequest, vxIndex, wgIndex int, dst netip.Addr) *nl.NetlinkRequest {
+	req.AddData(&netlink.Ndmsg{
+		Family: unix.AF_BRIDGE,
+		Index:  uint32(vxIndex),
+		State:  unix.NUD_NOARP | unix.NUD_PERMANENT,
+		Flags:  netlink.NTF_SELF,
+	})
+	req.AddData(nl.NewRtAttr(unix.NDA_LLADDR, make([]byte, 6)))
+	a := dst.As16()
+	req.AddData(nl.NewRtAttr(unix.NDA_DST, a[:]))
+	req.AddData(nl.NewRtAttr(unix.NDA_IFINDEX, nl.Uint32Attr(uint32(wgIndex))))
+	return req
+}
+
+// fdbFlags are the netlink flags of an append (add) or a delete.
+func fdbFlags(add bool) (proto, flags int) {
+	if add {
+		return unix.RTM_NEWNEIGH, unix.NLM_F_CREATE | unix.NLM_F_APPEND | unix.NLM_F_ACK
+	}
+	return unix.RTM_DELNEIGH, unix.NLM_F_ACK
+}
+
+// linkAddress picks the address reported to the broker: the first IPv6 link-local address, else the first one.
+func linkAddress(addrs []netlink.Addr) (string, error) {
+	for _, a := range addrs {
+		if a.IP.To4() == nil && a.IP.IsLinkLocalUnicast() {
+			return a.IP.String(), nil
+		}
+	}
+	if len(addrs) > 0 {
+		return addrs[0].IP.String(), nil
+	}
+	return "", fmt.Errorf("no address")
+}

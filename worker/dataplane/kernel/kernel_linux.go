@@ -1,0 +1,213 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
+
+	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
+)
+
+// Dataplane applies peers to WireGuard, routes and FDB through wgctrl and netlink.
+type Dataplane struct {
+	mu      sync.Mutex // wgctrl.Client is not safe for concurrent use
+	wg      *wgctrl.Client
+	nlh     *netlink.Handle
+	sockets map[int]*nl.SocketHandle // for raw requests in the handle's namespace; nil: the current one
+}
+
+var _ dataplane.Dataplane = (*Dataplane)(nil)
+
+// Open connects to wgctrl and netlink in the namespace ns, or in the current one when ns is netns.None().
+func Open(ns netns.NsHandle) (*Dataplane, error) {
+	d := &Dataplane{}
+	var err error
+	if !ns.IsOpen() {
+		if d.wg, err = wgctrl.New(); err != nil {
+			return nil, fmt.Errorf("open wgctrl: %w", err)
+		}
+		if d.nlh, err = netlink.NewHandle(); err != nil {
+			d.wg.Close()
+			return nil, fmt.Errorf("open netlink: %w", err)
+		}
+		return d, nil
+	}
+	if d.nlh, err = netlink.NewHandleAt(ns); err != nil {
+		return nil, fmt.Errorf("open netlink in namespace: %w", err)
+	}
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		d.nlh.Close()
+		return nil, fmt.Errorf("open netlink socket in namespace: %w", err)
+	}
+	d.sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
+	// wgctrl binds its generic netlink socket in the namespace of the thread that opens it.
+	err = inNetns(ns, func() (err error) { d.wg, err = wgctrl.New(); return err })
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("open wgctrl in namespace: %w", err)
+	}
+	return d, nil
+}
+
+func inNetns(ns netns.NsHandle, fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		return err
+	}
+	defer netns.Set(orig)
+	return fn()
+}
+
+// Close releases the sockets.
+func (d *Dataplane) Close() error {
+	var errs []error
+	if d.wg != nil {
+		errs = append(errs, d.wg.Close())
+	}
+	if d.nlh != nil {
+		d.nlh.Close()
+	}
+	for _, s := range d.sockets {
+		s.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// Device implements dataplane.Dataplane.
+func (d *Dataplane) Device(link dataplane.Link) (dataplane.Device, error) {
+	d.mu.Lock()
+	dev, err := d.wg.Device(link.WG)
+	d.mu.Unlock()
+	if err != nil {
+		return dataplane.Device{}, fmt.Errorf("read wireguard device %s: %w", link.WG, err)
+	}
+	l, err := d.nlh.LinkByName(link.WG)
+	if err != nil {
+		return dataplane.Device{}, fmt.Errorf("find link %s: %w", link.WG, err)
+	}
+	addrs, err := d.nlh.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return dataplane.Device{}, fmt.Errorf("list addresses of %s: %w", link.WG, err)
+	}
+	la, err := linkAddress(addrs)
+	if err != nil {
+		return dataplane.Device{}, fmt.Errorf("link address of %s: %w", link.WG, err)
+	}
+	out := dataplane.Device{ListenPort: dev.ListenPort, PublicKey: dev.PublicKey.String(), LinkAddress: la,
+		Peers: make([]dataplane.Peer, 0, len(dev.Peers))}
+	for _, p := range dev.Peers {
+		hs := p.LastHandshakeTime
+		if hs.Unix() <= 0 {
+			hs = time.Time{}
+		}
+		out.Peers = append(out.Peers, dataplane.Peer{PublicKey: p.PublicKey.String(), LastHandshake: hs})
+	}
+	return out, nil
+}
+
+// indexes looks up the ifindexes of link's two interfaces.
+func (d *Dataplane) indexes(link dataplane.Link) (wg, vx int, err error) {
+	w, err := d.nlh.LinkByName(link.WG)
+	if err != nil {
+		return 0, 0, fmt.Errorf("find link %s: %w", link.WG, err)
+	}
+	v, err := d.nlh.LinkByName(link.VX)
+	if err != nil {
+		return 0, 0, fmt.Errorf("find link %s: %w", link.VX, err)
+	}
+	return w.Attrs().Index, v.Attrs().Index, nil
+}
+
+// AddPeers implements dataplane.Dataplane: one wgctrl call for all keys, then a route and an FDB entry per key.
+func (d *Dataplane) AddPeers(link dataplane.Link, keys []string) error {
+	cfg, errs := peerConfig(keys, false)
+	failAll := func(step string, err error) error {
+		for _, k := range keys {
+			errs = append(errs, &dataplane.PeerError{Key: k, Step: step, Err: err})
+		}
+		return errors.Join(errs...)
+	}
+	wgIdx, vxIdx, err := d.indexes(link)
+	if err != nil {
+		return failAll("peer", err)
+	}
+	if len(cfg.Peers) > 0 {
+		d.mu.Lock()
+		err := d.wg.ConfigureDevice(link.WG, cfg)
+		d.mu.Unlock()
+		if err != nil {
+			return failAll("peer", fmt.Errorf("configure %s: %w", link.WG, err))
+		}
+	}
+	for _, pc := range cfg.Peers {
+		k := pc.PublicKey.String()
+		if err := d.nlh.RouteReplace(peerRoute(wgIdx, k)); err != nil {
+			errs = append(errs, &dataplane.PeerError{Key: k, Step: "route", Err: fmt.Errorf("replace route via %s: %w", link.WG, err)})
+		}
+		if err := d.fdb(true, vxIdx, wgIdx, dataplane.AllowedIP(k).Addr()); err != nil {
+			errs = append(errs, &dataplane.PeerError{Key: k, Step: "fdb", Err: fmt.Errorf("append fdb entry on %s: %w", link.VX, err)})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RemovePeer implements dataplane.Dataplane: FDB entry, route, peer; absent is success.
+func (d *Dataplane) RemovePeer(link dataplane.Link, key string) error {
+	cfg, errs := peerConfig([]string{key}, true)
+	if len(errs) > 0 {
+		return errs[0]
+	}
+	wgIdx, vxIdx, err := d.indexes(link)
+	if err != nil {
+		return &dataplane.PeerError{Key: key, Step: "fdb", Err: err}
+	}
+	if err := d.fdb(false, vxIdx, wgIdx, dataplane.AllowedIP(key).Addr()); err != nil && !absent(err) {
+		return &dataplane.PeerError{Key: key, Step: "fdb", Err: fmt.Errorf("delete fdb entry on %s: %w", link.VX, err)}
+	}
+	if err := d.nlh.RouteDel(peerRoute(wgIdx, key)); err != nil && !absent(err) {
+		return &dataplane.PeerError{Key: key, Step: "route", Err: fmt.Errorf("delete route via %s: %w", link.WG, err)}
+	}
+	d.mu.Lock()
+	err = d.wg.ConfigureDevice(link.WG, cfg)
+	d.mu.Unlock()
+	if err != nil {
+		return &dataplane.PeerError{Key: key, Step: "peer", Err: fmt.Errorf("remove peer from %s: %w", link.WG, err)}
+	}
+	return nil
+}
+
+func (d *Dataplane) fdb(add bool, vxIdx, wgIdx int, dst netip.Addr) error {
+	proto, flags := fdbFlags(add)
+	var req *nl.NetlinkRequest
+	if d.sockets == nil {
+		req = nl.NewNetlinkRequest(proto, flags)
+	} else {
+		req = &nl.NetlinkRequest{
+			NlMsghdr: unix.NlMsghdr{Len: uint32(unix.SizeofNlMsghdr), Type: uint16(proto), Flags: unix.NLM_F_REQUEST | uint16(flags)},
+			Sockets:  d.sockets,
+		}
+	}
+	_, err := fdbRequest(req, vxIdx, wgIdx, dst).Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// absent reports the errors that mean "already gone" on delete.
+func absent(err error) bool {
+	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENODEV)
+}

@@ -1,0 +1,221 @@
+package kernel
+
+import (
+	"errors"
+	"net"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+var welt = dataplane.LinkFor("welt")
+
+const (
+	keyA = "o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg="
+	keyB = "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g="
+	keyC = "PcKkakZcTEx3LKh+G06Opb8/esg08aWK33A5/Ff1YXE="
+)
+
+func TestPeerConfig(t *testing.T) {
+	cfg, errs := peerConfig([]string{keyA, "bogus"}, false)
+	if len(errs) != 1 || dataplane.FailedKeys(errors.Join(errs...))[0] != "bogus" {
+		t.Errorf("errors %v", errs)
+	}
+	if len(cfg.Peers) != 1 {
+		t.Fatalf("peers %+v", cfg.Peers)
+	}
+	p := cfg.Peers[0]
+	got := []any{p.PublicKey.String(), p.ReplaceAllowedIPs, p.Remove, p.Endpoint == nil, p.PersistentKeepaliveInterval == nil, p.AllowedIPs[0].String()}
+	want := []any{keyA, true, false, true, true, "fe80::2a6:8fff:fe21:5465/128"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("peer config (-want +got):\n%s", diff)
+	}
+	cfg, _ = peerConfig([]string{keyA}, true)
+	if !cfg.Peers[0].Remove || len(cfg.Peers[0].AllowedIPs) != 0 {
+		t.Errorf("remove config %+v", cfg.Peers[0])
+	}
+}
+
+func TestPeerRoute(t *testing.T) {
+	r := peerRoute(7, "public_key")
+	if r.LinkIndex != 7 || r.Dst.String() != "fe80::282:6eff:fe9d:ecd3/128" || r.Family != unix.AF_INET6 {
+		t.Errorf("route %+v", r)
+	}
+}
+
+func TestFDBRequest(t *testing.T) {
+	proto, flags := fdbFlags(true)
+	req := fdbRequest(nl.NewNetlinkRequest(proto, flags), 5, 9, wire.LinkLocal("public_key"))
+	b := req.Serialize()
+	if req.Type != unix.RTM_NEWNEIGH || req.Flags&unix.NLM_F_APPEND == 0 || req.Flags&unix.NLM_F_CREATE == 0 {
+		t.Errorf("header %+v", req.NlMsghdr)
+	}
+	// ndmsg (12 bytes) after the 16-byte header: family AF_BRIDGE, ifindex 5, state NOARP|PERMANENT, flags SELF.
+	nd := b[16:28]
+	if nd[0] != unix.AF_BRIDGE || nl.NativeEndian().Uint32(nd[4:8]) != 5 ||
+		nl.NativeEndian().Uint16(nd[8:10]) != unix.NUD_NOARP|unix.NUD_PERMANENT || nd[10] != netlink.NTF_SELF {
+		t.Errorf("ndmsg % x", nd)
+	}
+	attrs, err := nl.ParseRouteAttr(b[28:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint16]string{}
+	for _, a := range attrs {
+		got[a.Attr.Type] = net.IP(a.Value).String()
+		if a.Attr.Type == unix.NDA_IFINDEX {
+			got[a.Attr.Type] = string(rune('0' + nl.NativeEndian().Uint32(a.Value)))
+		}
+	}
+	want := map[uint16]string{unix.NDA_LLADDR: "?000000000000", unix.NDA_DST: "fe80::282:6eff:fe9d:ecd3", unix.NDA_IFINDEX: "9"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("attributes (-want +got):\n%s", diff)
+	}
+	if proto, flags := fdbFlags(false); proto != unix.RTM_DELNEIGH || flags&unix.NLM_F_CREATE != 0 {
+		t.Errorf("delete flags %d %x", proto, flags)
+	}
+}
+
+func TestLinkAddress(t *testing.T) {
+	a := func(s string) netlink.Addr { return netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(s)}} }
+	for _, tt := range []struct {
+		addrs []netlink.Addr
+		want  string
+	}{
+		{[]netlink.Addr{a("10.0.0.1"), a("2001:db8::1"), a("fe80::1")}, "fe80::1"},
+		{[]netlink.Addr{a("10.0.0.1"), a("2001:db8::1")}, "10.0.0.1"},
+	} {
+		if got, err := linkAddress(tt.addrs); err != nil || got != tt.want {
+			t.Errorf("linkAddress = %q, %v; want %q", got, err, tt.want)
+		}
+	}
+	if _, err := linkAddress(nil); err == nil {
+		t.Error("no addresses: want error")
+	}
+}
+
+// gateway makes a namespace with a userspace wg-welt (link address fe80::1) and vx-welt on top, and a Dataplane
+// working in it.
+func gateway(t *testing.T) (*testenv.NS, *Dataplane) {
+	t.Helper()
+	ns := testenv.NewNS(t)
+	ns.Gateway(t, "welt", testenv.NewKey(t), 51820, "fe80::1")
+	dp, err := Open(ns.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	return ns, dp
+}
+
+// state reads back what the kernel holds: peers with allowed IPs (wg show), /128 routes via wg-welt (ip -6 route)
+// and FDB entries on vx-welt (bridge fdb show), normalised into sorted lines.
+func state(t *testing.T, ns *testenv.NS) []string {
+	t.Helper()
+	var out []string
+	for _, l := range strings.Split(strings.TrimSpace(ns.Run(t, "wg", "show", "wg-welt", "allowed-ips")), "\n") {
+		if l != "" {
+			out = append(out, "peer "+strings.Join(strings.Fields(l), " "))
+		}
+	}
+	for _, l := range strings.Split(ns.Run(t, "ip", "-6", "route", "show", "dev", "wg-welt"), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] != "fe80::/64" {
+			out = append(out, "route "+f[0])
+		}
+	}
+	for _, l := range strings.Split(ns.Run(t, "bridge", "fdb", "show", "dev", "vx-welt"), "\n") {
+		if strings.Contains(l, " dst ") {
+			out = append(out, "fdb "+strings.Join(strings.Fields(l), " "))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestAddRemovePeers(t *testing.T) {
+	testenv.Tool(t, "wg")
+	testenv.Tool(t, "bridge")
+	ns, dp := gateway(t)
+	want := []string{
+		"fdb 00:00:00:00:00:00 dst fe80::23b:d2ff:fe95:967f via wg-welt self permanent",
+		"fdb 00:00:00:00:00:00 dst fe80::27c:16ff:fec0:6c74 via wg-welt self permanent",
+		"fdb 00:00:00:00:00:00 dst fe80::2a6:8fff:fe21:5465 via wg-welt self permanent",
+		"peer " + keyC + " fe80::23b:d2ff:fe95:967f/128",
+		"peer " + keyB + " fe80::27c:16ff:fec0:6c74/128",
+		"peer " + keyA + " fe80::2a6:8fff:fe21:5465/128",
+		"route fe80::23b:d2ff:fe95:967f",
+		"route fe80::27c:16ff:fec0:6c74",
+		"route fe80::2a6:8fff:fe21:5465",
+	}
+	sort.Strings(want)
+	for i := 0; i < 2; i++ { // the second time changes nothing: idempotent
+		if err := dp.AddPeers(welt, []string{keyA, keyB, keyC}); err != nil {
+			t.Fatalf("AddPeers #%d: %v", i+1, err)
+		}
+		if diff := cmp.Diff(want, state(t, ns)); diff != "" {
+			t.Fatalf("after AddPeers #%d (-want +got):\n%s", i+1, diff)
+		}
+	}
+	dev, err := dp.Device(welt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev.ListenPort != 51820 || dev.LinkAddress != "fe80::1" || len(dev.Peers) != 3 || !dev.Peers[0].LastHandshake.IsZero() {
+		t.Errorf("Device = %+v", dev)
+	}
+	for i := 0; i < 2; i++ {
+		if err := dp.RemovePeer(welt, keyB); err != nil {
+			t.Fatalf("RemovePeer #%d: %v", i+1, err)
+		}
+	}
+	var rest []string
+	for _, l := range want {
+		if !strings.Contains(l, keyB) && !strings.Contains(l, "27c:16ff:fec0:6c74") {
+			rest = append(rest, l)
+		}
+	}
+	if diff := cmp.Diff(rest, state(t, ns)); diff != "" {
+		t.Errorf("after RemovePeer (-want +got):\n%s", diff)
+	}
+}
+
+// TestPartialRemoval: a peer whose FDB entry and route are already gone (a sweep that failed half-way) is
+// removed by the next RemovePeer.
+func TestPartialRemoval(t *testing.T) {
+	testenv.Tool(t, "bridge")
+	ns, dp := gateway(t)
+	if err := dp.AddPeers(welt, []string{keyA}); err != nil {
+		t.Fatal(err)
+	}
+	ns.Run(t, "bridge", "fdb", "del", "00:00:00:00:00:00", "dev", "vx-welt", "dst", "fe80::2a6:8fff:fe21:5465", "via", "wg-welt")
+	ns.Run(t, "ip", "-6", "route", "del", "fe80::2a6:8fff:fe21:5465/128", "dev", "wg-welt")
+	if err := dp.RemovePeer(welt, keyA); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(t, ns); len(got) != 0 {
+		t.Errorf("left behind %q", got)
+	}
+}
+
+func TestMissingInterfaces(t *testing.T) {
+	_, dp := gateway(t)
+	other := dataplane.LinkFor("nord")
+	err := dp.AddPeers(other, []string{keyA, keyB})
+	if diff := cmp.Diff([]string{keyA, keyB}, dataplane.FailedKeys(err)); diff != "" {
+		t.Errorf("failed keys (-want +got):\n%s\n%v", diff, err)
+	}
+	if _, err := dp.Device(other); err == nil {
+		t.Error("Device(wg-nord): want error")
+	}
+}
