@@ -27,8 +27,11 @@ type Dataplane struct {
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
 
-// Open connects to wgctrl and netlink in the namespace ns, or in the current one when ns is netns.None().
-func Open(ns netns.NsHandle) (*Dataplane, error) {
+// Open connects to wgctrl and netlink in the current network namespace.
+func Open() (*Dataplane, error) { return OpenAt(netns.None()) }
+
+// OpenAt connects to wgctrl and netlink in the network namespace ns (tests run gateways in their own).
+func OpenAt(ns netns.NsHandle) (*Dataplane, error) {
 	d := &Dataplane{}
 	var err error
 	if !ns.IsOpen() {

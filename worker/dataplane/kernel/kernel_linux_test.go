@@ -111,7 +111,7 @@ func gateway(t *testing.T) (*testenv.NS, *Dataplane) {
 	t.Helper()
 	ns := testenv.NewNS(t)
 	ns.Gateway(t, "welt", testenv.NewKey(t), 51820, "fe80::1")
-	dp, err := Open(ns.Handle)
+	dp, err := OpenAt(ns.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}

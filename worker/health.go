@@ -1,0 +1,103 @@
+package worker
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// healthServer answers the Gluon nodes' uplink check: HTTP GET on the gateway's link address on wg-{domain}.
+// It answers 200 while the worker is connected to MQTT, 503 otherwise. A domain whose interface is missing is
+// retried every few seconds.
+type healthServer struct {
+	a       *Agent
+	port    int
+	healthy func() bool
+	mu      sync.Mutex
+	servers map[string]*http.Server
+	done    chan struct{}
+	wg      sync.WaitGroup
+}
+
+const healthRetry = 5 * time.Second
+
+func newHealthServer(a *Agent, port int, healthy func() bool) *healthServer {
+	h := &healthServer{a: a, port: port, healthy: healthy, servers: map[string]*http.Server{}, done: make(chan struct{})}
+	h.wg.Add(1)
+	go h.loop()
+	return h
+}
+
+func (h *healthServer) loop() {
+	defer h.wg.Done()
+	t := time.NewTicker(healthRetry)
+	defer t.Stop()
+	for {
+		if h.listenAll() {
+			return
+		}
+		select {
+		case <-h.done:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// listenAll starts a listener for every domain that has none yet and reports whether all have one.
+func (h *healthServer) listenAll() bool {
+	all := true
+	for _, d := range h.a.Domains() {
+		h.mu.Lock()
+		_, ok := h.servers[d]
+		h.mu.Unlock()
+		if ok {
+			continue
+		}
+		dev, err := h.a.dp.Device(h.a.link(d))
+		if err != nil {
+			all = false
+			continue
+		}
+		addr := net.JoinHostPort(dev.LinkAddress+"%"+h.a.link(d).WG, strconv.Itoa(h.port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			h.a.log.Warn("health listener", "domain", d, "address", addr, "err", err)
+			all = false
+			continue
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(h.serve), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
+		h.mu.Lock()
+		h.servers[d] = srv
+		h.mu.Unlock()
+		h.wg.Add(1)
+		go func() { defer h.wg.Done(); _ = srv.Serve(ln) }()
+		h.a.log.Info("health check listening", "domain", d, "address", addr)
+	}
+	return all
+}
+
+func (h *healthServer) serve(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	if !h.healthy() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("unhealthy\n"))
+		return
+	}
+	_, _ = w.Write([]byte("OK\n"))
+}
+
+func (h *healthServer) close() {
+	close(h.done)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	h.mu.Lock()
+	for _, s := range h.servers {
+		_ = s.Shutdown(ctx)
+	}
+	h.mu.Unlock()
+	h.wg.Wait()
+}
