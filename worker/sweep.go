@@ -3,7 +3,6 @@ package worker
 import (
 	"errors"
 	"time"
-
 )
 
 // SweepResult counts what one sweep of a domain did.
@@ -119,4 +118,3 @@ func (a *Agent) sweepEvery(interval time.Duration, done <-chan struct{}) {
 		}
 	}
 }
-

@@ -43,7 +43,9 @@ func MetricTopic(domain, worker string) string {
 func StatusTopic(worker string) string { return workerRoot + "/" + worker + "/status" }
 
 // DataTopic is wireguard-worker/{worker}/{domain}/data.
-func DataTopic(worker, domain string) string { return workerRoot + "/" + worker + "/" + domain + "/data" }
+func DataTopic(worker, domain string) string {
+	return workerRoot + "/" + worker + "/" + domain + "/data"
+}
 
 // ReplayRequestTopic is where a worker asks the broker for the keys of its domains: wgkex/replay/{worker}/request.
 func ReplayRequestTopic(worker string) string { return replayRoot + "/" + worker + "/request" }

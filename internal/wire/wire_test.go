@@ -132,7 +132,10 @@ func TestTopics(t *testing.T) {
 
 func pk(t string) parsed2 { d, err := ParseKeyTopic(t); return parsed2{A: d, Err: err != nil} }
 func ps(t string) parsed2 { w, err := ParseStatusTopic(t); return parsed2{A: w, Err: err != nil} }
-func pr(t string) parsed2 { w, err := ParseReplayRequestTopic(t); return parsed2{A: w, Err: err != nil} }
+func pr(t string) parsed2 {
+	w, err := ParseReplayRequestTopic(t)
+	return parsed2{A: w, Err: err != nil}
+}
 func pd(t string) parsed2 {
 	w, d, err := ParseDataTopic(t)
 	return parsed2{A: w, B: d, Err: err != nil}
