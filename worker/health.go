@@ -63,7 +63,7 @@ func (h *healthServer) listenAll() bool {
 			continue
 		}
 		addr := net.JoinHostPort(dev.LinkAddress+"%"+h.a.link(d).WG, strconv.Itoa(h.port))
-		ln, err := net.Listen("tcp", addr)
+		ln, err := h.listen(addr)
 		if err != nil {
 			h.a.log.Warn("health listener", "domain", d, "address", addr, "err", err)
 			all = false
@@ -78,6 +78,16 @@ func (h *healthServer) listenAll() bool {
 		h.a.log.Info("health check listening", "domain", d, "address", addr)
 	}
 	return all
+}
+
+// listen opens the listener in the dataplane's network namespace when the dataplane can (kernel.Dataplane).
+func (h *healthServer) listen(addr string) (net.Listener, error) {
+	if l, ok := h.a.dp.(interface {
+		Listen(addr string) (net.Listener, error)
+	}); ok {
+		return l.Listen(addr)
+	}
+	return net.Listen("tcp", addr)
 }
 
 func (h *healthServer) serve(w http.ResponseWriter, r *http.Request) {

@@ -81,7 +81,7 @@ func (c *Client) Subscribe(t testing.TB, filters ...string) {
 	t.Helper()
 	s := &paho.Subscribe{}
 	for _, f := range filters {
-		s.Subscriptions = append(s.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: 1})
+		s.Subscriptions = append(s.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: 1, RetainAsPublished: true})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

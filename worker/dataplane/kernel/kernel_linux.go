@@ -3,6 +3,7 @@ package kernel
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"runtime"
 	"sync"
@@ -23,6 +24,7 @@ type Dataplane struct {
 	wg      *wgctrl.Client
 	nlh     *netlink.Handle
 	sockets map[int]*nl.SocketHandle // for raw requests in the handle's namespace; nil: the current one
+	ns      *netns.NsHandle          // nil: the current namespace
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
@@ -44,6 +46,7 @@ func OpenAt(ns netns.NsHandle) (*Dataplane, error) {
 		}
 		return d, nil
 	}
+	d.ns = &ns
 	if d.nlh, err = netlink.NewHandleAt(ns); err != nil {
 		return nil, fmt.Errorf("open netlink in namespace: %w", err)
 	}
@@ -75,6 +78,15 @@ func inNetns(ns netns.NsHandle, fn func() error) error {
 	}
 	defer netns.Set(orig)
 	return fn()
+}
+
+// Listen opens a TCP listener in the dataplane's network namespace (for the health check on a link address).
+func (d *Dataplane) Listen(addr string) (ln net.Listener, err error) {
+	if d.ns == nil || !d.ns.IsOpen() {
+		return net.Listen("tcp", addr)
+	}
+	err = inNetns(*d.ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err })
+	return ln, err
 }
 
 // Close releases the sockets.

@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
+	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+	"github.com/freifunkMUC/wgkex-go/worker"
+	"github.com/freifunkMUC/wgkex-go/worker/dataplane/kernel"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// brokerConfig is the broker's configuration for these tests; extra is appended YAML.
+func brokerConfig(t *testing.T, state, httpAddr, mqttAddr, extra string) *config.Config {
+	t.Helper()
+	host, port, _ := strings.Cut(httpAddr, ":")
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`
+domains: [ffmuc_welt]
+domain_prefixes: [ffmuc_]
+broker_listen: {host: %q, port: %s}
+broker:
+  state_file: %s
+  mqtt_listeners: [{address: %q}]
+  reconnect_grace: 1m
+%s`, host, port, state, mqttAddr, extra)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func startBroker(t *testing.T, cfg *config.Config) *brokerd.Daemon {
+	t.Helper()
+	d, err := brokerd.Start(cfg, testenv.Logger(t).With("side", "broker"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Shutdown(context.Background()) })
+	return d
+}
+
+func post(t *testing.T, addr, version, domain, key string) (int, string) {
+	t.Helper()
+	body := fmt.Sprintf(`{"domain":%q,"public_key":%q}`, domain, key)
+	resp, err := http.Post("http://"+addr+"/api/"+version+"/wg/key/exchange", "application/x-www-form-urlencoded", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// runAgent runs a worker in-process against the gateway namespace ns until the test ends or stop is called.
+func runAgent(t *testing.T, ns *testenv.NS, name, mqttAddr string, healthPort int) (a *worker.Agent, stop func()) {
+	t.Helper()
+	dp, err := kernel.OpenAt(ns.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := strings.Cut(mqttAddr, ":")
+	var p int
+	fmt.Sscan(port, &p)
+	a = worker.New(dp, testenv.Logger(t).With("side", name), worker.Options{
+		Name: name, Domains: map[string]string{"ffmuc_welt": "welt"}, ExternalName: name + ".ext",
+		StaleTimeout: 3 * time.Hour, Grace: 10 * time.Minute,
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err := a.Run(ctx, worker.RunOptions{
+			MQTT:            config.MQTT{BrokerURL: host, BrokerPort: p, Keepalive: 2},
+			MetricsInterval: 200 * time.Millisecond, CleanupInterval: time.Hour, HealthPort: healthPort,
+		})
+		if err != nil {
+			t.Errorf("worker %s: %v", name, err)
+		}
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			dp.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return a, stop
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// binary builds cmd/<name> once per test run and returns its path.
+func binary(t *testing.T, name string) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "wgkex-e2e-bin")
+		if buildErr != nil {
+			return
+		}
+		for _, n := range []string{"wgkex-broker", "wgkex-worker"} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(buildDir, n), "../../cmd/"+n).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", n, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(buildDir, name)
+}
+
+// lines returns the non-empty trimmed lines of s.
+func lines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
