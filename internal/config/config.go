@@ -197,6 +197,7 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 		return nil, fmt.Errorf("load environment: %w", err)
 	}
 	var c Config
+	var problems []string
 	err = k.UnmarshalWithConf("", &c, koanf.UnmarshalConf{DecoderConfig: &mapstructure.DecoderConfig{
 		DecodeHook:  durationHook,
 		ErrorUnused: true,
@@ -204,11 +205,22 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 		TagName:     "koanf",
 	}})
 	if err != nil {
-		return nil, fmt.Errorf("configuration: %w", err)
+		// mapstructure lists one problem per line (unknown keys, wrong types) under a header line.
+		for _, l := range strings.Split(err.Error(), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "decoding failed") {
+				problems = append(problems, strings.Replace(l, "'' has invalid keys", "unknown top-level keys", 1))
+			}
+		}
 	}
 	c.fill()
 	if err := c.Validate(); err != nil {
-		return nil, err
+		var ce *Error
+		if errors.As(err, &ce) {
+			problems = append(problems, ce.Problems...)
+		}
+	}
+	if len(problems) > 0 {
+		return nil, &Error{Problems: problems}
 	}
 	return &c, nil
 }

@@ -74,6 +74,7 @@ func TestEnvOverrides(t *testing.T) {
 		"WGKEX_DOMAINS=ffmuc_x, ffmuc_y",
 		"WGKEX_EXTERNALNAME=gw.example",
 		"WGKEX_BROKER_REPLAY_WINDOW=1h",
+		"WGKEX_BROKER_MQTT_LISTENERS=0.0.0.0:1883, [::]:1884",
 		"WGKEX_CONFIG_FILE=/ignored",
 		"WGKEX_DEBUG=1",
 		"OTHER=1",
@@ -82,8 +83,9 @@ func TestEnvOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := []any{c.MQTT.Password, c.MQTT.TLS, c.BrokerListen.Port, c.Domains, c.ExternalName, c.Broker.ReplayWindow.D()}
-	want := []any{"s3cret", true, 6000, []string{"ffmuc_x", "ffmuc_y"}, "gw.example", time.Hour}
+	got := []any{c.MQTT.Password, c.MQTT.TLS, c.BrokerListen.Port, c.Domains, c.ExternalName, c.Broker.ReplayWindow.D(), c.Broker.MQTTListeners}
+	want := []any{"s3cret", true, 6000, []string{"ffmuc_x", "ffmuc_y"}, "gw.example", time.Hour,
+		[]MQTTListener{{Address: "0.0.0.0:1883"}, {Address: "[::]:1884"}}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("overrides (-want +got):\n%s", diff)
 	}

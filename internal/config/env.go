@@ -47,6 +47,12 @@ func (l leaf) convert(s string) (any, error) {
 	switch {
 	case l.kind == durationType:
 		return s, nil
+	case l.kind == reflect.TypeOf([]MQTTListener(nil)):
+		var out []any
+		for _, a := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
+			out = append(out, map[string]any{"address": a})
+		}
+		return out, nil
 	case l.kind.Kind() == reflect.Slice && l.kind.Elem().Kind() == reflect.String:
 		f := strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
 		out := make([]any, len(f))
@@ -87,8 +93,11 @@ func collectLeaves(t reflect.Type, path []string, out map[string]leaf) {
 			collectLeaves(ft, p, out)
 		case ft.Kind() == reflect.Map, ft.Kind() == reflect.Interface, ft.Kind() == reflect.Pointer:
 			// workers.<name> and logging_config stay file-only.
+		case ft == reflect.TypeOf([]MQTTListener(nil)):
+			// WGKEX_BROKER_MQTT_LISTENERS=0.0.0.0:1883,[::]:1883 gives plain listeners; TLS ones need the file.
+			out[envPrefix+strings.ToUpper(strings.Join(p, "_"))] = leaf{path: p, kind: ft}
 		case ft.Kind() == reflect.Slice && ft.Elem().Kind() != reflect.String:
-			// lists of structs stay file-only.
+			// other lists of structs stay file-only.
 		default:
 			out[envPrefix+strings.ToUpper(strings.Join(p, "_"))] = leaf{path: p, kind: ft}
 		}

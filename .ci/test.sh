@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need (idempotently), then formatting, vet, staticcheck,
+# go test -race over every package (root-only tests included; under CI=true a skip is a failure) and a short
+# run of every fuzz target. `make test` and .ci/run call this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STATICCHECK_VERSION=v0.8.2
+FUZZTIME=${FUZZTIME:-5s}
+
+need_pkgs=()
+for tool in wg:wireguard-tools mosquitto_sub:mosquitto-clients mosquitto_pub:mosquitto-clients curl:curl \
+	ip:iproute2 bridge:iproute2 nsenter:util-linux unshare:util-linux python3:python3; do
+	command -v "${tool%%:*}" >/dev/null 2>&1 || need_pkgs+=("${tool#*:}")
+done
+python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || need_pkgs+=(python3-paho-mqtt)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+	if [ "$(id -u)" = 0 ]; then
+		echo "== installing ${need_pkgs[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+	else
+		echo "== not root: cannot install ${need_pkgs[*]}; the tests that need them will skip"
+	fi
+fi
+
+GOBIN=$(go env GOPATH)/bin
+if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -q "(${STATICCHECK_VERSION#v})"; then
+	echo "== installing staticcheck $STATICCHECK_VERSION"
+	go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+fi
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt needed:"; echo "$unformatted"; exit 1
+fi
+echo "== go vet"
+go vet ./...
+echo "== staticcheck"
+"$GOBIN/staticcheck" ./...
+
+echo "== go test -race"
+go test -race -count=1 ./...
+
+echo "== fuzz ($FUZZTIME each)"
+for pkg in $(go list ./...); do
+	dir=$(go list -f '{{.Dir}}' "$pkg")
+	for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/func //'); do
+		echo "-- $pkg $target"
+		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/tmp/wgkex-fuzz.log 2>&1 || {
+			cat /tmp/wgkex-fuzz.log; exit 1; }
+	done
+done
+echo "== all tests passed"

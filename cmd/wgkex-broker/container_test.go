@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+)
+
+// dockerEnv reads the ENV instruction of the Dockerfile.
+func dockerEnv(t *testing.T) []string {
+	t.Helper()
+	f, err := os.Open("../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var env []string
+	in := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		l := strings.TrimSpace(sc.Text())
+		if strings.HasPrefix(l, "ENV ") {
+			in, l = true, strings.TrimPrefix(l, "ENV ")
+		}
+		if !in {
+			continue
+		}
+		cont := strings.HasSuffix(l, "\\")
+		env = append(env, strings.Fields(strings.TrimSuffix(l, "\\"))...)
+		in = cont
+	}
+	return env
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, p, _ := net.SplitHostPort(l.Addr().String())
+	return p
+}
+
+// TestContainerEnvironment builds the static binary as the Dockerfile does and runs it the way the image does:
+// the example configuration as /etc/wgkex.yaml, the Dockerfile's environment (ports and state directory moved to
+// free ones here), then SIGTERM as `docker stop` sends it.
+func TestContainerEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "wgkex-broker")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("static build: %v\n%s", err, out)
+	}
+	env := dockerEnv(t)
+	if len(env) < 3 {
+		t.Fatalf("Dockerfile ENV: %q", env)
+	}
+	httpPort, mqttPort := freePort(t), freePort(t)
+	cmd := exec.Command(bin)
+	cmd.Env = append(append(os.Environ(), env...),
+		"WGKEX_CONFIG_FILE=../../wgkex.yaml.example",
+		"WGKEX_BROKER_LISTEN_HOST=127.0.0.1", "WGKEX_BROKER_LISTEN_PORT="+httpPort,
+		"WGKEX_BROKER_MQTT_LISTENERS=127.0.0.1:"+mqttPort,
+		"WGKEX_BROKER_STATE_FILE="+filepath.Join(dir, "wgkex.db"))
+	cmd.Stdout, cmd.Stderr = t.Output(), t.Output()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		resp, err := http.Get("http://127.0.0.1:" + httpPort + "/api/v1/locations")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, "broker did not answer")
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("no exit within 10 s of SIGTERM")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "wgkex.db")); err != nil {
+		t.Errorf("state file: %v", err)
+	}
+}
