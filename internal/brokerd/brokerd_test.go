@@ -67,7 +67,7 @@ func post(t *testing.T, d *Daemon, version, body string) (int, string) {
 // refWorker runs testdata/refworker.py (Debian's python3-paho-mqtt) as a reference worker.
 func refWorker(t *testing.T, d *Daemon, worker, domain string, peers int) *exec.Cmd {
 	t.Helper()
-	py := testenv.Tool(t, "python3")
+	py := testenv.Tool(t, "/usr/bin/python3") // Debian's, where python3-paho-mqtt lives
 	if err := exec.Command(py, "-c", "import paho.mqtt.client").Run(); err != nil {
 		testenv.Skip(t, "python3-paho-mqtt not installed")
 	}
