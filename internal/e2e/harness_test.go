@@ -20,7 +20,12 @@ import (
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane/kernel"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(helperEnv); spec != "" {
+		os.Exit(gatewayHelper(spec))
+	}
+	testenv.Main(m)
+}
 
 // brokerConfig is the broker's configuration for these tests; extra is appended YAML.
 func brokerConfig(t *testing.T, state, httpAddr, mqttAddr, extra string) *config.Config {

@@ -29,6 +29,8 @@ type ClientOptions struct {
 	Username, Password string
 	Will               *paho.WillMessage
 	KeepAlive          uint16
+	// Dial opens the connection (default: net.Dial from the test's own namespace).
+	Dial func(network, addr string) (net.Conn, error)
 }
 
 // Connect dials addr and connects as id, failing the test on error. The client disconnects at cleanup.
@@ -44,7 +46,11 @@ func Connect(t testing.TB, addr, id string, o ClientOptions) *Client {
 
 // Dial is Connect returning the error.
 func Dial(addr, id string, o ClientOptions) (*Client, error) {
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	dial := o.Dial
+	if dial == nil {
+		dial = func(network, addr string) (net.Conn, error) { return net.DialTimeout(network, addr, 5*time.Second) }
+	}
+	conn, err := dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}

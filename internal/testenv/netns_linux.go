@@ -9,6 +9,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/conn"
@@ -119,33 +122,50 @@ func (n *NS) Command(name string, args ...string) *exec.Cmd {
 }
 
 // WireGuard creates a userspace WireGuard device (wireguard-go, in-process) in the namespace with the given key
-// and listen port, reachable through wgctrl and `wg` by its UAPI socket, and sets it up. It returns the device's
-// public key.
+// and listen port (0: any), reachable through wgctrl and `wg` by its UAPI socket, and sets it up. It returns the
+// device's public key.
 func (n *NS) WireGuard(t testing.TB, name string, key wgtypes.Key, port int) wgtypes.Key {
 	t.Helper()
-	var dev *device.Device
-	var uapi net.Listener
-	err := n.Do(func() error {
-		td, err := tun.CreateTUN(name, 1420)
-		if err != nil {
-			return fmt.Errorf("create tun %s: %w", name, err)
-		}
-		dev = device.NewDevice(td, conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
-		if err := dev.IpcSet(fmt.Sprintf("private_key=%x\nlisten_port=%d\n", key[:], port)); err != nil {
-			return fmt.Errorf("configure %s: %w", name, err)
-		}
-		if err := dev.Up(); err != nil {
-			return fmt.Errorf("up %s: %w", name, err)
-		}
-		f, err := ipc.UAPIOpen(name)
-		if err != nil {
-			return fmt.Errorf("uapi open %s: %w", name, err)
-		}
-		uapi, err = ipc.UAPIListen(name, f)
+	var closeDev func()
+	err := n.Do(func() (err error) {
+		closeDev, err = UserspaceDevice(name, key, port)
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(closeDev)
+	// Like a kernel WireGuard interface, no automatic link-local address: the configured one is the only one.
+	n.Run(t, "ip", "link", "set", name, "addrgenmode", "none")
+	n.Run(t, "ip", "link", "set", name, "up")
+	return key.PublicKey()
+}
+
+// UserspaceDevice creates a wireguard-go device in the calling thread's network namespace, with its UAPI socket
+// in /var/run/wireguard, and returns its closer.
+func UserspaceDevice(name string, key wgtypes.Key, port int) (func(), error) {
+	td, err := tun.CreateTUN(name, 1420)
+	if err != nil {
+		return nil, fmt.Errorf("create tun %s: %w", name, err)
+	}
+	dev := device.NewDevice(td, conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
+	if err := dev.IpcSet(fmt.Sprintf("private_key=%x\nlisten_port=%d\n", key[:], port)); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("configure %s: %w", name, err)
+	}
+	if err := dev.Up(); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("up %s: %w", name, err)
+	}
+	f, err := ipc.UAPIOpen(name)
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("uapi open %s: %w", name, err)
+	}
+	uapi, err := ipc.UAPIListen(name, f)
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("uapi listen %s: %w", name, err)
 	}
 	go func() {
 		for {
@@ -156,9 +176,36 @@ func (n *NS) WireGuard(t testing.TB, name string, key wgtypes.Key, port int) wgt
 			go dev.IpcHandle(c)
 		}
 	}()
-	t.Cleanup(func() { uapi.Close(); dev.Close() })
-	n.Run(t, "ip", "link", "set", name, "up")
-	return key.PublicKey()
+	return func() { uapi.Close(); dev.Close() }, nil
+}
+
+// Veth connects this namespace to peer with a veth pair: local here, remote there.
+func (n *NS) Veth(t testing.TB, local string, peer *NS, remote string) {
+	t.Helper()
+	h, err := netlink.NewHandleAt(n.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: local}, PeerName: remote}); err != nil {
+		t.Fatalf("add veth %s: %v", local, err)
+	}
+	r, err := h.LinkByName(remote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetNsFd(r, int(peer.Handle)); err != nil {
+		t.Fatalf("move %s: %v", remote, err)
+	}
+}
+
+// Dial opens a TCP connection from inside the namespace.
+func (n *NS) Dial(network, addr string) (c net.Conn, err error) {
+	err = n.Do(func() error {
+		c, err = net.DialTimeout(network, addr, 5*time.Second)
+		return err
+	})
+	return c, err
 }
 
 // Gateway sets up a domain's interfaces as the README tells operators to: a userspace wg-{name} with the link

@@ -70,8 +70,15 @@ func fdbFlags(add bool) (proto, flags int) {
 	return unix.RTM_DELNEIGH, unix.NLM_F_ACK
 }
 
-// linkAddress picks the address reported to the broker: the first IPv6 link-local address, else the first one.
-func linkAddress(addrs []netlink.Addr) (string, error) {
+// linkAddress picks the address reported to the broker: the VXLAN link's local address when the WireGuard link
+// has it (that is the address BATMAN talks over, and a userspace device may carry an automatic link-local
+// besides), else the first IPv6 link-local address, else the first one.
+func linkAddress(addrs []netlink.Addr, vxLocal net.IP) (string, error) {
+	for _, a := range addrs {
+		if vxLocal != nil && a.IP.Equal(vxLocal) {
+			return a.IP.String(), nil
+		}
+	}
 	for _, a := range addrs {
 		if a.IP.To4() == nil && a.IP.IsLinkLocalUnicast() {
 			return a.IP.String(), nil

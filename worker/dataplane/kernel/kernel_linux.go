@@ -120,7 +120,13 @@ func (d *Dataplane) Device(link dataplane.Link) (dataplane.Device, error) {
 	if err != nil {
 		return dataplane.Device{}, fmt.Errorf("list addresses of %s: %w", link.WG, err)
 	}
-	la, err := linkAddress(addrs)
+	var vxLocal net.IP
+	if vx, err := d.nlh.LinkByName(link.VX); err == nil {
+		if v, ok := vx.(*netlink.Vxlan); ok {
+			vxLocal = v.SrcAddr
+		}
+	}
+	la, err := linkAddress(addrs, vxLocal)
 	if err != nil {
 		return dataplane.Device{}, fmt.Errorf("link address of %s: %w", link.WG, err)
 	}

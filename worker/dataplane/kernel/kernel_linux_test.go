@@ -91,16 +91,19 @@ func TestLinkAddress(t *testing.T) {
 	a := func(s string) netlink.Addr { return netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(s)}} }
 	for _, tt := range []struct {
 		addrs []netlink.Addr
+		vx    net.IP
 		want  string
 	}{
-		{[]netlink.Addr{a("10.0.0.1"), a("2001:db8::1"), a("fe80::1")}, "fe80::1"},
-		{[]netlink.Addr{a("10.0.0.1"), a("2001:db8::1")}, "10.0.0.1"},
+		{[]netlink.Addr{a("10.0.0.1"), a("2001:db8::1"), a("fe80::1")}, nil, "fe80::1"},
+		{[]netlink.Addr{a("fe80::abcd:1"), a("fe80::1")}, net.ParseIP("fe80::1"), "fe80::1"},
+		{[]netlink.Addr{a("fe80::abcd:1"), a("fe80::1")}, net.ParseIP("fe80::9"), "fe80::abcd:1"},
+		{[]netlink.Addr{a("10.0.0.1"), a("2001:db8::1")}, nil, "10.0.0.1"},
 	} {
-		if got, err := linkAddress(tt.addrs); err != nil || got != tt.want {
+		if got, err := linkAddress(tt.addrs, tt.vx); err != nil || got != tt.want {
 			t.Errorf("linkAddress = %q, %v; want %q", got, err, tt.want)
 		}
 	}
-	if _, err := linkAddress(nil); err == nil {
+	if _, err := linkAddress(nil, nil); err == nil {
 		t.Error("no addresses: want error")
 	}
 }
