@@ -63,7 +63,7 @@ func newEnv(t *testing.T, path string, mod func(*broker.Options)) *env {
 	if path == "" {
 		path = filepath.Join(t.TempDir(), "state.db")
 	}
-	st, err := store.Open(path)
+	st, err := store.Open(path, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

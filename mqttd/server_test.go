@@ -40,7 +40,7 @@ func start(t *testing.T, st RetainStore, user, pass string, handlers map[string]
 
 func openStore(t *testing.T, path string) *store.Store {
 	t.Helper()
-	st, err := store.Open(path)
+	st, err := store.Open(path, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,10 @@
 package store
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -33,8 +33,21 @@ const maxBatch = 4096
 // Store is the broker's bbolt database.
 type Store struct {
 	db     *bolt.DB
+	log    *slog.Logger
 	writes chan write
 	done   chan struct{}
+
+	// Registrations: the write-ahead log and what of it is not yet merged into db.
+	walBase   string
+	wal       *wal // owned by keyWriter
+	keys      chan keyWrite
+	keysDone  chan struct{}
+	mergeUpTo int // newest segment in the running merge; keyWriter only
+	recovered int // records merged from the log at Open
+	mu        sync.RWMutex
+	pending   overlay // in the current segment
+	merging   overlay // in older segments, being merged
+	pendingN  int
 
 	closeOnce sync.Once
 	closeErr  error
@@ -47,8 +60,9 @@ type write struct {
 
 var _ broker.Store = (*Store)(nil)
 
-// Open opens (creating if needed) the database at path and starts its writer.
-func Open(path string) (*Store, error) {
+// Open opens (creating if needed) the database at path, merges what a previous run left in its write-ahead log
+// (path.wal.*) and starts the writers.
+func Open(path string, log *slog.Logger) (*Store, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return nil, fmt.Errorf("open state file %s: %w", path, err)
@@ -75,14 +89,29 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("initialise state file %s: %w", path, err)
 	}
-	s := &Store{db: db, writes: make(chan write, maxBatch), done: make(chan struct{})}
+	s := &Store{db: db, log: log, writes: make(chan write, maxBatch), done: make(chan struct{}),
+		walBase: path + ".wal", keys: make(chan keyWrite, maxBatch), keysDone: make(chan struct{}),
+		pending: overlay{}}
+	if err := s.recoverLog(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("recover %s: %w", path, err)
+	}
+	if s.recovered > 0 {
+		log.Info("registrations recovered from the write-ahead log", "count", s.recovered)
+	}
 	go s.writer()
+	go s.keyWriter()
 	return s, nil
 }
 
-// Close stops the writer and closes the file. Writes still queued are committed first. Closing twice is harmless.
+func (s *Store) logf(format string, args ...any) { s.log.Error(fmt.Sprintf(format, args...)) }
+
+// Close merges the write-ahead log, stops the writers and closes the file. Writes still queued are committed
+// first. Closing twice is harmless.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		close(s.keys)
+		<-s.keysDone
 		close(s.writes)
 		<-s.done
 		s.closeErr = s.db.Close()
@@ -144,82 +173,6 @@ func (s *Store) commit(batch []write) {
 	for _, w := range batch {
 		w.err <- s.db.Update(w.fn)
 	}
-}
-
-// PutKey records a registration: it keeps the first-seen time of a known key and updates the rest.
-func (s *Store) PutKey(r broker.KeyRecord) error {
-	return s.update(func(tx *bolt.Tx) error {
-		b, err := tx.Bucket(bucketKeys).CreateBucketIfNotExists([]byte(r.Domain))
-		if err != nil {
-			return fmt.Errorf("domain bucket %q: %w", r.Domain, err)
-		}
-		first := r.FirstSeen
-		if old := b.Get([]byte(r.Key)); len(old) >= 16 {
-			first = time.Unix(0, int64(binary.BigEndian.Uint64(old)))
-		}
-		v := make([]byte, 16+len(r.Gateway))
-		binary.BigEndian.PutUint64(v, uint64(first.UnixNano()))
-		binary.BigEndian.PutUint64(v[8:], uint64(r.LastSeen.UnixNano()))
-		copy(v[16:], r.Gateway)
-		return b.Put([]byte(r.Key), v)
-	})
-}
-
-// Key returns the record of key in domain, or ErrNotFound.
-func (s *Store) Key(domain, key string) (broker.KeyRecord, error) {
-	var r broker.KeyRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketKeys).Bucket([]byte(domain))
-		if b == nil {
-			return ErrNotFound
-		}
-		v := b.Get([]byte(key))
-		if v == nil {
-			return ErrNotFound
-		}
-		r = decodeKey(domain, key, v)
-		return nil
-	})
-	return r, err
-}
-
-func decodeKey(domain, key string, v []byte) broker.KeyRecord {
-	r := broker.KeyRecord{Domain: domain, Key: key}
-	if len(v) >= 16 {
-		r.FirstSeen = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
-		r.LastSeen = time.Unix(0, int64(binary.BigEndian.Uint64(v[8:])))
-		r.Gateway = string(v[16:])
-	}
-	return r
-}
-
-// Keys calls fn, in key order, inside one read transaction, for every key of domain last seen at or after since.
-func (s *Store) Keys(domain string, since time.Time, fn func(rec broker.KeyRecord) error) error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketKeys).Bucket([]byte(domain))
-		if b == nil {
-			return nil
-		}
-		cut := since.UnixNano()
-		return b.ForEach(func(k, v []byte) error {
-			if len(v) < 16 || int64(binary.BigEndian.Uint64(v[8:])) < cut {
-				return nil
-			}
-			return fn(decodeKey(domain, string(k), v))
-		})
-	})
-}
-
-// KeyCounts returns the number of registered keys per domain.
-func (s *Store) KeyCounts() (map[string]int, error) {
-	out := map[string]int{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketKeys).ForEachBucket(func(name []byte) error {
-			out[string(name)] = tx.Bucket(bucketKeys).Bucket(name).Stats().KeyN
-			return nil
-		})
-	})
-	return out, err
 }
 
 // PutWorker stores the state of one worker.

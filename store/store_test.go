@@ -1,8 +1,11 @@
 package store
 
 import (
+	"log/slog"
+
 	"errors"
 	"fmt"
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -16,7 +19,7 @@ import (
 
 func open(t *testing.T, path string) *Store {
 	t.Helper()
-	s, err := Open(path)
+	s, err := Open(path, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +149,7 @@ func TestWorkersAndRetained(t *testing.T) {
 }
 
 func BenchmarkPutKeyParallel(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "state.db"))
+	s, err := Open(filepath.Join(b.TempDir(), "state.db"), slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -28,7 +28,7 @@ const (
 
 func newServer(t testing.TB) (*Server, *broker.Broker, *counter) {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
+	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"), testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,7 @@ type Daemon struct {
 
 // Start opens the state file, starts the MQTT server and the REST API, and returns once both accept connections.
 func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
-	st, err := store.Open(cfg.Broker.StateFile)
+	st, err := store.Open(cfg.Broker.StateFile, log.With("component", "store"))
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Load test of API v2 over loopback HTTP with keep-alive (wrk), against the real broker binary with one online
+# worker (its retained status, endpoint and metrics published with mosquitto_pub) and a real MQTT subscriber
+# (mosquitto_sub) receiving every published key. Usage: bench/v2.sh [duration] [connections]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-20s}
+CONNS=${2:-64}
+for t in wrk mosquitto_pub mosquitto_sub; do
+	command -v $t >/dev/null || { echo "needs $t (apt-get install wrk mosquitto-clients)"; exit 1; }
+done
+dir=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+go build -o "$dir/wgkex-broker" ./cmd/wgkex-broker
+cat >"$dir/wgkex.yaml" <<YAML
+domains: [ffmuc_welt]
+domain_prefixes: [ffmuc_]
+workers: {gw04: {weight: 1}}
+broker_listen: {host: 127.0.0.1, port: 15000}
+broker: {state_file: $dir/wgkex.db, mqtt_listeners: [{address: "127.0.0.1:11883"}]}
+log: {level: warn}
+YAML
+GOGC=${GOGC:-100} PPROF=${PPROF:-} "$dir/wgkex-broker" --config "$dir/wgkex.yaml" &
+for i in $(seq 50); do curl -s -o /dev/null localhost:15000/api/v1/locations && break; sleep 0.1; done
+pub() { mosquitto_pub -p 11883 -q 1 -r -t "$1" -m "$2"; }
+pub wireguard-worker/gw04/ffmuc_welt/data '{"ExternalAddress": "gw04.ext", "Port": 51820, "PublicKey": "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=", "LinkAddress": "fe80::1"}'
+pub wireguard-worker/gw04/status 1
+pub wireguard-metrics/ffmuc_welt/gw04/connected_peers 0
+mosquitto_sub -p 11883 -t 'wireguard/#' >"$dir/keys.txt" &
+sleep 0.5
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); wrk -t2 -c$CONNS -d$DURATION"
+wrk -t2 -c"$CONNS" -d"$DURATION" -s bench/v2.lua http://127.0.0.1:15000/api/v2/wg/key/exchange | tail -n 1
+sleep 1
+echo "keys seen by mosquitto_sub: $(wc -l <"$dir/keys.txt")"
