@@ -10,7 +10,11 @@ import (
 // location. Like the reference, it ignores the Content-Type (Gluon posts JSON as a form). A location that is not a
 // string is ignored, as an unknown location falls back to all gateways.
 func ParseRequest(body []byte) (Request, error) {
-	var raw map[string]json.RawMessage
+	var raw struct {
+		PublicKey json.RawMessage `json:"public_key"`
+		Domain    json.RawMessage `json:"domain"`
+		Location  json.RawMessage `json:"location"`
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&raw); err != nil {
 		return Request{}, fmt.Errorf("%w: body is not a JSON object: %v", ErrBadRequest, err)
@@ -19,21 +23,20 @@ func ParseRequest(body []byte) (Request, error) {
 		return Request{}, fmt.Errorf("%w: data after the JSON object", ErrBadRequest)
 	}
 	var r Request
-	if err := stringField(raw, "public_key", &r.PublicKey); err != nil {
+	if err := stringField(raw.PublicKey, "public_key", &r.PublicKey); err != nil {
 		return Request{}, err
 	}
-	if err := stringField(raw, "domain", &r.Domain); err != nil {
+	if err := stringField(raw.Domain, "domain", &r.Domain); err != nil {
 		return Request{}, err
 	}
-	if v, ok := raw["location"]; ok {
-		_ = json.Unmarshal(v, &r.Location)
+	if len(raw.Location) > 0 {
+		_ = json.Unmarshal(raw.Location, &r.Location)
 	}
 	return r, nil
 }
 
-func stringField(raw map[string]json.RawMessage, name string, dst *string) error {
-	v, ok := raw[name]
-	if !ok {
+func stringField(v json.RawMessage, name string, dst *string) error {
+	if len(v) == 0 {
 		return fmt.Errorf("%w: %s missing", ErrBadRequest, name)
 	}
 	if err := json.Unmarshal(v, dst); err != nil {

@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 }
 
 // brokerConfig is the broker's configuration for these tests; extra is appended YAML.
-func brokerConfig(t *testing.T, state, httpAddr, mqttAddr, extra string) *config.Config {
+func brokerConfig(t testing.TB, state, httpAddr, mqttAddr, extra string) *config.Config {
 	t.Helper()
 	host, port, _ := strings.Cut(httpAddr, ":")
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`
@@ -46,7 +46,7 @@ broker:
 	return cfg
 }
 
-func startBroker(t *testing.T, cfg *config.Config) *brokerd.Daemon {
+func startBroker(t testing.TB, cfg *config.Config) *brokerd.Daemon {
 	t.Helper()
 	d, err := brokerd.Start(cfg, testenv.Logger(t).With("side", "broker"))
 	if err != nil {
@@ -56,7 +56,7 @@ func startBroker(t *testing.T, cfg *config.Config) *brokerd.Daemon {
 	return d
 }
 
-func post(t *testing.T, addr, version, domain, key string) (int, string) {
+func post(t testing.TB, addr, version, domain, key string) (int, string) {
 	t.Helper()
 	body := fmt.Sprintf(`{"domain":%q,"public_key":%q}`, domain, key)
 	resp, err := http.Post("http://"+addr+"/api/"+version+"/wg/key/exchange", "application/x-www-form-urlencoded", strings.NewReader(body))
@@ -69,7 +69,12 @@ func post(t *testing.T, addr, version, domain, key string) (int, string) {
 }
 
 // runAgent runs a worker in-process against the gateway namespace ns until the test ends or stop is called.
-func runAgent(t *testing.T, ns *testenv.NS, name, mqttAddr string, healthPort int) (a *worker.Agent, stop func()) {
+func runAgent(t testing.TB, ns *testenv.NS, name, mqttAddr string, healthPort int) (a *worker.Agent, stop func()) {
+	return runAgentEvery(t, ns, name, mqttAddr, healthPort, 200*time.Millisecond)
+}
+
+// runAgentEvery is runAgent with the metrics interval given.
+func runAgentEvery(t testing.TB, ns *testenv.NS, name, mqttAddr string, healthPort int, metrics time.Duration) (a *worker.Agent, stop func()) {
 	t.Helper()
 	dp, err := kernel.OpenAt(ns.Handle)
 	if err != nil {
@@ -88,7 +93,7 @@ func runAgent(t *testing.T, ns *testenv.NS, name, mqttAddr string, healthPort in
 		defer close(done)
 		err := a.Run(ctx, worker.RunOptions{
 			MQTT:            config.MQTT{BrokerURL: host, BrokerPort: p, Keepalive: 2},
-			MetricsInterval: 200 * time.Millisecond, CleanupInterval: time.Hour, HealthPort: healthPort,
+			MetricsInterval: metrics, CleanupInterval: time.Hour, HealthPort: healthPort,
 		})
 		if err != nil {
 			t.Errorf("worker %s: %v", name, err)

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
 )
@@ -155,34 +156,49 @@ func (d *Dataplane) indexes(link dataplane.Link) (wg, vx int, err error) {
 	return w.Attrs().Index, v.Attrs().Index, nil
 }
 
-// AddPeers implements dataplane.Dataplane: one wgctrl call for all keys, then a route and an FDB entry per key.
+// addChunk is how many peers one wgctrl call adds. Chunks let the routes and FDB entries of one chunk be written
+// while the next chunk's peers are configured: the two costs overlap instead of adding up.
+const addChunk = 1024
+
+// AddPeers implements dataplane.Dataplane: the peers in wgctrl calls of up to addChunk keys, each chunk's routes
+// and FDB entries (one netlink request per key) right after its peers exist, pipelined with the next chunk.
 func (d *Dataplane) AddPeers(link dataplane.Link, keys []string) error {
 	cfg, errs := peerConfig(keys, false)
-	failAll := func(step string, err error) error {
+	wgIdx, vxIdx, err := d.indexes(link)
+	if err != nil {
 		for _, k := range keys {
-			errs = append(errs, &dataplane.PeerError{Key: k, Step: step, Err: err})
+			errs = append(errs, &dataplane.PeerError{Key: k, Step: "peer", Err: err})
 		}
 		return errors.Join(errs...)
 	}
-	wgIdx, vxIdx, err := d.indexes(link)
-	if err != nil {
-		return failAll("peer", err)
+	type chunk struct {
+		peers []wgtypes.PeerConfig
+		err   error
 	}
-	if len(cfg.Peers) > 0 {
-		d.mu.Lock()
-		err := d.wg.ConfigureDevice(link.WG, cfg)
-		d.mu.Unlock()
-		if err != nil {
-			return failAll("peer", fmt.Errorf("configure %s: %w", link.WG, err))
+	chunks := make(chan chunk, 1)
+	go func() {
+		defer close(chunks)
+		for i := 0; i < len(cfg.Peers); i += addChunk {
+			part := cfg.Peers[i:min(i+addChunk, len(cfg.Peers))]
+			d.mu.Lock()
+			err := d.wg.ConfigureDevice(link.WG, wgtypes.Config{Peers: part})
+			d.mu.Unlock()
+			chunks <- chunk{part, err}
 		}
-	}
-	for _, pc := range cfg.Peers {
-		k := pc.PublicKey.String()
-		if err := d.nlh.RouteReplace(peerRoute(wgIdx, k)); err != nil {
-			errs = append(errs, &dataplane.PeerError{Key: k, Step: "route", Err: fmt.Errorf("replace route via %s: %w", link.WG, err)})
-		}
-		if err := d.fdb(true, vxIdx, wgIdx, dataplane.AllowedIP(k).Addr()); err != nil {
-			errs = append(errs, &dataplane.PeerError{Key: k, Step: "fdb", Err: fmt.Errorf("append fdb entry on %s: %w", link.VX, err)})
+	}()
+	for c := range chunks {
+		for _, pc := range c.peers {
+			k := pc.PublicKey.String()
+			if c.err != nil {
+				errs = append(errs, &dataplane.PeerError{Key: k, Step: "peer", Err: fmt.Errorf("configure %s: %w", link.WG, c.err)})
+				continue
+			}
+			if err := d.nlh.RouteReplace(peerRoute(wgIdx, k)); err != nil {
+				errs = append(errs, &dataplane.PeerError{Key: k, Step: "route", Err: fmt.Errorf("replace route via %s: %w", link.WG, err)})
+			}
+			if err := d.fdb(true, vxIdx, wgIdx, dataplane.AllowedIP(k).Addr()); err != nil {
+				errs = append(errs, &dataplane.PeerError{Key: k, Step: "fdb", Err: fmt.Errorf("append fdb entry on %s: %w", link.VX, err)})
+			}
 		}
 	}
 	return errors.Join(errs...)
