@@ -20,7 +20,7 @@ broker_listen: {host: 127.0.0.1, port: 15000}
 broker: {state_file: $dir/wgkex.db, mqtt_listeners: [{address: "127.0.0.1:11883"}]}
 log: {level: warn}
 YAML
-GOGC=${GOGC:-100} PPROF=${PPROF:-} "$dir/wgkex-broker" --config "$dir/wgkex.yaml" &
+"$dir/wgkex-broker" --config "$dir/wgkex.yaml" &
 for i in $(seq 50); do curl -s -o /dev/null localhost:15000/api/v1/locations && break; sleep 0.1; done
 pub() { mosquitto_pub -p 11883 -q 1 -r -t "$1" -m "$2"; }
 pub wireguard-worker/gw04/ffmuc_welt/data '{"ExternalAddress": "gw04.ext", "Port": 51820, "PublicKey": "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=", "LinkAddress": "fe80::1"}'

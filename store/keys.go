@@ -14,8 +14,9 @@ import (
 
 const (
 	// mergeInterval is how often registrations are moved from the write-ahead log into the bbolt file.
-	mergeInterval = time.Second
-	// mergeThreshold starts a merge early when this many registrations are waiting.
+	mergeInterval = 30 * time.Second
+	// mergeThreshold starts a merge early when this many registrations are waiting. A merge of random keys
+	// touches most pages of the keys bucket, so fewer, larger merges cost less in all.
 	mergeThreshold = 50000
 )
 
@@ -146,6 +147,22 @@ func (s *Store) PutKey(r broker.KeyRecord) (err error) {
 	return <-w.err
 }
 
+// Flush merges every registration waiting in the write-ahead log into the bbolt file now (before a backup, say).
+func (s *Store) Flush() (err error) {
+	defer func() {
+		if recover() != nil {
+			err = ErrClosed
+		}
+	}()
+	reply := make(chan error, 1)
+	select {
+	case s.flush <- reply:
+	case <-s.keysDone:
+		return ErrClosed
+	}
+	return <-reply
+}
+
 // keyWriter owns the write-ahead log: it appends registrations in groups and hands the log to a merge every
 // mergeInterval, without waiting for the merge.
 func (s *Store) keyWriter() {
@@ -210,6 +227,17 @@ func (s *Store) keyWriter() {
 			if !busy {
 				busy = s.startMerge(merged)
 			}
+		case reply := <-s.flush:
+			if busy {
+				s.mergeDone(<-merged)
+				busy = false
+			}
+			var err error
+			if s.startMerge(merged) {
+				err = <-merged
+				s.mergeDone(err)
+			}
+			reply <- err
 		case err := <-merged:
 			s.mergeDone(err)
 			busy = false

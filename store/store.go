@@ -42,6 +42,7 @@ type Store struct {
 	wal       *wal // owned by keyWriter
 	keys      chan keyWrite
 	keysDone  chan struct{}
+	flush     chan chan error
 	mergeUpTo int // newest segment in the running merge; keyWriter only
 	recovered int // records merged from the log at Open
 	mu        sync.RWMutex
@@ -90,7 +91,7 @@ func Open(path string, log *slog.Logger) (*Store, error) {
 		return nil, fmt.Errorf("initialise state file %s: %w", path, err)
 	}
 	s := &Store{db: db, log: log, writes: make(chan write, maxBatch), done: make(chan struct{}),
-		walBase: path + ".wal", keys: make(chan keyWrite, maxBatch), keysDone: make(chan struct{}),
+		walBase: path + ".wal", keys: make(chan keyWrite, maxBatch), keysDone: make(chan struct{}), flush: make(chan chan error),
 		pending: overlay{}}
 	if err := s.recoverLog(); err != nil {
 		db.Close()

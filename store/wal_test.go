@@ -7,9 +7,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
-	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
 
 func TestRecordRoundTrip(t *testing.T) {
@@ -79,11 +79,19 @@ func TestBackgroundMerge(t *testing.T) {
 	defer s.Close()
 	t0 := time.Unix(1_700_000_000, 0)
 	s.PutKey(broker.KeyRecord{Key: key1, Domain: "d", FirstSeen: t0, LastSeen: t0, Gateway: "gw1"})
-	testenv.Eventually(t, 5*time.Second, func() bool {
-		s.mu.RLock()
-		defer s.mu.RUnlock()
-		return s.pendingN == 0 && s.merging == nil
-	}, "not merged")
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.RLock()
+	if s.pendingN != 0 || s.merging != nil || len(s.pending) != 0 {
+		t.Errorf("after Flush: %d pending, merging %v", s.pendingN, s.merging)
+	}
+	s.mu.RUnlock()
+	var inBolt int
+	s.db.View(func(tx *bolt.Tx) error { inBolt = tx.Bucket(bucketKeys).Bucket([]byte("d")).Stats().KeyN; return nil })
+	if inBolt != 1 {
+		t.Errorf("%d keys in bbolt after Flush, want 1", inBolt)
+	}
 	t1 := t0.Add(time.Hour)
 	s.PutKey(broker.KeyRecord{Key: key1, Domain: "d", FirstSeen: t1, LastSeen: t1}) // in the log, over bbolt
 	want := broker.KeyRecord{Key: key1, Domain: "d", FirstSeen: t0, LastSeen: t1, Gateway: "gw1"}

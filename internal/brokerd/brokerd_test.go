@@ -24,7 +24,7 @@ const (
 	gwKey   = "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g="
 )
 
-func testConfig(t *testing.T, state string) *config.Config {
+func testConfig(t testing.TB, state string) *config.Config {
 	t.Helper()
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`
 domains: [ffmuc_welt, ffwert_city]

@@ -1,0 +1,145 @@
+package brokerd
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/broker"
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+	"github.com/freifunkMUC/wgkex-go/store"
+)
+
+// randomKey returns a valid WireGuard public key (canonical base64 of 32 random bytes).
+func randomKey() string {
+	var b [32]byte
+	rand.Read(b[:])
+	return base64.StdEncoding.EncodeToString(b[:])
+}
+
+// BenchmarkReplay100kTo20Workers: a broker with 100,000 keys registered in one domain; 20 workers reconnect at
+// once and each asks for the replay. Measured: the time until every worker has all 100,000 keys, and the latency
+// of v2 registrations made meanwhile (the broker must not stall).
+func BenchmarkReplay100kTo20Workers(b *testing.B) {
+	const nKeys, nWorkers = 100000, 20
+	quiet := slog.New(slog.DiscardHandler)
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		state := filepath.Join(b.TempDir(), "state.db")
+		st, err := store.Open(state, quiet)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		now := time.Now()
+		for g := 0; g < 50; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := 0; j < nKeys/50; j++ {
+					if err := st.PutKey(broker.KeyRecord{Key: randomKey(), Domain: "ffmuc_welt", FirstSeen: now, LastSeen: now}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		st.Close()
+
+		d, err := Start(testConfig(b, state), quiet)
+		if err != nil {
+			b.Fatal(err)
+		}
+		gw := testenv.Connect(b, d.MQTTAddr(), "gw04.in.ffmuc.net", testenv.ClientOptions{})
+		gw.Publish(b, wire.DataTopic("gw04.in.ffmuc.net", "ffmuc_welt"), string(wire.WorkerData{ExternalAddress: "gw04", Port: 51820, PublicKey: gwKey, LinkAddress: "fe80::1"}.Marshal()), 1, true)
+		gw.Publish(b, wire.StatusTopic("gw04.in.ffmuc.net"), "1", 1, true)
+		gw.Publish(b, wire.MetricTopic("ffmuc_welt", "gw04.in.ffmuc.net"), "0", 1, true)
+		workers := make([]*testenv.Client, nWorkers)
+		for j := range workers {
+			name := fmt.Sprintf("gw%02d", j)
+			workers[j] = testenv.Connect(b, d.MQTTAddr(), name, testenv.ClientOptions{})
+			workers[j].Subscribe(b, wire.ReplayKeysTopic(name))
+		}
+
+		// v2 latency probe while the replays run.
+		stop := make(chan struct{})
+		var lat []time.Duration
+		probeDone := make(chan struct{})
+		go func() {
+			defer close(probeDone)
+			c := &http.Client{}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				body := fmt.Sprintf(`{"domain":"ffmuc_welt","public_key":%q}`, randomKey())
+				t0 := time.Now()
+				resp, err := c.Post("http://"+d.HTTPAddr()+"/api/v2/wg/key/exchange", "application/json", bytes.NewBufferString(body))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					b.Errorf("v2 during replay: %d", resp.StatusCode)
+					return
+				}
+				lat = append(lat, time.Since(t0))
+			}
+		}()
+
+		b.StartTimer()
+		start := time.Now()
+		for j, w := range workers {
+			w.Publish(b, wire.ReplayRequestTopic(fmt.Sprintf("gw%02d", j)), `{"domains":["ffmuc_welt"]}`, 1, false)
+		}
+		for j, w := range workers {
+			testenv.Eventually(b, 120*time.Second, func() bool {
+				for _, m := range w.Messages() {
+					var rb wire.ReplayBatch
+					if json.Unmarshal([]byte(m.Payload), &rb) == nil && rb.Last {
+						return true
+					}
+				}
+				return false
+			}, "worker %d: replay not finished", j)
+		}
+		elapsed := time.Since(start)
+		b.StopTimer()
+		close(stop)
+		<-probeDone
+		for j, w := range workers {
+			n := 0
+			for _, m := range w.Messages() {
+				var rb wire.ReplayBatch
+				json.Unmarshal([]byte(m.Payload), &rb)
+				n += len(rb.Keys)
+			}
+			if n < nKeys {
+				b.Errorf("worker %d got %d keys, want %d", j, n, nKeys)
+			}
+		}
+		sort.Slice(lat, func(x, y int) bool { return lat[x] < lat[y] })
+		b.ReportMetric(elapsed.Seconds(), "replay-s")
+		if len(lat) > 0 {
+			b.ReportMetric(float64(len(lat)), "v2-during")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "v2-p99-ms")
+			b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "v2-max-ms")
+		}
+		d.Shutdown(context.Background())
+	}
+}
