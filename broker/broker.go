@@ -267,20 +267,7 @@ func (b *Broker) rebuild() {
 }
 
 // Locations returns the sorted, unique worker locations of the configuration.
-func (b *Broker) Locations() []string {
-	set := map[string]bool{}
-	for _, w := range b.opts.Workers {
-		if w.Location != "" {
-			set[w.Location] = true
-		}
-	}
-	out := make([]string, 0, len(set))
-	for l := range set {
-		out = append(out, l)
-	}
-	sort.Strings(out)
-	return out
-}
+func (b *Broker) Locations() []string { return config.Locations(b.opts.Workers) }
 
 // Workers returns a copy of every worker's state, in name order.
 func (b *Broker) Workers() []WorkerState {

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -24,12 +23,7 @@ func main() {
 }
 
 func run(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("wgkex-broker", flag.ContinueOnError)
-	path := fs.String("config", "", "configuration file (default $"+config.EnvFile+", else "+config.DefaultPath+")")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	cfg, err := config.Load(config.Path(*path, os.Getenv), os.Environ())
+	cfg, err := config.FromArgs("wgkex-broker", args)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -25,12 +24,7 @@ func main() {
 }
 
 func run(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("wgkex-worker", flag.ContinueOnError)
-	path := fs.String("config", "", "configuration file (default $"+config.EnvFile+", else "+config.DefaultPath+")")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	cfg, err := config.Load(config.Path(*path, os.Getenv), os.Environ())
+	cfg, err := config.FromArgs("wgkex-worker", args)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ package config
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -169,6 +170,20 @@ func Path(flag string, getenv func(string) string) string {
 		return p
 	}
 	return DefaultPath
+}
+
+// FromArgs reads the configuration a command names: --config PATH in args, else $WGKEX_CONFIG_FILE, else
+// DefaultPath, with the environment applied. cmd is the command's name for usage messages.
+func FromArgs(cmd string, args []string) (*Config, error) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	path := fs.String("config", "", "configuration file (default $"+EnvFile+", else "+DefaultPath+")")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return Load(Path(*path, os.Getenv), os.Environ())
 }
 
 // Load reads the file at path, applies the environment (given as os.Environ() lines) and checks the result.
@@ -371,10 +386,13 @@ func (c *Config) Stripped() map[string]string {
 	return m
 }
 
-// Locations returns the sorted, unique, non-empty worker locations.
-func (c *Config) Locations() []string {
+// Locations returns the sorted, unique, non-empty locations of the configured workers.
+func (c *Config) Locations() []string { return Locations(c.Workers) }
+
+// Locations returns the sorted, unique, non-empty locations of workers.
+func Locations(workers map[string]Worker) []string {
 	set := map[string]bool{}
-	for _, w := range c.Workers {
+	for _, w := range workers {
 		if w.Location != "" {
 			set[w.Location] = true
 		}

@@ -162,3 +162,15 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestFromArgs(t *testing.T) {
+	if _, err := FromArgs("x", []string{"--config", "../../wgkex.yaml.example"}); err != nil {
+		t.Errorf("FromArgs(example): %v", err)
+	}
+	if _, err := FromArgs("x", []string{"--config", "../../wgkex.yaml.example", "extra"}); err == nil {
+		t.Error("FromArgs with a stray argument: want error")
+	}
+	if _, err := FromArgs("x", []string{"--nope"}); err == nil {
+		t.Error("FromArgs with an unknown flag: want error")
+	}
+}
