@@ -17,6 +17,7 @@ import (
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/worker"
+	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane/kernel"
 )
 
@@ -80,33 +81,33 @@ func runAgentEvery(t testing.TB, ns *testenv.NS, name, mqttAddr string, healthPo
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { dp.Close() })
 	host, port, _ := strings.Cut(mqttAddr, ":")
 	var p int
 	fmt.Sscan(port, &p)
+	return startAgent(t, dp, name, map[string]string{"ffmuc_welt": "welt"}, worker.RunOptions{
+		MQTT:            config.MQTT{BrokerURL: host, BrokerPort: p, Keepalive: 2},
+		MetricsInterval: metrics, CleanupInterval: time.Hour, HealthPort: healthPort,
+	})
+}
+
+// startAgent runs a worker on dp until the test ends or stop is called.
+func startAgent(t testing.TB, dp dataplane.Dataplane, name string, domains map[string]string, ro worker.RunOptions) (a *worker.Agent, stop func()) {
+	t.Helper()
 	a = worker.New(dp, testenv.Logger(t).With("side", name), worker.Options{
-		Name: name, Domains: map[string]string{"ffmuc_welt": "welt"}, ExternalName: name + ".ext",
+		Name: name, Domains: domains, ExternalName: name + ".ext",
 		StaleTimeout: 3 * time.Hour, Grace: 10 * time.Minute,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		err := a.Run(ctx, worker.RunOptions{
-			MQTT:            config.MQTT{BrokerURL: host, BrokerPort: p, Keepalive: 2},
-			MetricsInterval: metrics, CleanupInterval: time.Hour, HealthPort: healthPort,
-		})
-		if err != nil {
+		if err := a.Run(ctx, ro); err != nil {
 			t.Errorf("worker %s: %v", name, err)
 		}
 	}()
 	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			<-done
-			dp.Close()
-		})
-	}
+	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
 	return a, stop
 }

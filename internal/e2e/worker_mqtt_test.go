@@ -1,0 +1,207 @@
+package e2e
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
+	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+	"github.com/freifunkMUC/wgkex-go/worker"
+	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
+)
+
+// These tests run the worker on the fake dataplane: they are about its MQTT side, and need no root.
+
+func online(d *brokerd.Daemon, name string) bool {
+	for _, w := range d.Broker.Workers() {
+		if w.Name == name {
+			return w.Online
+		}
+	}
+	return false
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func mqttOpts(addr string) worker.RunOptions {
+	host, port, _ := strings.Cut(addr, ":")
+	var p int
+	fmt.Sscan(port, &p)
+	return worker.RunOptions{MQTT: config.MQTT{BrokerURL: host, BrokerPort: p, Keepalive: 2},
+		MetricsInterval: 200 * time.Millisecond, CleanupInterval: time.Hour}
+}
+
+// writeCert makes a CA and a server certificate for mqtt.test, and writes ca.pem, server.pem, server.key.
+func writeCert(t *testing.T, dir string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "wgkex test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	srv := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "mqtt.test"},
+		DNSNames: []string{"mqtt.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srv, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(srvKey)
+	for name, block := range map[string]*pem.Block{
+		"ca.pem": {Type: "CERTIFICATE", Bytes: caDER}, "server.pem": {Type: "CERTIFICATE", Bytes: srvDER},
+		"server.key": {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestWorkerTLS: the embedded server with a TLS listener and a password; the worker verifies it with
+// mqtt.ca_file and mqtt.server_name (the reference worker ignored mqtt.tls). A worker trusting only the system
+// roots does not get in.
+func TestWorkerTLS(t *testing.T) {
+	dir := t.TempDir()
+	writeCert(t, dir)
+	addr := freeAddr(t)
+	cfg := brokerConfig(t, filepath.Join(dir, "state.db"), "127.0.0.1:0", addr, "")
+	cfg.Broker.MQTTListeners[0].CertFile = filepath.Join(dir, "server.pem")
+	cfg.Broker.MQTTListeners[0].KeyFile = filepath.Join(dir, "server.key")
+	cfg.MQTT.Username, cfg.MQTT.Password = "wgkex", "s3cret"
+	d := startBroker(t, cfg)
+
+	ro := mqttOpts(addr)
+	ro.MQTT.TLS, ro.MQTT.Username, ro.MQTT.Password = true, "wgkex", "s3cret"
+	untrusted := ro
+	ro.MQTT.CAFile, ro.MQTT.ServerName = filepath.Join(dir, "ca.pem"), "mqtt.test"
+	startAgent(t, dataplane.NewFake(dataplane.LinkFor("welt")), "gw-untrusted", map[string]string{"ffmuc_welt": "welt"}, untrusted)
+	startAgent(t, dataplane.NewFake(dataplane.LinkFor("welt")), "gw-tls", map[string]string{"ffmuc_welt": "welt"}, ro)
+	testenv.Eventually(t, 10*time.Second, func() bool { return online(d, "gw-tls") }, "worker did not connect over TLS")
+	if online(d, "gw-untrusted") {
+		t.Error("a worker that cannot verify the server got in")
+	}
+	wrong := ro
+	wrong.MQTT.Password = "guess"
+	startAgent(t, dataplane.NewFake(dataplane.LinkFor("welt")), "gw-wrongpw", map[string]string{"ffmuc_welt": "welt"}, wrong)
+	time.Sleep(time.Second) // a bounded wait for something that must not happen
+	if online(d, "gw-wrongpw") || online(d, "gw-untrusted") {
+		t.Error("a worker with a wrong password or an unverifiable server got in")
+	}
+}
+
+// TestWorkerStartsBeforeBroker: the first connection failing is retried, not fatal.
+func TestWorkerStartsBeforeBroker(t *testing.T) {
+	addr := freeAddr(t)
+	fake := dataplane.NewFake(dataplane.LinkFor("welt"))
+	startAgent(t, fake, "gw-early", map[string]string{"ffmuc_welt": "welt"}, mqttOpts(addr))
+	time.Sleep(1500 * time.Millisecond) // let the first attempts fail
+	d := startBroker(t, brokerConfig(t, filepath.Join(t.TempDir(), "state.db"), "127.0.0.1:0", addr, ""))
+	testenv.Eventually(t, 20*time.Second, func() bool { return online(d, "gw-early") }, "worker did not connect once the broker came up")
+	if code, _ := post(t, d.HTTPAddr(), "v1", "ffmuc_welt", nodeKey); code != 200 {
+		t.Fatal("v1 failed")
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey) }, "key not applied")
+}
+
+// TestMissingInterfaceLater: a domain whose interfaces are missing is reported and retried while the other
+// domain works; once they exist, the worker publishes the domain's endpoint and asks for its keys again, so a key
+// registered meanwhile is applied.
+func TestMissingInterfaceLater(t *testing.T) {
+	cfg := brokerConfig(t, filepath.Join(t.TempDir(), "state.db"), "127.0.0.1:0", "127.0.0.1:0", "")
+	cfg.Domains = []string{"ffmuc_welt", "ffmuc_nord"}
+	d := startBroker(t, cfg)
+	welt, nord := dataplane.LinkFor("welt"), dataplane.LinkFor("nord")
+	fake := dataplane.NewFake(welt)
+	startAgent(t, fake, "gw-half", map[string]string{"ffmuc_welt": "welt", "ffmuc_nord": "nord"}, mqttOpts(d.MQTTAddr()))
+	testenv.Eventually(t, 10*time.Second, func() bool { return online(d, "gw-half") }, "worker not online")
+	key2 := testenv.NewKey(t).PublicKey().String()
+	post(t, d.HTTPAddr(), "v1", "ffmuc_welt", nodeKey)
+	post(t, d.HTTPAddr(), "v1", "ffmuc_nord", key2)
+	testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(fake.String(), "wg-welt "+nodeKey) }, "welt key not applied")
+	if _, ok := d.Broker.Workers()[0].Data["ffmuc_nord"]; ok {
+		t.Error("endpoint published for a domain without interfaces")
+	}
+	fake.AddLink(nord)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		_, ok := d.Broker.Workers()[0].Data["ffmuc_nord"]
+		return ok && strings.Contains(fake.String(), "wg-nord "+key2+" peer route fdb")
+	}, "nord not picked up: %s", fake.String())
+}
+
+// TestWorkerAgainstMosquitto: the same worker against Debian's Mosquitto: keys published with mosquitto_pub are
+// applied, and the retained endpoint data and status arrive with the reference payloads.
+func TestWorkerAgainstMosquitto(t *testing.T) {
+	bin := testenv.Tool(t, "mosquitto")
+	sub := testenv.Tool(t, "mosquitto_sub")
+	pub := testenv.Tool(t, "mosquitto_pub")
+	addr := freeAddr(t)
+	host, port, _ := strings.Cut(addr, ":")
+	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf("listener %s %s\nallow_anonymous true\npersistence false\n", port, host)), 0o644)
+	m := exec.Command(bin, "-c", conf)
+	m.Stdout, m.Stderr = t.Output(), t.Output()
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Process.Kill(); m.Wait() })
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, "mosquitto did not start")
+
+	fake := dataplane.NewFake(dataplane.LinkFor("welt"))
+	startAgent(t, fake, "gw-mosq", map[string]string{"ffmuc_welt": "welt"}, mqttOpts(addr))
+	var out []byte
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		out, _ = exec.Command(sub, "-h", host, "-p", port, "-t", "wireguard-worker/gw-mosq/#", "-v", "-C", "2", "-W", "1").Output()
+		return strings.Count(string(out), "\n") == 2
+	}, "retained data and status not on mosquitto: %q", out)
+	want := "wireguard-worker/gw-mosq/ffmuc_welt/data " + string(wire.WorkerData{ExternalAddress: "gw-mosq.ext", Port: 51820,
+		PublicKey: "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=", LinkAddress: "fe80::1"}.Marshal()) + "\nwireguard-worker/gw-mosq/status 1\n"
+	if got := string(out); got != want && got != strings.Join(reverse(strings.SplitAfter(want, "\n")[:2]), "") {
+		t.Errorf("mosquitto_sub: %q\nwant %q", got, want)
+	}
+	if o, err := exec.Command(pub, "-h", host, "-p", port, "-t", "wireguard/ffmuc_welt/all", "-m", nodeKey).CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_pub: %v %s", err, o)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey+" peer route fdb") }, "key from mosquitto not applied")
+}
+
+func reverse(s []string) []string {
+	out := make([]string, len(s))
+	for i, x := range s {
+		out[len(s)-1-i] = x
+	}
+	return out
+}
