@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+export PATH="$PATH:/usr/sbin:/sbin"
 STATICCHECK_VERSION=v0.8.2
 FUZZTIME=${FUZZTIME:-5s}
 

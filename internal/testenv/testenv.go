@@ -41,11 +41,16 @@ func RequireRoot(t testing.TB) {
 // when it is not installed.
 func Tool(t testing.TB, name string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		Skip(t, name+" not installed")
+	if p, err := exec.LookPath(name); err == nil {
+		return p
 	}
-	return p
+	for _, dir := range []string{"/usr/sbin", "/sbin"} { // daemons such as mosquitto, when sbin is not on PATH
+		if p, err := exec.LookPath(dir + "/" + name); err == nil {
+			return p
+		}
+	}
+	Skip(t, name+" not installed")
+	return ""
 }
 
 // Eventually polls cond every 10 ms until it is true or the deadline passes, then fails with msg.
