@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 )
@@ -15,12 +14,8 @@ func ParseRequest(body []byte) (Request, error) {
 		Domain    json.RawMessage `json:"domain"`
 		Location  json.RawMessage `json:"location"`
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&raw); err != nil {
+	if err := json.Unmarshal(body, &raw); err != nil { // also refuses data after the object
 		return Request{}, fmt.Errorf("%w: body is not a JSON object: %v", ErrBadRequest, err)
-	}
-	if dec.More() {
-		return Request{}, fmt.Errorf("%w: data after the JSON object", ErrBadRequest)
 	}
 	var r Request
 	if err := stringField(raw.PublicKey, "public_key", &r.PublicKey); err != nil {

@@ -3,13 +3,14 @@
 package web
 
 import (
+	"bytes"
 	_ "embed"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -101,12 +102,17 @@ type errorBody struct {
 	} `json:"error"`
 }
 
+// bodies recycles request body buffers: registrations are small and many.
+var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
 func (s *Server) request(c echo.Context) (broker.Request, error) {
-	body, err := io.ReadAll(c.Request().Body)
-	if err != nil {
+	buf := bodies.Get().(*bytes.Buffer)
+	defer bodies.Put(buf)
+	buf.Reset()
+	if _, err := buf.ReadFrom(c.Request().Body); err != nil {
 		return broker.Request{}, err
 	}
-	return broker.ParseRequest(body)
+	return broker.ParseRequest(buf.Bytes())
 }
 
 func (s *Server) exchangeV1(c echo.Context) error {
