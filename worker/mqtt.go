@@ -120,7 +120,7 @@ func (a *Agent) HandleMessage(topic string, payload []byte) {
 type session struct {
 	a    *Agent
 	opts RunOptions
-	cm   *autopaho.ConnectionManager
+	cm   atomic.Pointer[autopaho.ConnectionManager] // set by the first OnConnectionUp or by Run, whichever is first
 	up   atomic.Bool
 	// ready records the domains whose endpoint data was published on the current connection.
 	mu    sync.Mutex
@@ -142,7 +142,10 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 		CleanStartOnInitialConnection: true,
 		ConnectTimeout:                10 * time.Second,
 		ReconnectBackoff:              autopaho.NewExponentialBackoff(time.Second, 60*time.Second, 2*time.Second, 2),
-		OnConnectionUp:                func(cm *autopaho.ConnectionManager, _ *paho.Connack) { go s.connected(ctx, cm) },
+		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
+			s.cm.Store(cm)
+			go s.connected(ctx, cm)
+		},
 		OnConnectionDown: func() bool {
 			s.up.Store(false)
 			a.log.Warn("mqtt connection lost, reconnecting")
@@ -175,7 +178,7 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
-	s.cm = cm
+	s.cm.Store(cm)
 	a.log.Info("worker starting", "name", a.opts.Name, "server", u.String(), "domains", a.Domains())
 
 	for _, d := range a.Domains() {
@@ -272,7 +275,7 @@ func (s *session) requestReplay(ctx context.Context, domains []string) {
 }
 
 func (s *session) publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
-	_, err := s.cm.Publish(ctx, &paho.Publish{Topic: topic, Payload: payload, QoS: qos, Retain: retain})
+	_, err := s.cm.Load().Publish(ctx, &paho.Publish{Topic: topic, Payload: payload, QoS: qos, Retain: retain})
 	return err
 }
 
@@ -344,7 +347,7 @@ func (s *session) farewell() {
 			s.a.log.Warn("publish offline status", "err", err)
 		}
 	}
-	if err := s.cm.Disconnect(ctx); err != nil {
+	if err := s.cm.Load().Disconnect(ctx); err != nil {
 		s.a.log.Warn("mqtt disconnect", "err", err)
 	}
 	s.a.log.Info("worker stopped")
