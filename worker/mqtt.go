@@ -279,8 +279,9 @@ func (s *session) publish(ctx context.Context, topic string, payload []byte, qos
 	return err
 }
 
-// metricsLoop publishes the connected-peer counts every interval, and retries domains whose interfaces were
-// missing: once one works, its data is published and its keys replayed.
+// metricsLoop publishes the connected-peer counts every interval, retries domains whose interfaces were missing
+// (once one works, its data is published and its keys replayed), and asks for a replay of domains where keys were
+// given up after their retries.
 func (s *session) metricsLoop(done <-chan struct{}) {
 	t := time.NewTicker(s.opts.MetricsInterval)
 	defer t.Stop()
@@ -307,6 +308,7 @@ func (s *session) metricsLoop(done <-chan struct{}) {
 			}
 		}
 		s.requestReplay(ctx, late)
+		s.requestReplay(ctx, s.a.takeDropped())
 		s.publishMetrics(ctx)
 		cancel()
 	}

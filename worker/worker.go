@@ -61,6 +61,7 @@ type Agent struct {
 
 	statsMu sync.Mutex
 	stats   Stats
+	dropped map[string]bool // domains that gave up on a key since the last replay request
 }
 
 // Stats counts what the agent did, for logs, health and tests.
@@ -77,7 +78,7 @@ func New(dp dataplane.Dataplane, log *slog.Logger, opts Options) *Agent {
 		opts.RetryDelay = time.Second
 	}
 	a := &Agent{dp: dp, log: log, opts: opts, started: opts.Now(), white: map[string]bool{}, q: newQueue(),
-		locks: map[string]*sync.Mutex{}, provisioned: map[string]map[string]time.Time{}}
+		locks: map[string]*sync.Mutex{}, provisioned: map[string]map[string]time.Time{}, dropped: map[string]bool{}}
 	for _, k := range opts.Whitelist {
 		a.white[k] = true
 	}
@@ -105,6 +106,20 @@ func (a *Agent) Stats() Stats {
 	a.statsMu.Lock()
 	defer a.statsMu.Unlock()
 	return a.stats
+}
+
+// takeDropped returns (and forgets) the domains where a key was given up since the last call: the worker asks
+// the broker to replay them, so a key that failed while, say, an interface was broken is applied once it works.
+func (a *Agent) takeDropped() []string {
+	a.statsMu.Lock()
+	defer a.statsMu.Unlock()
+	var out []string
+	for d := range a.dropped {
+		out = append(out, d)
+	}
+	sort.Strings(out)
+	a.dropped = map[string]bool{}
+	return out
 }
 
 // ErrUnknownDomain reports a key for a domain this worker does not serve.
@@ -187,8 +202,9 @@ func (a *Agent) apply(domain string, items []item) {
 		if it.attempt >= maxAttempts {
 			a.statsMu.Lock()
 			a.stats.Dropped++
+			a.dropped[domain] = true
 			a.statsMu.Unlock()
-			a.log.Error("giving up on key", "domain", domain, "key", it.key, "attempts", it.attempt, "err", keyErr(err, it.key))
+			a.log.Error("giving up on key until the next replay", "domain", domain, "key", it.key, "attempts", it.attempt, "err", keyErr(err, it.key))
 			continue
 		}
 		a.log.Warn("apply key failed, will retry", "domain", domain, "key", it.key, "attempt", it.attempt, "err", keyErr(err, it.key))

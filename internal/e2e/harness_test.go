@@ -96,7 +96,7 @@ func startAgent(t testing.TB, dp dataplane.Dataplane, name string, domains map[s
 	t.Helper()
 	a = worker.New(dp, testenv.Logger(t).With("side", name), worker.Options{
 		Name: name, Domains: domains, ExternalName: name + ".ext",
-		StaleTimeout: 3 * time.Hour, Grace: 10 * time.Minute,
+		StaleTimeout: 3 * time.Hour, Grace: 10 * time.Minute, RetryDelay: 100 * time.Millisecond,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

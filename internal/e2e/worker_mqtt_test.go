@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -204,4 +206,25 @@ func reverse(s []string) []string {
 		out[len(s)-1-i] = x
 	}
 	return out
+}
+
+// TestGivenUpKeysReplayed: keys that fail their bounded retries (a broken dataplane) are asked for again once the
+// metrics loop runs, so they are applied when the dataplane works again: nothing is lost.
+func TestGivenUpKeysReplayed(t *testing.T) {
+	d := startBroker(t, brokerConfig(t, filepath.Join(t.TempDir(), "state.db"), "127.0.0.1:0", "127.0.0.1:0", ""))
+	fake := dataplane.NewFake(dataplane.LinkFor("welt"))
+	var broken atomic.Bool
+	broken.Store(true)
+	fake.Fail = func(step, key string) error {
+		if step == "fdb" && broken.Load() {
+			return errors.New("fdb broken")
+		}
+		return nil
+	}
+	a, _ := startAgent(t, fake, "gw-broken", map[string]string{"ffmuc_welt": "welt"}, mqttOpts(d.MQTTAddr()))
+	testenv.Eventually(t, 10*time.Second, func() bool { return online(d, "gw-broken") }, "worker not online")
+	post(t, d.HTTPAddr(), "v1", "ffmuc_welt", nodeKey)
+	testenv.Eventually(t, 30*time.Second, func() bool { return a.Stats().Dropped >= 1 }, "key never given up")
+	broken.Store(false)
+	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey+" peer route fdb") }, "given-up key not replayed: %s", fake.String())
 }
