@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -182,21 +180,7 @@ func UserspaceDevice(name string, key wgtypes.Key, port int) (func(), error) {
 // Veth connects this namespace to peer with a veth pair: local here, remote there.
 func (n *NS) Veth(t testing.TB, local string, peer *NS, remote string) {
 	t.Helper()
-	h, err := netlink.NewHandleAt(n.Handle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: local}, PeerName: remote}); err != nil {
-		t.Fatalf("add veth %s: %v", local, err)
-	}
-	r, err := h.LinkByName(remote)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetNsFd(r, int(peer.Handle)); err != nil {
-		t.Fatalf("move %s: %v", remote, err)
-	}
+	n.Run(t, "ip", "link", "add", local, "type", "veth", "peer", "name", remote, "netns", peer.Path())
 }
 
 // Dial opens a TCP connection from inside the namespace.
