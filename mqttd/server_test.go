@@ -148,7 +148,7 @@ func TestWillOnDrop(t *testing.T) {
 	c := testenv.Connect(t, s.Addrs()[0], "gw04", testenv.ClientOptions{
 		Will: &paho.WillMessage{Topic: "wireguard-worker/gw04/status", Payload: []byte("0"), QoS: 1, Retain: true}})
 	c.Drop()
-	testenv.Eventually(t, 5*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 1 && got[0] == "0" }, "will not delivered: %q", got)
+	testenv.Eventually(t, 5*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 1 && got[0] == "0" }, "will not delivered")
 }
 
 // TestMosquittoClients checks interoperability with Debian's mosquitto_pub and mosquitto_sub (MQTT 3.1.1).
