@@ -2,6 +2,11 @@
 
 package store
 
-import "os"
+import (
+	"errors"
+	"os"
+)
 
 func fdatasync(f *os.File) error { return f.Sync() }
+
+func preallocate(*os.File, int64, int64) error { return errors.New("preallocation not supported") }
