@@ -68,26 +68,71 @@ func decodeKey(domain, key string, v []byte) broker.KeyRecord {
 	return r
 }
 
-// mergeTx writes the overlay into the keys buckets, in key order per domain.
-func mergeTx(tx *bolt.Tx, o overlay) error {
-	for domain, m := range o {
-		b, err := tx.Bucket(bucketKeys).CreateBucketIfNotExists([]byte(domain))
-		if err != nil {
-			return fmt.Errorf("domain bucket %q: %w", domain, err)
+// mergeChunk is how many registrations one merge transaction writes. A merge is split into transactions over
+// consecutive key ranges (so the pages they rewrite do not overlap and the total work stays the same), with a
+// pause between them, so that a large merge does not hold a core for long while registrations wait.
+const (
+	mergeChunk = 1024
+	mergePause = 10 * time.Millisecond
+)
+
+// mergeEntry is one registration to merge.
+type mergeEntry struct {
+	domain string
+	r      broker.KeyRecord
+}
+
+// sorted returns the overlay's registrations ordered by domain and key.
+func (o overlay) sorted() []mergeEntry {
+	var out []mergeEntry
+	for d, m := range o {
+		for _, r := range m {
+			out = append(out, mergeEntry{d, r})
 		}
-		keys := make([]string, 0, len(m))
-		for k := range m {
-			keys = append(keys, k)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].domain != out[j].domain {
+			return out[i].domain < out[j].domain
 		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			r := m[k]
-			if old := b.Get([]byte(k)); old != nil {
-				r = combine(decodeKey(domain, k, old), r)
+		return out[i].r.Key < out[j].r.Key
+	})
+	return out
+}
+
+// mergeTx writes registrations into the keys buckets, combining each with what the bucket holds.
+func mergeTx(tx *bolt.Tx, entries []mergeEntry) error {
+	var b *bolt.Bucket
+	domain := ""
+	for _, e := range entries {
+		if b == nil || e.domain != domain {
+			var err error
+			if b, err = tx.Bucket(bucketKeys).CreateBucketIfNotExists([]byte(e.domain)); err != nil {
+				return fmt.Errorf("domain bucket %q: %w", e.domain, err)
 			}
-			if err := b.Put([]byte(k), encodeKey(r)); err != nil {
-				return err
-			}
+			domain = e.domain
+		}
+		r := e.r
+		if old := b.Get([]byte(r.Key)); old != nil {
+			r = combine(decodeKey(domain, r.Key, old), r)
+		}
+		if err := b.Put([]byte(r.Key), encodeKey(r)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// merge writes the overlay into bbolt through the group-commit writer, mergeChunk registrations a transaction.
+// Merging is idempotent: after a failure or a crash half-way the whole overlay is merged again.
+func (s *Store) merge(o overlay) error {
+	entries := o.sorted()
+	for i := 0; i < len(entries); i += mergeChunk {
+		if i > 0 {
+			time.Sleep(mergePause)
+		}
+		chunk := entries[i:min(i+mergeChunk, len(entries))]
+		if err := s.update(func(tx *bolt.Tx) error { return mergeTx(tx, chunk) }); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -113,7 +158,7 @@ func (s *Store) recoverLog() error {
 		n += len(recs)
 	}
 	if n > 0 {
-		if err := s.db.Update(func(tx *bolt.Tx) error { return mergeTx(tx, o) }); err != nil {
+		if err := s.db.Update(func(tx *bolt.Tx) error { return mergeTx(tx, o.sorted()) }); err != nil {
 			return fmt.Errorf("merge write-ahead log: %w", err)
 		}
 	}
@@ -266,7 +311,7 @@ func (s *Store) startMerge(done chan<- error) bool {
 	s.mu.Unlock()
 	old.close()
 	s.mergeUpTo = old.seg
-	go func() { done <- s.update(func(tx *bolt.Tx) error { return mergeTx(tx, o) }) }()
+	go func() { done <- s.merge(o) }()
 	return true
 }
 
