@@ -254,7 +254,7 @@ func TestRestart(t *testing.T) {
 	}
 	// gw04 reconnects, gw07 does not.
 	e2.b.HandleStatus(wire.StatusTopic("gw04.in.ffmuc.net"), []byte("1"))
-	ctx, cancel := contextWithCancel()
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { e2.b.Run(ctx); close(done) }()
 	testenv.Eventually(t, 5*time.Second, func() bool {
@@ -326,8 +326,4 @@ func TestReplay(t *testing.T) {
 	if c := batches["ffwert_city"]; len(c) != 1 || !c[0].Last || len(c[0].Keys) != 0 {
 		t.Errorf("empty domain batches %+v", c)
 	}
-}
-
-func contextWithCancel() (context.Context, context.CancelFunc) {
-	return context.WithCancel(context.Background())
 }

@@ -3,8 +3,6 @@ package brokerd
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -20,13 +18,6 @@ import (
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 	"github.com/freifunkMUC/wgkex-go/store"
 )
-
-// randomKey returns a valid WireGuard public key (canonical base64 of 32 random bytes).
-func randomKey() string {
-	var b [32]byte
-	rand.Read(b[:])
-	return base64.StdEncoding.EncodeToString(b[:])
-}
 
 // BenchmarkReplay100kTo20Workers: a broker with 100,000 keys registered in one domain; 20 workers reconnect at
 // once and each asks for the replay. Measured: the time until every worker has all 100,000 keys, and the latency
@@ -48,7 +39,7 @@ func BenchmarkReplay100kTo20Workers(b *testing.B) {
 			go func() {
 				defer wg.Done()
 				for j := 0; j < nKeys/50; j++ {
-					if err := st.PutKey(broker.KeyRecord{Key: randomKey(), Domain: "ffmuc_welt", FirstSeen: now, LastSeen: now}); err != nil {
+					if err := st.PutKey(broker.KeyRecord{Key: testenv.NewKey(b).PublicKey().String(), Domain: "ffmuc_welt", FirstSeen: now, LastSeen: now}); err != nil {
 						b.Error(err)
 						return
 					}
@@ -86,7 +77,7 @@ func BenchmarkReplay100kTo20Workers(b *testing.B) {
 					return
 				default:
 				}
-				body := fmt.Sprintf(`{"domain":"ffmuc_welt","public_key":%q}`, randomKey())
+				body := fmt.Sprintf(`{"domain":"ffmuc_welt","public_key":%q}`, testenv.NewKey(b).PublicKey().String())
 				t0 := time.Now()
 				resp, err := c.Post("http://"+d.HTTPAddr()+"/api/v2/wg/key/exchange", "application/json", bytes.NewBufferString(body))
 				if err != nil {

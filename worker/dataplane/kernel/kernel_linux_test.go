@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"sort"
 	"strings"
@@ -73,12 +74,18 @@ func TestFDBRequest(t *testing.T) {
 	}
 	got := map[uint16]string{}
 	for _, a := range attrs {
-		got[a.Attr.Type] = net.IP(a.Value).String()
-		if a.Attr.Type == unix.NDA_IFINDEX {
-			got[a.Attr.Type] = string(rune('0' + nl.NativeEndian().Uint32(a.Value)))
+		switch a.Attr.Type {
+		case unix.NDA_DST:
+			got[a.Attr.Type] = net.IP(a.Value).String()
+		case unix.NDA_LLADDR:
+			got[a.Attr.Type] = net.HardwareAddr(a.Value).String()
+		case unix.NDA_IFINDEX:
+			got[a.Attr.Type] = fmt.Sprint(nl.NativeEndian().Uint32(a.Value))
+		default:
+			got[a.Attr.Type] = fmt.Sprintf("unexpected % x", a.Value)
 		}
 	}
-	want := map[uint16]string{unix.NDA_LLADDR: "?000000000000", unix.NDA_DST: "fe80::282:6eff:fe9d:ecd3", unix.NDA_IFINDEX: "9"}
+	want := map[uint16]string{unix.NDA_LLADDR: "00:00:00:00:00:00", unix.NDA_DST: "fe80::282:6eff:fe9d:ecd3", unix.NDA_IFINDEX: "9"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("attributes (-want +got):\n%s", diff)
 	}
