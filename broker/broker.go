@@ -64,6 +64,12 @@ type Publisher interface {
 	Publish(topic string, payload []byte, retain bool, qos byte) error
 }
 
+// KeyFilter refuses keys the operator has listed (broker/keylist: blocklist and allowlist).
+type KeyFilter interface {
+	// Refuse reports whether key may not register for domain, and why. The reason is only logged.
+	Refuse(domain, key string) (reason string, refused bool)
+}
+
 // Options configure a Broker.
 type Options struct {
 	// Domains are the domains nodes may register for (already checked against the prefixes).
@@ -78,6 +84,8 @@ type Options struct {
 	ReplayBatch int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Keys refuses listed keys before they are stored or published; nil accepts every valid key.
+	Keys KeyFilter
 }
 
 // Broker is the key exchange and gateway choice. It is safe for concurrent use.
@@ -184,13 +192,18 @@ type Request struct {
 	Location  string
 }
 
-// validate checks a registration in the reference's order: key, then domain.
+// validate checks a registration in the reference's order: key, then domain, then the key lists.
 func (b *Broker) validate(r Request) error {
 	if err := wire.ValidateKey(r.PublicKey); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
 	if !b.domain[r.Domain] {
 		return fmt.Errorf("%w: unknown domain %q", ErrBadRequest, r.Domain)
+	}
+	if b.opts.Keys != nil {
+		if reason, refused := b.opts.Keys.Refuse(r.Domain, r.PublicKey); refused {
+			return fmt.Errorf("%w: key %s %s", ErrBadRequest, r.PublicKey, reason)
+		}
 	}
 	return nil
 }

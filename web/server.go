@@ -5,10 +5,10 @@ package web
 import (
 	"bytes"
 	_ "embed"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -32,37 +32,70 @@ const (
 // MaxBody is the largest request body accepted; a registration is about 100 bytes.
 const MaxBody = "16K"
 
+// Options configure the REST API beyond the broker it serves.
+type Options struct {
+	// TrustedProxies are the peers whose X-Forwarded-For and X-Real-IP name the client.
+	TrustedProxies []netip.Prefix
+	// RateLimit is the key exchanges per second one client address may sustain; 0 disables the limit.
+	RateLimit int
+	// RateBurst is how many key exchanges one client address may make at once.
+	RateBurst int
+	// RateLimitClients bounds the client addresses the limiter tracks.
+	RateLimitClients int
+}
+
 // Server is the HTTP side of the broker.
 type Server struct {
-	b   *broker.Broker
-	e   *echo.Echo
-	log *slog.Logger
+	b     *broker.Broker
+	e     *echo.Echo
+	log   *slog.Logger
+	limit *limiter // nil: no rate limit
+	bufs  sync.Pool
 }
 
 // New builds the router.
-func New(b *broker.Broker, log *slog.Logger) *Server {
+func New(b *broker.Broker, log *slog.Logger, opts Options) *Server {
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
-	s := &Server{b: b, e: e, log: log}
+	s := &Server{b: b, e: e, log: log, bufs: sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}}
+	if opts.RateLimit > 0 {
+		s.limit = newLimiter(opts.RateLimit, opts.RateBurst, opts.RateLimitClients, log)
+	}
+	e.IPExtractor = clientIP(opts.TrustedProxies)
 	e.HTTPErrorHandler = s.handleError
 	e.Use(middleware.BodyLimit(MaxBody))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogLevel: 0}))
-	e.GET("/", s.index)
-	e.POST("/api/v1/wg/key/exchange", s.exchangeV1)
-	e.POST("/api/v2/wg/key/exchange", s.exchangeV2)
-	e.GET("/api/v1/locations", s.locations)
+	s.routes()
 	return s
 }
 
-// Handler returns the router.
-func (s *Server) Handler() http.Handler { return s.e }
+// routes registers every path. Every GET route answers HEAD too (Handler).
+func (s *Server) routes() {
+	s.e.GET("/", s.index)
+	s.e.POST("/api/v1/wg/key/exchange", s.exchangeV1, s.rateLimit)
+	s.e.POST("/api/v2/wg/key/exchange", s.exchangeV2, s.rateLimit)
+	s.e.GET("/api/v1/locations", s.locations)
+}
 
-// HTTPServer returns an http.Server for the router on addr, with timeouts fit for the open internet.
+// Handler returns the router. Like Flask, it answers HEAD on every GET route: the request is routed as GET, and
+// net/http, which still sees HEAD, sends the headers without the body.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			r = r.WithContext(r.Context())
+			r.Method = http.MethodGet
+		}
+		s.e.ServeHTTP(w, r)
+	})
+}
+
+// HTTPServer returns an http.Server for the router on addr, with timeouts fit for the open internet. Serve it on
+// Listener(ln) or TLSListener(ln, cert), so that every error answer is JSON.
 func (s *Server) HTTPServer(addr string) *http.Server {
 	return &http.Server{
 		Addr:              addr,
-		Handler:           s.e,
+		Handler:           s.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,
@@ -72,38 +105,38 @@ func (s *Server) HTTPServer(addr string) *http.Server {
 	}
 }
 
+// errRateLimited is answered with 429 and Retry-After.
+var errRateLimited = echo.NewHTTPError(http.StatusTooManyRequests)
+
+// rateLimit refuses a client address that exceeds its token bucket.
+func (s *Server) rateLimit(next echo.HandlerFunc) echo.HandlerFunc {
+	if s.limit == nil {
+		return next
+	}
+	return func(c echo.Context) error {
+		ip := c.RealIP()
+		a, err := netip.ParseAddr(ip)
+		if err != nil { // not a TCP peer (a test's recorder): nothing to limit by
+			return next(c)
+		}
+		if ok, wait := s.limit.allow(a); !ok {
+			c.Response().Header().Set("Retry-After", strconv.Itoa(retryAfter(wait)))
+			s.log.Debug("rate limited", "remote", ip, "path", c.Path())
+			return errRateLimited
+		}
+		return next(c)
+	}
+}
+
 func (s *Server) index(c echo.Context) error {
 	return c.HTMLBlob(http.StatusOK, indexHTML)
 }
 
-type messageBody struct {
-	Message string `json:"Message"`
-}
-
-type endpointBody struct {
-	Endpoint endpoint `json:"Endpoint"`
-}
-
-// endpoint has its fields in alphabetical order, as Flask sorts keys.
-type endpoint struct {
-	Address    string   `json:"Address"`
-	AllowedIPs []string `json:"AllowedIPs"`
-	Port       string   `json:"Port"`
-	PublicKey  string   `json:"PublicKey"`
-}
-
-type locationsBody struct {
-	Locations []string `json:"locations"`
-}
-
-type errorBody struct {
-	Error struct {
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
 // bodies recycles request body buffers: registrations are small and many.
 var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// utf8BOM may precede the body: Flask's JSON parser (Python's json.loads on bytes) skips it.
+const utf8BOM = "\xef\xbb\xbf"
 
 func (s *Server) request(c echo.Context) (broker.Request, error) {
 	buf := bodies.Get().(*bytes.Buffer)
@@ -112,7 +145,11 @@ func (s *Server) request(c echo.Context) (broker.Request, error) {
 	if _, err := buf.ReadFrom(c.Request().Body); err != nil {
 		return broker.Request{}, err
 	}
-	return broker.ParseRequest(buf.Bytes())
+	body := buf.Bytes()
+	if len(body) >= len(utf8BOM) && string(body[:len(utf8BOM)]) == utf8BOM {
+		body = body[len(utf8BOM):]
+	}
+	return broker.ParseRequest(body)
 }
 
 func (s *Server) exchangeV1(c echo.Context) error {
@@ -123,7 +160,7 @@ func (s *Server) exchangeV1(c echo.Context) error {
 	if err := s.b.ExchangeV1(r); err != nil {
 		return err
 	}
-	return writeJSON(c, http.StatusOK, messageBody{Message: "OK"})
+	return s.write(c, http.StatusOK, func(b []byte) []byte { return appendMessage(b, "OK") })
 }
 
 func (s *Server) exchangeV2(c echo.Context) error {
@@ -135,26 +172,23 @@ func (s *Server) exchangeV2(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(c, http.StatusOK, endpointBody{Endpoint: endpoint{
-		Address:    d.ExternalAddress,
-		AllowedIPs: []string{d.LinkAddress},
-		Port:       strconv.Itoa(d.Port),
-		PublicKey:  d.PublicKey,
-	}})
+	return s.write(c, http.StatusOK, func(b []byte) []byte {
+		return appendEndpoint(b, d.ExternalAddress, []string{d.LinkAddress}, d.Port, d.PublicKey)
+	})
 }
 
 func (s *Server) locations(c echo.Context) error {
-	return writeJSON(c, http.StatusOK, locationsBody{Locations: s.b.Locations()})
+	return s.write(c, http.StatusOK, func(b []byte) []byte { return appendLocations(b, s.b.Locations()) })
 }
 
-// writeJSON writes v as Flask does: compact, keys in the order of the struct (kept alphabetical), newline.
-func writeJSON(c echo.Context, code int, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	b = append(b, '\n')
-	return c.Blob(code, echo.MIMEApplicationJSON, b)
+// write sends the JSON body that appendBody appends, from a recycled buffer.
+func (s *Server) write(c echo.Context, code int, appendBody func([]byte) []byte) error {
+	bp := s.bufs.Get().(*[]byte)
+	b := appendBody((*bp)[:0])
+	err := c.Blob(code, echo.MIMEApplicationJSON, b)
+	*bp = b
+	s.bufs.Put(bp)
+	return err
 }
 
 // handleError maps every error to a status code and a JSON body {"error":{"message":…}}.
@@ -178,13 +212,7 @@ func (s *Server) handleError(err error, c echo.Context) {
 		code = he.Code
 		msg = http.StatusText(code)
 	default:
-		s.log.Error("request failed", "path", c.Path(), "err", err)
+		s.log.Error("request failed", "remote", c.RealIP(), "path", c.Path(), "err", err)
 	}
-	var body errorBody
-	body.Error.Message = msg
-	if c.Request().Method == http.MethodHead {
-		_ = c.NoContent(code)
-		return
-	}
-	_ = writeJSON(c, code, body)
+	_ = s.write(c, code, func(b []byte) []byte { return appendError(b, msg) })
 }

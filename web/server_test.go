@@ -43,7 +43,7 @@ func newServer(t testing.TB) (*Server, *broker.Broker, *counter) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return New(b, testenv.Logger(t)), b, pub
+	return New(b, testenv.Logger(t), Options{}), b, pub
 }
 
 func do(s *Server, method, path, contentType, body string) (int, string, string) {

@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
+	"github.com/freifunkMUC/wgkex-go/broker/keylist"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 	"github.com/freifunkMUC/wgkex-go/mqttd"
@@ -25,9 +27,11 @@ type Daemon struct {
 	Store  *store.Store
 	MQTT   *mqttd.Server
 
-	http   *http.Server
-	httpLn net.Listener
-	log    *slog.Logger
+	http    *http.Server
+	httpLn  net.Listener
+	https   *http.Server // nil without broker_listen.tls_port
+	httpsLn net.Listener
+	log     *slog.Logger
 	cancel context.CancelFunc
 	served chan error
 	ran    chan struct{}
@@ -53,7 +57,17 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	keys, err := keylist.Open(keylist.Options{
+		BlocklistFile: cfg.Broker.BlocklistFile,
+		AllowlistFile: cfg.Broker.AllowlistFile,
+		Domains:       cfg.Domains,
+	}, log.With("component", "keylist"))
+	if err != nil {
+		mq.Close()
+		return nil, err
+	}
 	b, err := broker.New(st, mq, log.With("component", "broker"), broker.Options{
+		Keys:           keys,
 		Domains:        cfg.Domains,
 		Workers:        cfg.Workers,
 		ReplayWindow:   cfg.Broker.ReplayWindow.D(),
@@ -83,15 +97,56 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		mq.Close()
 		return nil, fmt.Errorf("listen for http: %w", err)
 	}
-	ws := web.New(b, log.With("component", "web"))
+	ws := web.New(b, log.With("component", "web"), web.Options{
+		TrustedProxies:   cfg.BrokerListen.Proxies(),
+		RateLimit:        cfg.BrokerListen.RateLimit,
+		RateBurst:        cfg.BrokerListen.RateBurst,
+		RateLimitClients: cfg.BrokerListen.RateLimitClients,
+	})
 	d := &Daemon{Broker: b, Store: st, MQTT: mq, http: ws.HTTPServer(ln.Addr().String()), httpLn: ln, log: log,
-		served: make(chan error, 1), ran: make(chan struct{})}
+		served: make(chan error, 2), ran: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
-	go func() { d.served <- d.http.Serve(ln) }()
+	if err := d.listenTLS(ctx, cfg.BrokerListen, ws); err != nil {
+		cancel()
+		ln.Close()
+		mq.Close()
+		return nil, err
+	}
+	go keys.Run(ctx)
+	go func() { d.served <- d.http.Serve(web.Listener(ln)) }()
 	go func() { b.Run(ctx); close(d.ran) }()
-	log.Info("broker started", "http", ln.Addr().String(), "mqtt", mq.Addrs(), "state", cfg.Broker.StateFile)
+	log.Info("broker started", "http", ln.Addr().String(), "https", d.HTTPSAddr(), "mqtt", mq.Addrs(), "state", cfg.Broker.StateFile)
 	return d, nil
+}
+
+// listenTLS starts the HTTPS listener when broker_listen.tls_port is set; its certificate is reloaded until ctx
+// ends.
+func (d *Daemon) listenTLS(ctx context.Context, l config.Listen, ws *web.Server) error {
+	if l.TLSPort == 0 {
+		return nil
+	}
+	cert, err := web.LoadCertificate(l.CertFile, l.KeyFile, 0, d.log.With("component", "web"))
+	if err != nil {
+		return err
+	}
+	addr := net.JoinHostPort(l.Host, strconv.Itoa(l.TLSPort))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for https: %w", err)
+	}
+	d.https, d.httpsLn = ws.HTTPServer(ln.Addr().String()), ln
+	go cert.Run(ctx)
+	go func() { d.served <- d.https.Serve(web.TLSListener(ln, cert)) }()
+	return nil
+}
+
+// HTTPSAddr is the address of the HTTPS listener, empty without one.
+func (d *Daemon) HTTPSAddr() string {
+	if d.httpsLn == nil {
+		return ""
+	}
+	return d.httpsLn.Addr().String()
 }
 
 // HTTPAddr is the address the REST API listens on.
@@ -108,6 +163,11 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	var errs []error
 	if err := d.http.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+	}
+	if d.https != nil {
+		if err := d.https.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("https shutdown: %w", err))
+		}
 	}
 	d.cancel()
 	<-d.ran

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"reflect"
 	"sort"
@@ -75,10 +76,48 @@ type MQTT struct {
 	ServerName string `koanf:"server_name"`
 }
 
-// Listen is a host and port to serve on.
+// Listen is where the broker's REST API listens (broker_listen), and how it treats its clients.
 type Listen struct {
 	Host string `koanf:"host"`
 	Port int    `koanf:"port"`
+	// TLSPort, when not 0, serves the same API over HTTPS on Host:TLSPort with CertFile and KeyFile (PEM), which
+	// are reloaded when they change.
+	TLSPort  int    `koanf:"tls_port"`
+	CertFile string `koanf:"cert_file"`
+	KeyFile  string `koanf:"key_file"`
+	// TrustedProxies are the addresses or CIDRs of reverse proxies whose X-Forwarded-For and X-Real-IP name the
+	// client. From any other peer these headers are ignored.
+	TrustedProxies []string `koanf:"trusted_proxies"`
+	// RateLimit is the key exchanges per second one client address may sustain (IPv6: one /64); 0 disables
+	// the limit.
+	RateLimit int `koanf:"rate_limit"`
+	// RateBurst is how many key exchanges one client address may make at once.
+	RateBurst int `koanf:"rate_burst"`
+	// RateLimitClients bounds the client addresses the limiter tracks; the least recently seen is forgotten.
+	RateLimitClients int `koanf:"rate_limit_clients"`
+}
+
+// Proxies returns TrustedProxies as prefixes (a single address is a /32 or /128). Validate has checked them.
+func (l Listen) Proxies() []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(l.TrustedProxies))
+	for _, s := range l.TrustedProxies {
+		if p, err := parseProxy(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func parseProxy(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR", s)
+	}
+	a = a.Unmap().WithZone("")
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // Addr is host:port.
@@ -108,6 +147,10 @@ type Broker struct {
 	// ReconnectGrace is how long after a broker start a worker that was online may take to reconnect before it
 	// is marked offline.
 	ReconnectGrace Duration `koanf:"reconnect_grace"`
+	// BlocklistFile names a YAML list of keys that may never register (with optional reasons); reloaded on change.
+	BlocklistFile string `koanf:"blocklist_file"`
+	// AllowlistFile names a YAML mapping of domains to the only keys accepted there; reloaded on change.
+	AllowlistFile string `koanf:"allowlist_file"`
 }
 
 // MQTTListener is one TCP listener of the embedded MQTT server, with TLS when both files are given.
@@ -142,7 +185,8 @@ func Defaults() map[string]any {
 			"keepalive":   5,
 			"tls":         false,
 		},
-		"broker_listen": map[string]any{"host": "127.0.0.1", "port": 5000},
+		"broker_listen": map[string]any{"host": "127.0.0.1", "port": 5000,
+			"rate_limit": 10, "rate_burst": 300, "rate_limit_clients": 65536},
 		"cleanup": map[string]any{
 			"interval":                "1h",
 			"legacy_stale_timeout":    "3h",
@@ -315,6 +359,7 @@ func (c *Config) Validate() error {
 	if c.BrokerListen.Port < 0 || c.BrokerListen.Port > 65535 {
 		p = append(p, fmt.Sprintf("broker_listen.port: %d is not a port", c.BrokerListen.Port))
 	}
+	p = append(p, c.BrokerListen.problems()...)
 	if c.Worker.HealthPort < 0 || c.Worker.HealthPort > 65535 {
 		p = append(p, fmt.Sprintf("worker.health_port: %d is not a port", c.Worker.HealthPort))
 	}
@@ -357,6 +402,35 @@ func (c *Config) Validate() error {
 		return &Error{Problems: p}
 	}
 	return nil
+}
+
+// problems checks the HTTPS, proxy and rate limit keys of broker_listen.
+func (l Listen) problems() []string {
+	var p []string
+	if l.TLSPort < 0 || l.TLSPort > 65535 {
+		p = append(p, fmt.Sprintf("broker_listen.tls_port: %d is not a port", l.TLSPort))
+	}
+	if l.TLSPort != 0 && (l.CertFile == "" || l.KeyFile == "") {
+		p = append(p, "broker_listen.tls_port: needs cert_file and key_file")
+	}
+	if l.TLSPort == 0 && (l.CertFile != "" || l.KeyFile != "") {
+		p = append(p, "broker_listen.cert_file, key_file: set tls_port to serve HTTPS")
+	}
+	for i, s := range l.TrustedProxies {
+		if _, err := parseProxy(s); err != nil {
+			p = append(p, fmt.Sprintf("broker_listen.trusted_proxies[%d]: %v", i, err))
+		}
+	}
+	if l.RateLimit < 0 {
+		p = append(p, "broker_listen.rate_limit: must not be negative (0 disables the limit)")
+	}
+	if l.RateLimit > 0 && l.RateBurst < 1 {
+		p = append(p, "broker_listen.rate_burst: must be at least 1 when rate_limit is set")
+	}
+	if l.RateLimit > 0 && l.RateLimitClients < 1 {
+		p = append(p, "broker_listen.rate_limit_clients: must be at least 1 when rate_limit is set")
+	}
+	return p
 }
 
 // Error lists every problem found in a configuration.

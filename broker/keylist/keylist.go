@@ -1,0 +1,128 @@
+// Package keylist holds the operator's key lists (SPEC §6): a blocklist of keys that may never register, with a
+// reason that is only logged, and an allowlist that restricts chosen domains to the keys listed for them. Both are
+// YAML files, read at start and again whenever they change; a file that cannot be read or parsed on reload leaves
+// the previous list in force. The broker consults the lists through Filter.Refuse on every registration: a load
+// of an immutable map through an atomic pointer, no lock.
+package keylist
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/internal/filewatch"
+)
+
+// Options name the list files. An empty name means no such list.
+type Options struct {
+	// BlocklistFile is broker.blocklist_file.
+	BlocklistFile string
+	// AllowlistFile is broker.allowlist_file.
+	AllowlistFile string
+	// Domains are the configured domains; the allowlist may name no other.
+	Domains []string
+	// Interval is the period of the stat fallback to file change notification; 0 means 10 seconds.
+	Interval time.Duration
+}
+
+// Filter is the lists in force. It is safe for concurrent use.
+type Filter struct {
+	opts  Options
+	log   *slog.Logger
+	block atomic.Pointer[Blocklist]
+	allow atomic.Pointer[Allowlist] // nil: no allowlist
+}
+
+// Open reads the configured lists. A file that is missing or invalid at start is an error: a typo in a path must
+// not silently leave the broker without its lists.
+func Open(opts Options, log *slog.Logger) (*Filter, error) {
+	f := &Filter{opts: opts, log: log}
+	f.block.Store(&Blocklist{})
+	if opts.BlocklistFile != "" {
+		if err := f.loadBlocklist(); err != nil {
+			return nil, err
+		}
+	}
+	if opts.AllowlistFile != "" {
+		if err := f.loadAllowlist(); err != nil {
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+// Refuse reports whether key may not register for domain, and why. It implements broker.KeyFilter.
+func (f *Filter) Refuse(domain, key string) (reason string, refused bool) {
+	if r, ok := (*f.block.Load())[key]; ok {
+		if r == "" {
+			return "is on the blocklist", true
+		}
+		return "is on the blocklist: " + r, true
+	}
+	if al := f.allow.Load(); al != nil {
+		if keys, restricted := (*al)[domain]; restricted {
+			if _, ok := keys[key]; !ok {
+				return "is not on the allowlist of " + domain, true
+			}
+		}
+	}
+	return "", false
+}
+
+// Run reloads each list when its file changes, until ctx ends.
+func (f *Filter) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, l := range []struct {
+		path string
+		load func() error
+		name string
+	}{{f.opts.BlocklistFile, f.loadBlocklist, "blocklist"}, {f.opts.AllowlistFile, f.loadAllowlist, "allowlist"}} {
+		if l.path == "" {
+			continue
+		}
+		wg.Go(func() {
+			filewatch.Run(ctx, filewatch.Options{Paths: []string{l.path}, Interval: f.opts.Interval, Log: f.log}, func() {
+				if err := l.load(); err != nil {
+					f.log.Warn(l.name+" not reloaded, the previous one stays in force", "err", err)
+				}
+			})
+		})
+	}
+	wg.Wait()
+}
+
+func (f *Filter) loadBlocklist() error {
+	data, err := os.ReadFile(f.opts.BlocklistFile)
+	if err != nil {
+		return fmt.Errorf("read blocklist: %w", err)
+	}
+	bl, err := ParseBlocklist(data)
+	if err != nil {
+		return fmt.Errorf("blocklist %s: %w", f.opts.BlocklistFile, err)
+	}
+	f.block.Store(&bl)
+	f.log.Info("blocklist loaded", "file", f.opts.BlocklistFile, "keys", len(bl))
+	return nil
+}
+
+func (f *Filter) loadAllowlist() error {
+	data, err := os.ReadFile(f.opts.AllowlistFile)
+	if err != nil {
+		return fmt.Errorf("read allowlist: %w", err)
+	}
+	al, err := ParseAllowlist(data, f.opts.Domains)
+	if err != nil {
+		return fmt.Errorf("allowlist %s: %w", f.opts.AllowlistFile, err)
+	}
+	f.allow.Store(&al)
+	n := 0
+	for _, keys := range al {
+		n += len(keys)
+	}
+	f.log.Info("allowlist loaded", "file", f.opts.AllowlistFile, "domains", len(al), "keys", n)
+	return nil
+}

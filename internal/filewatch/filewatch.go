@@ -1,0 +1,126 @@
+// Package filewatch tells when files change: inotify (fsnotify) on their directories for a prompt answer, and a
+// periodic stat as the fallback for what inotify misses (network file systems, a watch that could not be set up).
+// Watching the directory rather than the file catches editors that replace the file and certbot, which swaps the
+// symbolic links in live/ to new files in archive/.
+package filewatch
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// settle is how long the watcher waits after an inotify event before it looks, so that a file written in several
+// steps (truncate, write, rename) is read once it is complete rather than half-written.
+const settle = 100 * time.Millisecond
+
+// Options configure Run.
+type Options struct {
+	// Paths are the files to watch. Symbolic links are followed.
+	Paths []string
+	// Interval is the period of the stat fallback; 0 means 10 seconds.
+	Interval time.Duration
+	// Log receives a warning when inotify cannot be used.
+	Log *slog.Logger
+}
+
+// Run calls onChange whenever the size, modification time, inode or existence of one of the files differs from
+// what it was at the previous look (the first look is when Run starts), until ctx ends. onChange runs on Run's
+// goroutine, one call at a time.
+func Run(ctx context.Context, opts Options, onChange func()) {
+	if opts.Interval <= 0 {
+		opts.Interval = 10 * time.Second
+	}
+	last := stats(opts.Paths)
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	if w, err := watch(opts.Paths); err != nil {
+		opts.Log.Warn("file change notification unavailable, checking periodically", "interval", opts.Interval, "err", err)
+	} else {
+		defer w.Close()
+		events, errs = w.Events, w.Errors
+	}
+	tick := time.NewTicker(opts.Interval)
+	defer tick.Stop()
+	settleTimer := time.NewTimer(settle)
+	settleTimer.Stop()
+	look := func() {
+		if now := stats(opts.Paths); !slices.Equal(now, last) {
+			last = now
+			onChange()
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-events:
+			settleTimer.Reset(settle)
+		case err := <-errs:
+			opts.Log.Warn("file change notification failed", "err", err)
+		case <-settleTimer.C:
+			look()
+		case <-tick.C:
+			look()
+		}
+	}
+}
+
+// watch sets up inotify on the directory of every path.
+func watch(paths []string) (*fsnotify.Watcher, error) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, p := range paths {
+		dir := filepath.Dir(p)
+		if seen[dir] {
+			continue
+		}
+		seen[dir] = true
+		if err := w.Add(dir); err != nil {
+			w.Close()
+			return nil, err
+		}
+		// certbot's live/ links point into another directory: watch where the file really is too.
+		if real, err := filepath.EvalSymlinks(p); err == nil && !seen[filepath.Dir(real)] {
+			seen[filepath.Dir(real)] = true
+			if err := w.Add(filepath.Dir(real)); err != nil {
+				w.Close()
+				return nil, err
+			}
+		}
+	}
+	return w, nil
+}
+
+// fileStat is what tells one version of a file from the next; the zero value stands for a file that cannot be
+// read.
+type fileStat struct {
+	exists     bool
+	size       int64
+	mtime      int64
+	dev, inode uint64
+}
+
+func stats(paths []string) []fileStat {
+	s := make([]fileStat, len(paths))
+	for i, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			continue
+		}
+		s[i] = fileStat{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			s[i].dev, s[i].inode = uint64(st.Dev), st.Ino
+		}
+	}
+	return s
+}

@@ -1,0 +1,81 @@
+package web
+
+import (
+	"bytes"
+	"net"
+	"net/http"
+	"strconv"
+)
+
+// Listener wraps ln so that the few answers net/http writes by itself, before any handler runs, are JSON in the
+// reference's error shape too: 431 for headers over MaxHeaderBytes, 400 for a malformed request, 501 for an
+// unknown transfer encoding, 505. net/http writes each of them as text in one Write to the connection, ending its
+// header with "Content-Type: text/plain; charset=utf-8", "Connection: close" and a blank line, then closes the
+// connection; nothing else is written in that form (a handler's headers come sorted, Connection before
+// Content-Type). The wrapper recognises that Write and writes the same status with a JSON body instead. The
+// alternative, a larger MaxHeaderBytes plus a middleware that counts header bytes, still leaves net/http's text
+// 431 above the larger limit, and its 400s untouched. TestServerErrorsAreJSON pins the form against the Go in use.
+func Listener(ln net.Listener) net.Listener { return jsonErrorListener{ln} }
+
+type jsonErrorListener struct{ net.Listener }
+
+func (l jsonErrorListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &jsonErrorConn{Conn: c}, nil
+}
+
+// jsonErrorConn rewrites net/http's own text error answers; see Listener.
+type jsonErrorConn struct{ net.Conn }
+
+// textErrorHeaders ends the header of every answer net/http writes by itself (net/http/server.go, errorHeaders).
+const textErrorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+
+func (c *jsonErrorConn) Write(p []byte) (int, error) {
+	if len(p) > 12 && bytes.HasPrefix(p, []byte("HTTP/1.1 ")) && (p[9] == '4' || p[9] == '5') {
+		if code, ok := textError(p); ok {
+			if _, err := c.Conn.Write(jsonError(code)); err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		}
+	}
+	return c.Conn.Write(p)
+}
+
+// CloseWrite lets net/http half-close the connection after a 431, as it does with a bare TCP connection.
+func (c *jsonErrorConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// textError reports whether p is a whole answer written by net/http itself, and its status code.
+func textError(p []byte) (int, bool) {
+	end := bytes.Index(p, []byte(textErrorHeaders))
+	if end < 0 || bytes.Contains(p[:end], []byte("\r\n")) {
+		return 0, false
+	}
+	code, err := strconv.Atoi(string(p[9:12]))
+	if err != nil || http.StatusText(code) == "" {
+		return 0, false
+	}
+	return code, true
+}
+
+// jsonError is a whole HTTP/1.1 answer with code and {"error":{"message":<status text>}}.
+func jsonError(code int) []byte {
+	body := appendError(nil, http.StatusText(code))
+	out := make([]byte, 0, 128+len(body))
+	out = append(out, "HTTP/1.1 "...)
+	out = strconv.AppendInt(out, int64(code), 10)
+	out = append(out, ' ')
+	out = append(out, http.StatusText(code)...)
+	out = append(out, "\r\nContent-Type: application/json\r\nContent-Length: "...)
+	out = strconv.AppendInt(out, int64(len(body)), 10)
+	out = append(out, "\r\nConnection: close\r\n\r\n"...)
+	return append(out, body...)
+}
