@@ -19,6 +19,7 @@ type Allowlist map[string]map[string]string
 // are a key or a one-entry mapping of a key to its reason, or a mapping of keys to reasons. A reason is a string, a
 // mapping {reason: …}, or empty. An empty file is an empty list; an invalid key makes the whole file invalid.
 //
+//	# blocklist.yaml
 //	- o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=
 //	- TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=: stolen router, ticket 123
 func ParseBlocklist(data []byte) (Blocklist, error) {
@@ -45,6 +46,7 @@ func ParseBlocklist(data []byte) (Blocklist, error) {
 // mapping of a key to a name. Only the domains listed are restricted; an empty list closes a domain. A domain
 // that is not in domains (when domains is not nil) or an invalid key makes the whole file invalid.
 //
+//	# allowlist.yaml
 //	ffmuc_welt:
 //	  - o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg=
 //	  - TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=: supernode 1

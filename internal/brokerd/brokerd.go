@@ -27,14 +27,15 @@ type Daemon struct {
 	Store  *store.Store
 	MQTT   *mqttd.Server
 
-	http    *http.Server
-	httpLn  net.Listener
-	https   *http.Server // nil without broker_listen.tls_port
-	httpsLn net.Listener
-	log     *slog.Logger
+	http   *http.Server
+	httpLn net.Listener
+	log    *slog.Logger
 	cancel context.CancelFunc
 	served chan error
 	ran    chan struct{}
+
+	https   *http.Server // nil without broker_listen.tls_port
+	httpsLn net.Listener
 }
 
 // Start opens the state file, starts the MQTT server and the REST API, and returns once both accept connections.
