@@ -16,16 +16,18 @@ import (
 // A pair that does not load keeps the previous certificate in force. It is safe for concurrent use.
 type Certificate struct {
 	certFile, keyFile string
-	interval          time.Duration
 	log               *slog.Logger
+	watch             *filewatch.Watcher
 	cur               atomic.Pointer[tls.Certificate]
 }
 
 // LoadCertificate reads the certificate chain and key. interval is the period of the stat fallback to file change
 // notification (0: 10 seconds).
 func LoadCertificate(certFile, keyFile string, interval time.Duration, log *slog.Logger) (*Certificate, error) {
-	c := &Certificate{certFile: certFile, keyFile: keyFile, interval: interval, log: log}
+	c := &Certificate{certFile: certFile, keyFile: keyFile, log: log}
+	c.watch = filewatch.New(filewatch.Options{Paths: []string{certFile, keyFile}, Interval: interval, Log: log})
 	if err := c.load(); err != nil {
+		c.Close()
 		return nil, err
 	}
 	return c, nil
@@ -46,15 +48,17 @@ func (c *Certificate) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, er
 	return c.cur.Load(), nil
 }
 
-// Run reloads the certificate when its files change, until ctx ends.
+// Run reloads the certificate when its files change, until ctx ends. Call it once.
 func (c *Certificate) Run(ctx context.Context) {
-	filewatch.Run(ctx, filewatch.Options{Paths: []string{c.certFile, c.keyFile}, Interval: c.interval, Log: c.log},
-		func() {
-			if err := c.load(); err != nil {
-				c.log.Warn("certificate not reloaded, the previous one stays in force", "err", err)
-			}
-		})
+	c.watch.Run(ctx, func() {
+		if err := c.load(); err != nil {
+			c.log.Warn("certificate not reloaded, the previous one stays in force", "err", err)
+		}
+	})
 }
+
+// Close releases the file watcher of a Certificate that is not Run.
+func (c *Certificate) Close() { c.watch.Close() }
 
 // TLSListener serves HTTPS on ln with cert, HTTP/1.1 only (Gluon's clients speak nothing else), with net/http's
 // own error answers in JSON as for Listener.

@@ -31,10 +31,11 @@ type Options struct {
 
 // Filter is the lists in force. It is safe for concurrent use.
 type Filter struct {
-	opts  Options
-	log   *slog.Logger
-	block atomic.Pointer[Blocklist]
-	allow atomic.Pointer[Allowlist] // nil: no allowlist
+	opts     Options
+	log      *slog.Logger
+	watchers []listWatcher
+	block    atomic.Pointer[Blocklist]
+	allow    atomic.Pointer[Allowlist] // nil: no allowlist
 }
 
 // Open reads the configured lists. A file that is missing or invalid at start is an error: a typo in a path must
@@ -42,17 +43,28 @@ type Filter struct {
 func Open(opts Options, log *slog.Logger) (*Filter, error) {
 	f := &Filter{opts: opts, log: log}
 	f.block.Store(&Blocklist{})
-	if opts.BlocklistFile != "" {
-		if err := f.loadBlocklist(); err != nil {
-			return nil, err
+	for _, l := range []listWatcher{
+		{path: opts.BlocklistFile, load: f.loadBlocklist, name: "blocklist"},
+		{path: opts.AllowlistFile, load: f.loadAllowlist, name: "allowlist"},
+	} {
+		if l.path == "" {
+			continue
 		}
-	}
-	if opts.AllowlistFile != "" {
-		if err := f.loadAllowlist(); err != nil {
+		l.w = filewatch.New(filewatch.Options{Paths: []string{l.path}, Interval: opts.Interval, Log: log})
+		f.watchers = append(f.watchers, l)
+		if err := l.load(); err != nil {
+			f.Close()
 			return nil, err
 		}
 	}
 	return f, nil
+}
+
+// listWatcher reloads one list.
+type listWatcher struct {
+	path, name string
+	load       func() error
+	w          *filewatch.Watcher
 }
 
 // Refuse reports whether key may not register for domain, and why. It implements broker.KeyFilter.
@@ -73,19 +85,12 @@ func (f *Filter) Refuse(domain, key string) (reason string, refused bool) {
 	return "", false
 }
 
-// Run reloads each list when its file changes, until ctx ends.
+// Run reloads each list when its file changes, until ctx ends. Call it once.
 func (f *Filter) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, l := range []struct {
-		path string
-		load func() error
-		name string
-	}{{f.opts.BlocklistFile, f.loadBlocklist, "blocklist"}, {f.opts.AllowlistFile, f.loadAllowlist, "allowlist"}} {
-		if l.path == "" {
-			continue
-		}
+	for _, l := range f.watchers {
 		wg.Go(func() {
-			filewatch.Run(ctx, filewatch.Options{Paths: []string{l.path}, Interval: f.opts.Interval, Log: f.log}, func() {
+			l.w.Run(ctx, func() {
 				if err := l.load(); err != nil {
 					f.log.Warn(l.name+" not reloaded, the previous one stays in force", "err", err)
 				}
@@ -93,6 +98,13 @@ func (f *Filter) Run(ctx context.Context) {
 		})
 	}
 	wg.Wait()
+}
+
+// Close releases the file watchers of a Filter that is not Run.
+func (f *Filter) Close() {
+	for _, l := range f.watchers {
+		l.w.Close()
+	}
 }
 
 func (f *Filter) loadBlocklist() error {

@@ -24,8 +24,11 @@ type Allowlist map[string]map[string]string
 //	- TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=: stolen router, ticket 123
 func ParseBlocklist(data []byte) (Blocklist, error) {
 	root, err := document(data)
-	if err != nil || root == nil {
-		return Blocklist{}, err
+	if err != nil {
+		return nil, err
+	}
+	if root == nil {
+		return Blocklist{}, nil
 	}
 	out := Blocklist{}
 	switch root.Kind {
@@ -52,8 +55,11 @@ func ParseBlocklist(data []byte) (Blocklist, error) {
 //	  - TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=: supernode 1
 func ParseAllowlist(data []byte, domains []string) (Allowlist, error) {
 	root, err := document(data)
-	if err != nil || root == nil {
-		return Allowlist{}, err
+	if err != nil {
+		return nil, err
+	}
+	if root == nil {
+		return Allowlist{}, nil
 	}
 	if root.Kind != yaml.MappingNode {
 		return nil, nodeError(root, "want a mapping of domains to lists of keys")

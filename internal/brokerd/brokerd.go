@@ -67,12 +67,17 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		mq.Close()
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			keys.Close()
+		}
+	}()
 	b, err := broker.New(st, mq, log.With("component", "broker"), broker.Options{
-		Keys:           keys,
 		Domains:        cfg.Domains,
 		Workers:        cfg.Workers,
 		ReplayWindow:   cfg.Broker.ReplayWindow.D(),
 		ReconnectGrace: cfg.Broker.ReconnectGrace.D(),
+		Keys:           keys,
 	})
 	if err != nil {
 		mq.Close()

@@ -20,7 +20,7 @@ import (
 // steps (truncate, write, rename) is read once it is complete rather than half-written.
 const settle = 100 * time.Millisecond
 
-// Options configure Run.
+// Options configure a Watcher.
 type Options struct {
 	// Paths are the files to watch. Symbolic links are followed.
 	Paths []string
@@ -30,29 +30,46 @@ type Options struct {
 	Log *slog.Logger
 }
 
-// Run calls onChange whenever the size, modification time, inode or existence of one of the files differs from
-// what it was at the previous look (the first look is when Run starts), until ctx ends. onChange runs on Run's
-// goroutine, one call at a time.
-func Run(ctx context.Context, opts Options, onChange func()) {
+// Watcher watches files. New takes the first look; Run reports every change after it.
+type Watcher struct {
+	opts   Options
+	last   []fileStat
+	notify *fsnotify.Watcher // nil: stat only
+}
+
+// New looks at the files and sets up change notification. Take the look before reading the files, so that a
+// change while they are read is seen as one. Call Run to watch and to release the watcher.
+func New(opts Options) *Watcher {
 	if opts.Interval <= 0 {
 		opts.Interval = 10 * time.Second
 	}
-	last := stats(opts.Paths)
-	var events <-chan fsnotify.Event
-	var errs <-chan error
-	if w, err := watch(opts.Paths); err != nil {
+	w := &Watcher{opts: opts}
+	n, err := watch(opts.Paths)
+	if err != nil {
 		opts.Log.Warn("file change notification unavailable, checking periodically", "interval", opts.Interval, "err", err)
 	} else {
-		defer w.Close()
-		events, errs = w.Events, w.Errors
+		w.notify = n
 	}
-	tick := time.NewTicker(opts.Interval)
+	w.last = stats(opts.Paths)
+	return w
+}
+
+// Run calls onChange whenever the size, modification time, inode or existence of one of the files differs from
+// what it was at the previous look, until ctx ends. onChange runs on Run's goroutine, one call at a time.
+func (w *Watcher) Run(ctx context.Context, onChange func()) {
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	if w.notify != nil {
+		defer w.notify.Close()
+		events, errs = w.notify.Events, w.notify.Errors
+	}
+	tick := time.NewTicker(w.opts.Interval)
 	defer tick.Stop()
 	settleTimer := time.NewTimer(settle)
 	settleTimer.Stop()
 	look := func() {
-		if now := stats(opts.Paths); !slices.Equal(now, last) {
-			last = now
+		if now := stats(w.opts.Paths); !slices.Equal(now, w.last) {
+			w.last = now
 			onChange()
 		}
 	}
@@ -63,12 +80,19 @@ func Run(ctx context.Context, opts Options, onChange func()) {
 		case <-events:
 			settleTimer.Reset(settle)
 		case err := <-errs:
-			opts.Log.Warn("file change notification failed", "err", err)
+			w.opts.Log.Warn("file change notification failed", "err", err)
 		case <-settleTimer.C:
 			look()
 		case <-tick.C:
 			look()
 		}
+	}
+}
+
+// Close releases the change notification of a Watcher that is not Run.
+func (w *Watcher) Close() {
+	if w.notify != nil {
+		w.notify.Close()
 	}
 }
 
