@@ -35,6 +35,8 @@ type Watcher struct {
 	opts   Options
 	last   []fileStat
 	notify *fsnotify.Watcher // nil: stat only
+	// targets are the files the paths' symbolic links pointed to at the start.
+	targets map[string]bool
 }
 
 // New looks at the files and sets up change notification. Take the look before reading the files, so that a
@@ -43,7 +45,12 @@ func New(opts Options) *Watcher {
 	if opts.Interval <= 0 {
 		opts.Interval = 10 * time.Second
 	}
-	w := &Watcher{opts: opts}
+	w := &Watcher{opts: opts, targets: map[string]bool{}}
+	for _, p := range opts.Paths {
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			w.targets[filepath.Clean(real)] = true
+		}
+	}
 	n, err := watch(opts.Paths)
 	if err != nil {
 		opts.Log.Warn("file change notification unavailable, checking periodically", "interval", opts.Interval, "err", err)
@@ -67,6 +74,7 @@ func (w *Watcher) Run(ctx context.Context, onChange func()) {
 	defer tick.Stop()
 	settleTimer := time.NewTimer(settle)
 	settleTimer.Stop()
+	pending := false // a look is scheduled; later events do not push it back (a busy directory would starve it)
 	look := func() {
 		if now := stats(w.opts.Paths); !slices.Equal(now, w.last) {
 			w.last = now
@@ -77,16 +85,32 @@ func (w *Watcher) Run(ctx context.Context, onChange func()) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-events:
-			settleTimer.Reset(settle)
+		case ev := <-events:
+			if !pending && w.concerns(ev.Name) {
+				settleTimer.Reset(settle)
+				pending = true
+			}
 		case err := <-errs:
 			w.opts.Log.Warn("file change notification failed", "err", err)
 		case <-settleTimer.C:
+			pending = false
 			look()
 		case <-tick.C:
 			look()
 		}
 	}
+}
+
+// concerns reports whether an event on name may change one of the files: the file itself, or where its symbolic
+// link pointed when the watch began (certbot changes the link, then the event names the link).
+func (w *Watcher) concerns(name string) bool {
+	name = filepath.Clean(name)
+	for _, p := range w.opts.Paths {
+		if filepath.Clean(p) == name {
+			return true
+		}
+	}
+	return w.targets[name]
 }
 
 // Close releases the change notification of a Watcher that is not Run.
