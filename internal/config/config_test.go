@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,6 +54,33 @@ func TestParseReferenceConfig(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"ffmuc_a", "ffdon_b"}, c.Domains); diff != "" {
 		t.Errorf("domains (-want +got):\n%s", diff)
+	}
+}
+
+func TestBrokerListen(t *testing.T) {
+	c, err := Parse([]byte(validCfg+`
+broker_listen:
+  trusted_proxies: [127.0.0.1, "10.1.2.3/8", "::1", "2001:db8::/32"]
+broker: {blocklist_file: /etc/wgkex/blocklist.yaml, allowlist_file: /etc/wgkex/allowlist.yaml}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.0.0.0/8"),
+		netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("2001:db8::/32")}
+	if diff := cmp.Diff(want, c.BrokerListen.Proxies(), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("Proxies (-want +got):\n%s", diff)
+	}
+	l := c.BrokerListen
+	if l.RateLimit != 10 || l.RateBurst != 300 || l.RateLimitClients != 65536 || l.TLSPort != 0 {
+		t.Errorf("defaults: %+v", l)
+	}
+	if c.Broker.BlocklistFile != "/etc/wgkex/blocklist.yaml" || c.Broker.AllowlistFile != "/etc/wgkex/allowlist.yaml" {
+		t.Errorf("list files: %+v", c.Broker)
+	}
+	c, err = Parse([]byte(validCfg), []string{"WGKEX_BROKER_LISTEN_RATE_LIMIT=0", "WGKEX_BROKER_LISTEN_TRUSTED_PROXIES=10.0.0.1 10.0.0.2"})
+	if err != nil || c.BrokerListen.RateLimit != 0 || len(c.BrokerListen.Proxies()) != 2 {
+		t.Errorf("from the environment: %+v, %v", c.BrokerListen, err)
 	}
 }
 
@@ -113,6 +141,14 @@ func TestInvalid(t *testing.T) {
 		{"log", validCfg + "log: {level: loud, format: xml}\n", []string{"log.level", "log.format"}},
 		{"durations", validCfg + "cleanup: {interval: soon}\n", []string{"soon"}},
 		{"tls listener", validCfg + "broker:\n  mqtt_listeners: [{address: ':8883', cert_file: x}]\n", []string{"cert_file and key_file"}},
+		{"https without files", validCfg + "broker_listen: {tls_port: 443, cert_file: x}\n", []string{"tls_port: needs cert_file and key_file"}},
+		{"https files without port", validCfg + "broker_listen: {cert_file: x, key_file: y}\n", []string{"set tls_port"}},
+		{"https port", validCfg + "broker_listen: {tls_port: 70000, cert_file: x, key_file: y}\n", []string{"tls_port: 70000"}},
+		{"trusted proxies", validCfg + "broker_listen: {trusted_proxies: [10.0.0.0/8, proxy.example, 10.0.0.1/33]}\n",
+			[]string{"trusted_proxies[1]", "trusted_proxies[2]"}},
+		{"rate limit", validCfg + "broker_listen: {rate_limit: -1}\n", []string{"rate_limit: must not be negative"}},
+		{"rate burst and clients", validCfg + "broker_listen: {rate_limit: 5, rate_burst: 0, rate_limit_clients: 0}\n",
+			[]string{"rate_burst", "rate_limit_clients"}},
 		{"bad yaml", "domains: [\n", []string{"YAML"}},
 	}
 	for _, tt := range tests {
