@@ -16,7 +16,7 @@ cat >"$dir/wgkex.yaml" <<YAML
 domains: [ffmuc_welt]
 domain_prefixes: [ffmuc_]
 workers: {gw04: {weight: 1}}
-broker_listen: {host: 127.0.0.1, port: 15000}
+broker_listen: {host: 127.0.0.1, port: 15000, rate_limit: 1000000, rate_burst: 1000000}  # limiter on the path, never refusing
 broker: {state_file: $dir/wgkex.db, mqtt_listeners: [{address: "127.0.0.1:11883"}]}
 log: {level: warn}
 YAML

@@ -112,6 +112,7 @@ func FuzzAPI(f *testing.F) {
 	f.Add(`{"domain":"ffmuc_welt","public_key":"` + key1 + `"}`)
 	f.Add(`{"domain":"ffmuc_welt","public_key":"` + key1 + `","location":"MUC"}`)
 	f.Add(`[`)
+	f.Add("\xef\xbb\xbf{\"domain\":\"ffmuc_welt\",\"public_key\":\"" + key1 + "\"}")
 	s, _, _ := newServer(f)
 	f.Fuzz(func(t *testing.T, body string) {
 		for _, p := range []string{"/api/v1/wg/key/exchange", "/api/v2/wg/key/exchange"} {
