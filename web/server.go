@@ -1,5 +1,7 @@
 // Package web serves the broker's REST API (byte-compatible with the reference broker) and its status page with
-// Echo. Errors become JSON bodies in exactly one place, the error handler.
+// Echo, over HTTP and optionally HTTPS, with a rate limit per client address on the key exchanges. Errors become
+// JSON bodies in one place, the error handler; only the refusals net/http writes before any handler runs are
+// rewritten on the connection (Listener).
 package web
 
 import (
