@@ -19,6 +19,7 @@ import (
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/knadh/koanf/providers/confmap"
+	"github.com/knadh/koanf/providers/rawbytes"
 	"github.com/knadh/koanf/v2"
 
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
@@ -201,18 +202,19 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 	if err := k.Load(confmap.Provider(Defaults(), ""), nil); err != nil {
 		return nil, fmt.Errorf("load defaults: %w", err)
 	}
-	if err := k.Load(rawBytes(yamlBytes), yaml.Parser()); err != nil {
+	if err := k.Load(rawbytes.Provider(yamlBytes), yaml.Parser()); err != nil {
 		return nil, fmt.Errorf("parse YAML: %w", err)
 	}
-	env, err := envOverrides(environ)
+	var envProblems []string
+	env, err := envProvider(environ, &envProblems)
 	if err != nil {
 		return nil, err
 	}
-	if err := k.Load(confmap.Provider(env, ""), nil); err != nil {
+	if err := k.Load(env, nil); err != nil {
 		return nil, fmt.Errorf("load environment: %w", err)
 	}
 	var c Config
-	var problems []string
+	problems := envProblems
 	err = k.UnmarshalWithConf("", &c, koanf.UnmarshalConf{DecoderConfig: &mapstructure.DecoderConfig{
 		DecodeHook:  durationHook,
 		ErrorUnused: true,
@@ -238,14 +240,6 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 		return nil, &Error{Problems: problems}
 	}
 	return &c, nil
-}
-
-// rawBytes is a koanf provider of bytes already read.
-type rawBytes []byte
-
-func (r rawBytes) ReadBytes() ([]byte, error) { return r, nil }
-func (r rawBytes) Read() (map[string]any, error) {
-	return nil, errors.New("rawBytes provides bytes only")
 }
 
 func (c *Config) fill() {
