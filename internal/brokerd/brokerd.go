@@ -55,7 +55,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 	}
 	b, err := broker.New(st, mq, log.With("component", "broker"), broker.Options{
 		Domains:        cfg.Domains,
-		Workers:        cfg.Workers,
+		Gateways:       Gateways(cfg.Workers),
 		ReplayWindow:   cfg.Broker.ReplayWindow.D(),
 		ReconnectGrace: cfg.Broker.ReconnectGrace.D(),
 	})
@@ -92,6 +92,19 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 	go func() { b.Run(ctx); close(d.ran) }()
 	log.Info("broker started", "http", ln.Addr().String(), "mqtt", mq.Addrs(), "state", cfg.Broker.StateFile)
 	return d, nil
+}
+
+// Gateways maps the configured workers onto the broker's gateways; a worker without a weight weighs 1.
+func Gateways(workers map[string]config.Worker) map[string]broker.Gateway {
+	out := make(map[string]broker.Gateway, len(workers))
+	for name, w := range workers {
+		g := broker.Gateway{Weight: 1, Location: w.Location}
+		if w.Weight != nil {
+			g.Weight = *w.Weight
+		}
+		out[name] = g
+	}
+	return out
 }
 
 // HTTPAddr is the address the REST API listens on.

@@ -380,25 +380,6 @@ func (c *Config) Stripped() map[string]string {
 	return m
 }
 
-// Locations returns the sorted, unique, non-empty locations of the configured workers.
-func (c *Config) Locations() []string { return Locations(c.Workers) }
-
-// Locations returns the sorted, unique, non-empty locations of workers.
-func Locations(workers map[string]Worker) []string {
-	set := map[string]bool{}
-	for _, w := range workers {
-		if w.Location != "" {
-			set[w.Location] = true
-		}
-	}
-	out := make([]string, 0, len(set))
-	for l := range set {
-		out = append(out, l)
-	}
-	sort.Strings(out)
-	return out
-}
-
 func sortedKeys[V any](m map[string]V) []string {
 	ks := make([]string, 0, len(m))
 	for k := range m {
