@@ -101,9 +101,14 @@ type Broker struct {
 	total     int      // sum of the gateways' weights
 	locations []string // sorted, unique, non-empty locations of the gateways
 	workers   map[string]*WorkerState
+	records   map[string]*record  // write order of each worker's state
 	gws       []selection.Gateway // sorted by name, rebuilt when dirty; shares the Peers maps of workers
 	dirty     bool
 	awaiting  map[string]bool // online before a restart, not yet reconnected
+
+	// statusMu orders the reconnect-grace expiry of a worker against the status 1 reports the broker takes: a 1
+	// is either seen by the expiry (which then publishes nothing) or taken after the expiry's 0.
+	statusMu sync.Mutex
 
 	replay replayer
 }
@@ -121,6 +126,7 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, erro
 		domain:   map[string]bool{},
 		workers:  map[string]*WorkerState{},
 		awaiting: map[string]bool{},
+		records:  map[string]*record{},
 		dirty:    true,
 	}
 	for _, d := range opts.Domains {
@@ -192,18 +198,33 @@ func (b *Broker) Run(ctx context.Context) {
 	for name := range b.awaiting {
 		gone = append(gone, name)
 	}
-	b.awaiting = map[string]bool{}
 	b.mu.Unlock()
 	sort.Strings(gone)
 	for _, name := range gone {
-		b.log.Warn("worker did not reconnect after broker start, marking offline", "worker", name)
-		// Publish what its last will would have: retained status 0. The status handler records it.
-		if err := b.pub.Publish(wire.StatusTopic(name), []byte("0"), true, 1); err != nil {
-			b.log.Error("publish offline status", "worker", name, "err", err)
-		}
-		b.setStatus(name, 0)
+		b.expire(name)
 	}
 	<-ctx.Done()
+}
+
+// expire marks a worker that was online before the restart offline unless it has reported status 1 since, and
+// publishes what its last will would have: retained status 0. It holds statusMu from the check to the end of the
+// publish, so that no 1 the broker takes in between is overwritten.
+func (b *Broker) expire(name string) {
+	b.statusMu.Lock()
+	defer b.statusMu.Unlock()
+	b.mu.Lock()
+	waiting := b.awaiting[name]
+	delete(b.awaiting, name)
+	b.mu.Unlock()
+	if !waiting {
+		return
+	}
+	b.log.Warn("worker did not reconnect after broker start, marking offline", "worker", name)
+	if err := b.pub.Publish(wire.StatusTopic(name), []byte("0"), true, 1); err != nil {
+		b.log.Error("publish offline status", "worker", name, "err", err)
+	}
+	// The embedded server hands the 0 to HandleStatus as well; this covers a publisher that does not.
+	b.setStatus(name, 0)
 }
 
 // Request is a key registration as a node posts it.

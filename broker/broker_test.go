@@ -25,13 +25,23 @@ import (
 type recorder struct {
 	mu  sync.Mutex
 	msg []string
+	// deliver, if set, gets every message after it is recorded, as the embedded server hands the broker's own
+	// publishes to its handlers on the publishing goroutine.
+	deliver func(topic string, payload []byte)
 }
 
 func (r *recorder) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	r.note(fmt.Sprintf("%s %s retain=%v qos=%d", topic, payload, retain, qos))
+	if r.deliver != nil {
+		r.deliver(topic, payload)
+	}
+	return nil
+}
+
+func (r *recorder) note(m string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.msg = append(r.msg, fmt.Sprintf("%s %s retain=%v qos=%d", topic, payload, retain, qos))
-	return nil
+	r.msg = append(r.msg, m)
 }
 
 func (r *recorder) take() []string {
