@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
@@ -31,6 +32,9 @@ type Daemon struct {
 	cancel context.CancelFunc
 	served chan error
 	ran    chan struct{}
+
+	storeOnce sync.Once
+	storeErr  error
 }
 
 // Start opens the state file, starts the MQTT server and the REST API, and returns once both accept connections.
@@ -116,26 +120,29 @@ func (d *Daemon) MQTTAddr() string { return d.MQTT.Addrs()[0] }
 // Wait returns when the HTTP server fails.
 func (d *Daemon) Wait() <-chan error { return d.served }
 
-// Shutdown drains HTTP requests, stops MQTT, finishes replays and closes the state file.
+// Shutdown stops the parts in the order in which they depend on each other: it drains HTTP requests, stops taking
+// replay requests and stops the replays, ends the broker's background work, closes the MQTT server, and closes the
+// state file last. If the replays have not stopped when ctx ends, the state file is left open, since a replay
+// still reads it, and Shutdown says so; a later call closes it once they have stopped.
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	var errs []error
 	if err := d.http.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 	}
+	replays := d.Broker.StopReplays(ctx)
 	d.cancel()
 	<-d.ran
 	if err := d.MQTT.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("mqtt shutdown: %w", err))
 	}
-	done := make(chan struct{})
-	go func() { d.Broker.WaitReplays(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		errs = append(errs, errors.New("replays still running at shutdown"))
+	if replays != nil {
+		errs = append(errs, fmt.Errorf("state file left open: %w", replays))
+		d.log.Error("broker stopped with replays running", "err", replays)
+		return errors.Join(errs...)
 	}
-	if err := d.Store.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close state: %w", err))
+	d.storeOnce.Do(func() { d.storeErr = d.Store.Close() })
+	if d.storeErr != nil {
+		errs = append(errs, fmt.Errorf("close state: %w", d.storeErr))
 	}
 	d.log.Info("broker stopped")
 	return errors.Join(errs...)
