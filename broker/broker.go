@@ -106,10 +106,6 @@ type Broker struct {
 	dirty     bool
 	awaiting  map[string]bool // online before a restart, not yet reconnected
 
-	// statusMu orders the reconnect-grace expiry of a worker against the status 1 reports the broker takes: a 1
-	// is either seen by the expiry (which then publishes nothing) or taken after the expiry's 0.
-	statusMu sync.Mutex
-
 	replay replayer
 }
 
@@ -207,11 +203,14 @@ func (b *Broker) Run(ctx context.Context) {
 }
 
 // expire marks a worker that was online before the restart offline unless it has reported status 1 since, and
-// publishes what its last will would have: retained status 0. It holds statusMu from the check to the end of the
-// publish, so that no 1 the broker takes in between is overwritten.
+// publishes what its last will would have: retained status 0. It holds the worker's status lock from the check to
+// the end of the publish, so that no 1 the broker takes in between is overwritten.
 func (b *Broker) expire(name string) {
-	b.statusMu.Lock()
-	defer b.statusMu.Unlock()
+	b.mu.Lock()
+	r := b.recordOf(name)
+	b.mu.Unlock()
+	r.status.Lock()
+	defer r.status.Unlock()
 	b.mu.Lock()
 	waiting := b.awaiting[name]
 	delete(b.awaiting, name)

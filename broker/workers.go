@@ -54,10 +54,13 @@ func (b *Broker) HandleStatus(topic string, payload []byte) {
 func (b *Broker) setStatus(worker string, n int) {
 	online := n >= 1
 	if online {
-		// Wait for a grace expiry in progress (see expire). Only a 1 waits: the expiry's own 0 comes back here on
-		// the expiry's goroutine.
-		b.statusMu.Lock()
-		defer b.statusMu.Unlock()
+		// Wait for a grace expiry of this worker in progress (see expire). Only a 1 waits: the expiry's own 0
+		// comes back here on the expiry's goroutine.
+		b.mu.Lock()
+		r := b.recordOf(worker)
+		b.mu.Unlock()
+		r.status.Lock()
+		defer r.status.Unlock()
 	}
 	b.mu.Lock()
 	if online {
@@ -105,9 +108,12 @@ func (b *Broker) HandleData(topic string, payload []byte) {
 	})
 }
 
-// record orders the writes of one worker's state: every change takes the next seq, and a write stores the state
-// as it is when the write starts, so the last write to finish carries the newest state.
+// record orders what happens to one worker. Its status lock orders the reconnect-grace expiry against the status
+// 1 reports the broker takes: a 1 is either seen by the expiry (which then publishes nothing) or taken after the
+// expiry's 0. Its writes are ordered too: every change takes the next seq, and a write stores the state as it is
+// when the write starts, so the last write to finish carries the newest state.
 type record struct {
+	status sync.Mutex // held by expire and by a status 1 being taken
 	write  sync.Mutex // held while the state is written
 	seq    uint64     // changes made, under Broker.mu
 	stored uint64     // changes on disk, under Broker.mu
