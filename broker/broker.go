@@ -75,8 +75,8 @@ type Gateway struct {
 type Options struct {
 	// Domains are the domains nodes may register for (already checked against the prefixes).
 	Domains []string
-	// Gateways are the configured gateways by worker name. Workers not named here are chosen only when no
-	// configured one is online. SetGateways replaces them at run time.
+	// Gateways are the configured gateways by worker name. A worker not named here weighs 1 against the
+	// configured total and has no location. SetGateways replaces them at run time.
 	Gateways map[string]Gateway
 	// ReplayWindow is how far back keys are replayed to a returning worker.
 	ReplayWindow time.Duration
@@ -101,7 +101,7 @@ type Broker struct {
 	total     int      // sum of the gateways' weights
 	locations []string // sorted, unique, non-empty locations of the gateways
 	workers   map[string]*WorkerState
-	records   map[string]*record  // write order of each worker's state
+	records   map[string]*record  // status and write order of each worker
 	gws       []selection.Gateway // sorted by name, rebuilt when dirty; shares the Peers maps of workers
 	dirty     bool
 	awaiting  map[string]bool // online before a restart, not yet reconnected

@@ -142,7 +142,7 @@ func (b *Broker) change(worker string, fn func(*WorkerState) bool) {
 	}
 }
 
-// recordOf returns the write record of worker. Callers hold mu.
+// recordOf returns the record of worker, creating it. Callers hold mu.
 func (b *Broker) recordOf(worker string) *record {
 	r, ok := b.records[worker]
 	if !ok {
