@@ -1,8 +1,10 @@
 # wgkex: `make run` starts the broker on the example configuration; `make test` runs every test.
 .PHONY: run test build bench
 
+# Build, then exec the binary: it is make's own child, so a SIGTERM to make reaches it (go run would leave it behind).
 run:
-	go run ./cmd/wgkex-broker --config wgkex.yaml.example
+	go build -o bin/wgkex-broker ./cmd/wgkex-broker
+	exec bin/wgkex-broker --config wgkex.yaml.example
 
 test:
 	bash .ci/test.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests need (idempotently), then formatting, vet, staticcheck,
+# The whole test suite: installs what the tests need (idempotently), then formatting, go mod tidy, vet, staticcheck,
 # go test -race over every package (root-only tests included; under CI=true a skip is a failure) and a short
 # run of every fuzz target. `make test` and .ci/run call this.
 set -euo pipefail
@@ -36,6 +36,10 @@ echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go'))
 if [ -n "$unformatted" ]; then
 	echo "gofmt needed:"; echo "$unformatted"; exit 1
+fi
+echo "== go mod tidy"
+if ! go mod tidy -diff; then
+	echo "go.mod or go.sum is not tidy: run go mod tidy"; exit 1
 fi
 echo "== go vet"
 go vet ./...

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker/selection"
-	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
@@ -70,12 +69,21 @@ type KeyFilter interface {
 	Refuse(domain, key string) (reason string, refused bool)
 }
 
+// Gateway is a configured gateway (workers.<name> in wgkex.yaml), as the gateway choice weighs it.
+type Gateway struct {
+	// Weight is the gateway's share of new peers relative to the other gateways.
+	Weight int
+	// Location is an optional free-form place (e.g. MUC) a node may ask for.
+	Location string
+}
+
 // Options configure a Broker.
 type Options struct {
 	// Domains are the domains nodes may register for (already checked against the prefixes).
 	Domains []string
-	// Workers are the configured gateways, with weights and locations.
-	Workers map[string]config.Worker
+	// Gateways are the configured gateways by worker name. A worker not named here weighs 1 against the
+	// configured total and has no location. SetGateways replaces them at run time.
+	Gateways map[string]Gateway
 	// ReplayWindow is how far back keys are replayed to a returning worker.
 	ReplayWindow time.Duration
 	// ReconnectGrace is how long workers that were online before a restart have to reconnect.
@@ -95,13 +103,16 @@ type Broker struct {
 	log    *slog.Logger
 	opts   Options
 	domain map[string]bool
-	total  int // sum of configured weights
 
-	mu       sync.Mutex
-	workers  map[string]*WorkerState
-	gws      []selection.Gateway // sorted by name, rebuilt when dirty; shares the Peers maps of workers
-	dirty    bool
-	awaiting map[string]bool // online before a restart, not yet reconnected
+	mu        sync.Mutex
+	gateways  map[string]Gateway
+	total     int      // sum of the gateways' weights
+	locations []string // sorted, unique, non-empty locations of the gateways
+	workers   map[string]*WorkerState
+	records   map[string]*record  // status and write order of each worker
+	gws       []selection.Gateway // sorted by name, rebuilt when dirty; shares the Peers maps of workers
+	dirty     bool
+	awaiting  map[string]bool // online before a restart, not yet reconnected
 
 	replay replayer
 }
@@ -119,14 +130,14 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, erro
 		domain:   map[string]bool{},
 		workers:  map[string]*WorkerState{},
 		awaiting: map[string]bool{},
+		records:  map[string]*record{},
 		dirty:    true,
 	}
 	for _, d := range opts.Domains {
 		b.domain[d] = true
 	}
-	for _, w := range opts.Workers {
-		b.total += weight(w)
-	}
+	b.setGateways(opts.Gateways)
+	opts.Gateways = nil // b.gateways holds them
 	stored, err := st.Workers()
 	if err != nil {
 		return nil, fmt.Errorf("load worker state: %w", err)
@@ -149,11 +160,31 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, erro
 	return b, nil
 }
 
-func weight(w config.Worker) int {
-	if w.Weight == nil {
-		return 1
+// SetGateways replaces the configured gateways, their weights and locations; the next choice uses them.
+func (b *Broker) SetGateways(gateways map[string]Gateway) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.setGateways(gateways)
+}
+
+// setGateways copies gateways and derives the weight total and the locations. Callers hold mu (or own b).
+func (b *Broker) setGateways(gateways map[string]Gateway) {
+	b.gateways = make(map[string]Gateway, len(gateways))
+	b.total = 0
+	set := map[string]bool{}
+	for name, g := range gateways {
+		b.gateways[name] = g
+		b.total += g.Weight
+		if g.Location != "" {
+			set[g.Location] = true
+		}
 	}
-	return *w.Weight
+	b.locations = make([]string, 0, len(set))
+	for l := range set {
+		b.locations = append(b.locations, l)
+	}
+	sort.Strings(b.locations)
+	b.dirty = true
 }
 
 // Run marks workers that were online before the restart offline if they have not reconnected within the grace
@@ -171,18 +202,36 @@ func (b *Broker) Run(ctx context.Context) {
 	for name := range b.awaiting {
 		gone = append(gone, name)
 	}
-	b.awaiting = map[string]bool{}
 	b.mu.Unlock()
 	sort.Strings(gone)
 	for _, name := range gone {
-		b.log.Warn("worker did not reconnect after broker start, marking offline", "worker", name)
-		// Publish what its last will would have: retained status 0. The status handler records it.
-		if err := b.pub.Publish(wire.StatusTopic(name), []byte("0"), true, 1); err != nil {
-			b.log.Error("publish offline status", "worker", name, "err", err)
-		}
-		b.setStatus(name, 0)
+		b.expire(name)
 	}
 	<-ctx.Done()
+}
+
+// expire marks a worker that was online before the restart offline unless it has reported status 1 since, and
+// publishes what its last will would have: retained status 0. It holds the worker's status lock from the check to
+// the end of the publish, so that no 1 the broker takes in between is overwritten.
+func (b *Broker) expire(name string) {
+	b.mu.Lock()
+	r := b.recordOf(name)
+	b.mu.Unlock()
+	r.status.Lock()
+	defer r.status.Unlock()
+	b.mu.Lock()
+	waiting := b.awaiting[name]
+	delete(b.awaiting, name)
+	b.mu.Unlock()
+	if !waiting {
+		return
+	}
+	b.log.Warn("worker did not reconnect after broker start, marking offline", "worker", name)
+	if err := b.pub.Publish(wire.StatusTopic(name), []byte("0"), true, 1); err != nil {
+		b.log.Error("publish offline status", "worker", name, "err", err)
+	}
+	// The embedded server hands the 0 to HandleStatus as well; this covers a publisher that does not.
+	b.setStatus(name, 0)
 }
 
 // Request is a key registration as a node posts it.
@@ -269,9 +318,9 @@ func (b *Broker) choose(domain, location string) (string, wire.WorkerData, error
 func (b *Broker) rebuild() {
 	b.gws = b.gws[:0]
 	for name, w := range b.workers {
-		cw, configured := b.opts.Workers[name]
+		g, configured := b.gateways[name]
 		b.gws = append(b.gws, selection.Gateway{
-			Name: name, Weight: weight(cw), Configured: configured, Location: cw.Location,
+			Name: name, Weight: g.Weight, Configured: configured, Location: g.Location,
 			Online: w.Online, Peers: w.Peers,
 		})
 	}
@@ -279,8 +328,12 @@ func (b *Broker) rebuild() {
 	b.dirty = false
 }
 
-// Locations returns the sorted, unique worker locations of the configuration.
-func (b *Broker) Locations() []string { return config.Locations(b.opts.Workers) }
+// Locations returns the sorted, unique, non-empty locations of the configured gateways.
+func (b *Broker) Locations() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.locations...)
+}
 
 // Workers returns a copy of every worker's state, in name order.
 func (b *Broker) Workers() []WorkerState {

@@ -15,7 +15,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
-	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 	"github.com/freifunkMUC/wgkex-go/store"
@@ -26,13 +25,23 @@ import (
 type recorder struct {
 	mu  sync.Mutex
 	msg []string
+	// deliver, if set, gets every message after it is recorded, as the embedded server hands the broker's own
+	// publishes to its handlers on the publishing goroutine.
+	deliver func(topic string, payload []byte)
 }
 
 func (r *recorder) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	r.note(fmt.Sprintf("%s %s retain=%v qos=%d", topic, payload, retain, qos))
+	if r.deliver != nil {
+		r.deliver(topic, payload)
+	}
+	return nil
+}
+
+func (r *recorder) note(m string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.msg = append(r.msg, fmt.Sprintf("%s %s retain=%v qos=%d", topic, payload, retain, qos))
-	return nil
+	r.msg = append(r.msg, m)
 }
 
 func (r *recorder) take() []string {
@@ -48,8 +57,6 @@ const (
 	gwKey4 = "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g="
 	gwKey7 = "PcKkakZcTEx3LKh+G06Opb8/esg08aWK33A5/Ff1YXE="
 )
-
-func intp(n int) *int { return &n }
 
 type env struct {
 	b   *broker.Broker
@@ -71,9 +78,9 @@ func newEnv(t *testing.T, path string, mod func(*broker.Options)) *env {
 	e := &env{st: st, pub: &recorder{}, now: time.Unix(1_700_000_000, 0)}
 	opts := broker.Options{
 		Domains: []string{"ffmuc_welt", "ffwert_city"},
-		Workers: map[string]config.Worker{
-			"gw04.in.ffmuc.net": {Weight: intp(30), Location: "MUC"},
-			"gw07.in.ffmuc.net": {Weight: intp(20)},
+		Gateways: map[string]broker.Gateway{
+			"gw04.in.ffmuc.net": {Weight: 30, Location: "MUC"},
+			"gw07.in.ffmuc.net": {Weight: 20},
 		},
 		ReplayWindow:   3 * time.Hour,
 		ReconnectGrace: time.Hour,
@@ -203,6 +210,51 @@ func TestInterpolationSpreads(t *testing.T) {
 	wg.Wait()
 	if count[gwKey4] != 180 || count[gwKey7] != 120 {
 		t.Errorf("spread %d:%d, want 180:120", count[gwKey4], count[gwKey7])
+	}
+}
+
+// TestSetGateways checks that weights and locations replaced at run time take effect at the next choice, also
+// while registrations run concurrently (run with -race).
+func TestSetGateways(t *testing.T) {
+	e := newEnv(t, "", nil)
+	if diff := cmp.Diff([]string{"MUC"}, e.b.Locations()); diff != "" {
+		t.Errorf("Locations (-want +got):\n%s", diff)
+	}
+	e.worker("gw04.in.ffmuc.net", "ffmuc_welt", gwKey4, 0)
+	e.worker("gw07.in.ffmuc.net", "ffmuc_welt", gwKey7, 0)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := e.b.ExchangeV2(broker.Request{PublicKey: key1, Domain: "ffmuc_welt"}); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for i := 0; i < 50; i++ {
+		e.b.SetGateways(map[string]broker.Gateway{"gw04.in.ffmuc.net": {Weight: i % 3, Location: "Vienna"}})
+		_ = e.b.Locations()
+	}
+	close(stop)
+	wg.Wait()
+	// Now only gw07 is configured, in Vienna: nodes asking for Vienna get it.
+	e.b.SetGateways(map[string]broker.Gateway{"gw07.in.ffmuc.net": {Weight: 1, Location: "Vienna"}})
+	if diff := cmp.Diff([]string{"Vienna"}, e.b.Locations()); diff != "" {
+		t.Errorf("Locations after SetGateways (-want +got):\n%s", diff)
+	}
+	for i := 0; i < 5; i++ {
+		d, err := e.b.ExchangeV2(broker.Request{PublicKey: key1, Domain: "ffmuc_welt", Location: "Vienna"})
+		if err != nil || d.PublicKey != gwKey7 {
+			t.Fatalf("location Vienna after SetGateways gave %+v, %v; want gw07", d, err)
+		}
 	}
 }
 

@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"sync"
 
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
@@ -18,6 +20,7 @@ type replayer struct {
 	sem     chan struct{}
 	mu      sync.Mutex
 	waiting map[[2]string]bool
+	stopped bool
 	wg      sync.WaitGroup
 }
 
@@ -53,13 +56,13 @@ func (b *Broker) HandleReplayRequest(topic string, payload []byte) {
 func (r *replayer) enqueue(worker, domain string) {
 	k := [2]string{worker, domain}
 	r.mu.Lock()
-	if r.waiting[k] {
+	if r.waiting[k] || r.stopped {
 		r.mu.Unlock()
 		return
 	}
 	r.waiting[k] = true
-	r.mu.Unlock()
 	r.wg.Add(1)
+	r.mu.Unlock()
 	go func() {
 		defer r.wg.Done()
 		r.sem <- struct{}{}
@@ -71,8 +74,25 @@ func (r *replayer) enqueue(worker, domain string) {
 	}()
 }
 
-// WaitReplays waits for every queued replay to finish (for shutdown and tests).
+// WaitReplays waits for every queued replay to finish (for tests).
 func (b *Broker) WaitReplays() { b.replay.wg.Wait() }
+
+// StopReplays stops taking replay requests and waits for the queued and running replays to finish, or returns an
+// error when ctx ends first. Call it before the MQTT server and the store are closed.
+func (b *Broker) StopReplays(ctx context.Context) error {
+	r := &b.replay
+	r.mu.Lock()
+	r.stopped = true
+	r.mu.Unlock()
+	done := make(chan struct{})
+	go func() { r.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("replays still running: %w", ctx.Err())
+	}
+}
 
 // sendReplay publishes the domain's keys to the worker in batches; the last batch has Last set.
 func (b *Broker) sendReplay(worker, domain string) {

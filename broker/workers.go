@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"sync"
+
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
@@ -51,6 +53,15 @@ func (b *Broker) HandleStatus(topic string, payload []byte) {
 
 func (b *Broker) setStatus(worker string, n int) {
 	online := n >= 1
+	if online {
+		// Wait for a grace expiry of this worker in progress (see expire). Only a 1 waits: the expiry's own 0
+		// comes back here on the expiry's goroutine.
+		b.mu.Lock()
+		r := b.recordOf(worker)
+		b.mu.Unlock()
+		r.status.Lock()
+		defer r.status.Unlock()
+	}
 	b.mu.Lock()
 	if online {
 		delete(b.awaiting, worker)
@@ -97,6 +108,17 @@ func (b *Broker) HandleData(topic string, payload []byte) {
 	})
 }
 
+// record orders what happens to one worker. Its status lock orders the reconnect-grace expiry against the status
+// 1 reports the broker takes: a 1 is either seen by the expiry (which then publishes nothing) or taken after the
+// expiry's 0. Its writes are ordered too: every change takes the next seq, and a write stores the state as it is
+// when the write starts, so the last write to finish carries the newest state.
+type record struct {
+	status sync.Mutex // held by expire and by a status 1 being taken
+	write  sync.Mutex // held while the state is written
+	seq    uint64     // changes made, under Broker.mu
+	stored uint64     // changes on disk, under Broker.mu
+}
+
 // change applies fn to the state of worker (creating it) and stores the result if fn reports a change.
 func (b *Broker) change(worker string, fn func(*WorkerState) bool) {
 	b.mu.Lock()
@@ -107,16 +129,48 @@ func (b *Broker) change(worker string, fn func(*WorkerState) bool) {
 		b.dirty = true
 	}
 	changed := fn(w)
+	var r *record
 	if changed {
 		w.Changed = b.opts.Now()
 		b.dirty = true
+		r = b.recordOf(worker)
+		r.seq++
 	}
-	snapshot := copyState(w)
 	b.mu.Unlock()
-	if !changed {
+	if changed {
+		b.persist(worker, r)
+	}
+}
+
+// recordOf returns the record of worker, creating it. Callers hold mu.
+func (b *Broker) recordOf(worker string) *record {
+	r, ok := b.records[worker]
+	if !ok {
+		r = &record{}
+		b.records[worker] = r
+	}
+	return r
+}
+
+// persist writes the worker's current state unless a concurrent write has already stored every change made so
+// far. One write per worker runs at a time, and it snapshots the state only once it holds the write lock, so an
+// older snapshot can never reach the disk after a newer one.
+func (b *Broker) persist(worker string, r *record) {
+	r.write.Lock()
+	defer r.write.Unlock()
+	b.mu.Lock()
+	seq := r.seq
+	if r.stored >= seq {
+		b.mu.Unlock()
 		return
 	}
+	snapshot := copyState(b.workers[worker])
+	b.mu.Unlock()
 	if err := b.st.PutWorker(snapshot); err != nil {
 		b.log.Error("store worker state", "worker", worker, "err", err)
+		return
 	}
+	b.mu.Lock()
+	r.stored = seq
+	b.mu.Unlock()
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
-	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 	"github.com/freifunkMUC/wgkex-go/store"
@@ -33,11 +32,10 @@ func newServer(t testing.TB) (*Server, *broker.Broker, *counter) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	w := 1
 	pub := &counter{}
 	b, err := broker.New(st, pub, testenv.Logger(t), broker.Options{
 		Domains:      []string{"ffmuc_welt"},
-		Workers:      map[string]config.Worker{"gw04": {Weight: &w, Location: "MUC"}, "gw05": {Location: "Vienna"}, "gw06": {Location: "MUC"}, "gw07": {}},
+		Gateways:     map[string]broker.Gateway{"gw04": {Weight: 1, Location: "MUC"}, "gw05": {Weight: 1, Location: "Vienna"}, "gw06": {Weight: 1, Location: "MUC"}, "gw07": {Weight: 1}},
 		ReplayWindow: time.Hour, ReconnectGrace: time.Hour,
 	})
 	if err != nil {

@@ -2,8 +2,6 @@ package main
 
 import (
 	"bufio"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,8 +9,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
 
 // dockerEnv reads the ENV instruction of the Dockerfile.
@@ -41,20 +37,9 @@ func dockerEnv(t *testing.T) []string {
 	return env
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, p, _ := net.SplitHostPort(l.Addr().String())
-	return p
-}
-
 // TestContainerEnvironment builds the static binary as the Dockerfile does and runs it the way the image does:
-// the example configuration as /etc/wgkex.yaml, the Dockerfile's environment (ports and state directory moved to
-// free ones here), then SIGTERM as `docker stop` sends it.
+// the example configuration as /etc/wgkex.yaml, the Dockerfile's environment (ports that the system picks, read
+// back from the log, and the state directory moved here), then SIGTERM as `docker stop` sends it.
 func TestContainerEnvironment(t *testing.T) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "wgkex-broker")
@@ -67,26 +52,23 @@ func TestContainerEnvironment(t *testing.T) {
 	if len(env) < 3 {
 		t.Fatalf("Dockerfile ENV: %q", env)
 	}
-	httpPort, mqttPort := freePort(t), freePort(t)
 	cmd := exec.Command(bin)
 	cmd.Env = append(append(os.Environ(), env...),
 		"WGKEX_CONFIG_FILE=../../wgkex.yaml.example",
-		"WGKEX_BROKER_LISTEN_HOST=127.0.0.1", "WGKEX_BROKER_LISTEN_PORT="+httpPort,
-		"WGKEX_BROKER_MQTT_LISTENERS=127.0.0.1:"+mqttPort,
-		"WGKEX_BROKER_STATE_FILE="+filepath.Join(dir, "wgkex.db"))
-	cmd.Stdout, cmd.Stderr = t.Output(), t.Output()
+		"WGKEX_BROKER_LISTEN_HOST=127.0.0.1", "WGKEX_BROKER_LISTEN_PORT=0",
+		"WGKEX_BROKER_MQTT_LISTENERS=127.0.0.1:0",
+		"WGKEX_BROKER_STATE_FILE="+filepath.Join(dir, "wgkex.db"),
+		"WGKEX_LOG_FORMAT=json")
+	cmd.Stdout = t.Output()
+	logR, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		resp, err := http.Get("http://127.0.0.1:" + httpPort + "/api/v1/locations")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	}, "broker did not answer")
+	get(t, "http://"+startedAddr(t, logR)+"/api/v1/locations")
 	cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -22,16 +23,17 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:]); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "wgkex-broker:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, args []string) error {
+// run serves until ctx ends, logging to logOut.
+func run(ctx context.Context, args []string, logOut io.Writer) error {
 	cfg, err := config.FromArgs("wgkex-broker", args)
 	if err != nil {
 		return err
 	}
-	return brokerd.Run(ctx, cfg, cfg.Log.Logger(os.Stderr))
+	return brokerd.Run(ctx, cfg, cfg.Log.Logger(logOut))
 }

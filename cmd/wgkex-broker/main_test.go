@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +13,41 @@ import (
 	"time"
 )
 
+// startedAddr reads JSON log lines from r until "broker started" and returns its HTTP address. It fails the test
+// if the broker ends its log without starting.
+func startedAddr(t *testing.T, r io.Reader) string {
+	t.Helper()
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		t.Log(sc.Text())
+		var l struct {
+			Msg  string `json:"msg"`
+			HTTP string `json:"http"`
+		}
+		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "broker started" {
+			go io.Copy(io.Discard, r) // keep the broker's log from blocking
+			return l.HTTP
+		}
+	}
+	t.Fatalf("broker log ended without \"broker started\": %v", sc.Err())
+	return ""
+}
+
+// get fetches url and fails the test unless the answer is 200.
+func get(t *testing.T, url string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d", url, resp.StatusCode)
+	}
+}
+
+// TestRunAndStop runs the broker on ports the system picks, reads them back from its log, asks it for the
+// locations, then cancels it: it must have served and must return without error.
 func TestRunAndStop(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "wgkex.yaml")
@@ -19,12 +58,19 @@ broker_listen: {host: 127.0.0.1, port: 0}
 broker:
   state_file: `+filepath.Join(dir, "state.db")+`
   mqtt_listeners: [{address: "127.0.0.1:0"}]
-log: {level: error}
+log: {level: info, format: json}
 `), 0o644)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- run(ctx, []string{"--config", cfg}) }()
-	time.AfterFunc(200*time.Millisecond, cancel)
+	defer cancel()
+	logR, logW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := run(ctx, []string{"--config", cfg}, logW)
+		logW.Close()
+		done <- err
+	}()
+	get(t, "http://"+startedAddr(t, logR)+"/api/v1/locations")
+	cancel()
 	select {
 	case err := <-done:
 		if err != nil {
@@ -41,7 +87,7 @@ log: {level: error}
 func TestRunBadConfig(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "wgkex.yaml")
 	os.WriteFile(cfg, []byte("domains: [welt, ffmuc_waytoolongdomain]\ndomain_prefixes: [ffmuc_]\nbogus: 1\n"), 0o644)
-	err := run(context.Background(), []string{"--config", cfg})
+	err := run(context.Background(), []string{"--config", cfg}, io.Discard)
 	if err == nil {
 		t.Fatal("want error")
 	}
@@ -51,7 +97,7 @@ func TestRunBadConfig(t *testing.T) {
 		}
 	}
 	t.Setenv("WGKEX_CONFIG_FILE", filepath.Join(t.TempDir(), "missing.yaml"))
-	if err := run(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+	if err := run(context.Background(), nil, io.Discard); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("missing file: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
@@ -34,8 +35,10 @@ type Daemon struct {
 	served chan error
 	ran    chan struct{}
 
-	https   *http.Server // nil without broker_listen.tls_port
-	httpsLn net.Listener
+	https     *http.Server // nil without broker_listen.tls_port
+	httpsLn   net.Listener
+	storeOnce sync.Once
+	storeErr  error
 }
 
 // Start opens the state file, starts the MQTT server and the REST API, and returns once both accept connections.
@@ -74,7 +77,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 	}()
 	b, err := broker.New(st, mq, log.With("component", "broker"), broker.Options{
 		Domains:        cfg.Domains,
-		Workers:        cfg.Workers,
+		Gateways:       Gateways(cfg.Workers),
 		ReplayWindow:   cfg.Broker.ReplayWindow.D(),
 		ReconnectGrace: cfg.Broker.ReconnectGrace.D(),
 		Keys:           keys,
@@ -155,6 +158,19 @@ func (d *Daemon) HTTPSAddr() string {
 	return d.httpsLn.Addr().String()
 }
 
+// Gateways maps the configured workers onto the broker's gateways; a worker without a weight weighs 1.
+func Gateways(workers map[string]config.Worker) map[string]broker.Gateway {
+	out := make(map[string]broker.Gateway, len(workers))
+	for name, w := range workers {
+		g := broker.Gateway{Weight: 1, Location: w.Location}
+		if w.Weight != nil {
+			g.Weight = *w.Weight
+		}
+		out[name] = g
+	}
+	return out
+}
+
 // HTTPAddr is the address the REST API listens on.
 func (d *Daemon) HTTPAddr() string { return d.httpLn.Addr().String() }
 
@@ -164,7 +180,10 @@ func (d *Daemon) MQTTAddr() string { return d.MQTT.Addrs()[0] }
 // Wait returns when the HTTP server fails.
 func (d *Daemon) Wait() <-chan error { return d.served }
 
-// Shutdown drains HTTP requests, stops MQTT, finishes replays and closes the state file.
+// Shutdown stops the parts in the order in which they depend on each other: it drains HTTP requests, stops taking
+// replay requests and stops the replays, ends the broker's background work, closes the MQTT server, and closes the
+// state file last. If the replays have not stopped when ctx ends, the state file is left open, since a replay
+// still reads it, and Shutdown says so; a later call closes it once they have stopped.
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	var errs []error
 	if err := d.http.Shutdown(ctx); err != nil {
@@ -175,20 +194,20 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("https shutdown: %w", err))
 		}
 	}
+	replays := d.Broker.StopReplays(ctx)
 	d.cancel()
 	<-d.ran
 	if err := d.MQTT.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("mqtt shutdown: %w", err))
 	}
-	done := make(chan struct{})
-	go func() { d.Broker.WaitReplays(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		errs = append(errs, errors.New("replays still running at shutdown"))
+	if replays != nil {
+		errs = append(errs, fmt.Errorf("state file left open: %w", replays))
+		d.log.Error("broker stopped with replays running", "err", replays)
+		return errors.Join(errs...)
 	}
-	if err := d.Store.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close state: %w", err))
+	d.storeOnce.Do(func() { d.storeErr = d.Store.Close() })
+	if d.storeErr != nil {
+		errs = append(errs, fmt.Errorf("close state: %w", d.storeErr))
 	}
 	d.log.Info("broker stopped")
 	return errors.Join(errs...)

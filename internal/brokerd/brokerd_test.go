@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/freifunkMUC/wgkex-go/broker"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
@@ -179,4 +180,13 @@ func TestLastWillMarksOffline(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, func() bool { c, _ := post(t, d, "v2", body); return c == 200 }, "worker never chosen")
 	w.Process.Kill() // no DISCONNECT: the server sends the will after 1.5 × keepalive at most
 	testenv.Eventually(t, 15*time.Second, func() bool { c, _ := post(t, d, "v2", body); return c == 400 }, "dead worker still chosen")
+}
+
+func TestGateways(t *testing.T) {
+	thirty := 30
+	got := Gateways(map[string]config.Worker{"gw04": {Weight: &thirty, Location: "MUC"}, "gw07": {}})
+	want := map[string]broker.Gateway{"gw04": {Weight: 30, Location: "MUC"}, "gw07": {Weight: 1}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Gateways (-want +got):\n%s", diff)
+	}
 }

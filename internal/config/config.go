@@ -20,6 +20,7 @@ import (
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/knadh/koanf/providers/confmap"
+	"github.com/knadh/koanf/providers/rawbytes"
 	"github.com/knadh/koanf/v2"
 
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
@@ -245,18 +246,19 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 	if err := k.Load(confmap.Provider(Defaults(), ""), nil); err != nil {
 		return nil, fmt.Errorf("load defaults: %w", err)
 	}
-	if err := k.Load(rawBytes(yamlBytes), yaml.Parser()); err != nil {
+	if err := k.Load(rawbytes.Provider(yamlBytes), yaml.Parser()); err != nil {
 		return nil, fmt.Errorf("parse YAML: %w", err)
 	}
-	env, err := envOverrides(environ)
+	var envProblems []string
+	env, err := envProvider(environ, &envProblems)
 	if err != nil {
 		return nil, err
 	}
-	if err := k.Load(confmap.Provider(env, ""), nil); err != nil {
+	if err := k.Load(env, nil); err != nil {
 		return nil, fmt.Errorf("load environment: %w", err)
 	}
 	var c Config
-	var problems []string
+	problems := envProblems
 	err = k.UnmarshalWithConf("", &c, koanf.UnmarshalConf{DecoderConfig: &mapstructure.DecoderConfig{
 		DecodeHook:  durationHook,
 		ErrorUnused: true,
@@ -282,14 +284,6 @@ func Parse(yamlBytes []byte, environ []string) (*Config, error) {
 		return nil, &Error{Problems: problems}
 	}
 	return &c, nil
-}
-
-// rawBytes is a koanf provider of bytes already read.
-type rawBytes []byte
-
-func (r rawBytes) ReadBytes() ([]byte, error) { return r, nil }
-func (r rawBytes) Read() (map[string]any, error) {
-	return nil, errors.New("rawBytes provides bytes only")
 }
 
 func (c *Config) fill() {
@@ -458,25 +452,6 @@ func (c *Config) Stripped() map[string]string {
 		}
 	}
 	return m
-}
-
-// Locations returns the sorted, unique, non-empty locations of the configured workers.
-func (c *Config) Locations() []string { return Locations(c.Workers) }
-
-// Locations returns the sorted, unique, non-empty locations of workers.
-func Locations(workers map[string]Worker) []string {
-	set := map[string]bool{}
-	for _, w := range workers {
-		if w.Location != "" {
-			set[w.Location] = true
-		}
-	}
-	out := make([]string, 0, len(set))
-	for l := range set {
-		out = append(out, l)
-	}
-	sort.Strings(out)
-	return out
 }
 
 func sortedKeys[V any](m map[string]V) []string {

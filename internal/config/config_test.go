@@ -26,8 +26,8 @@ func TestExampleLoads(t *testing.T) {
 	if got := *c.Workers["gw04.in.ffmuc.net"].Weight; got != 30 {
 		t.Errorf("gw04 weight = %d, want 30 (worker names with dots must survive)", got)
 	}
-	if diff := cmp.Diff([]string{"MUC", "Vienna"}, c.Locations()); diff != "" {
-		t.Errorf("Locations (-want +got):\n%s", diff)
+	if got := c.Workers["gw06.in.ffmuc.net"].Location; got != "Vienna" {
+		t.Errorf("gw06 location = %q, want Vienna", got)
 	}
 	if c.Cleanup.LegacyStaleTimeout.D() != 3*time.Hour || c.Cleanup.InitialHandshakeGrace.D() != 10*time.Minute {
 		t.Errorf("cleanup = %+v", c.Cleanup)
@@ -119,6 +119,55 @@ func TestEnvOverrides(t *testing.T) {
 	}
 	if _, err := Parse([]byte(validCfg), []string{"WGKEX_BROKER_LISTEN_PORT=abc"}); err == nil {
 		t.Error("non-integer port from the environment: want error")
+	}
+}
+
+func TestEnvOverrideTable(t *testing.T) {
+	file := validCfg + "log:\n  level: info\nbroker:\n  state_file: file.db\n"
+	tests := []struct {
+		env  string
+		get  func(*Config) any
+		want any
+	}{
+		{"WGKEX_DOMAINS=ffmuc_x ffmuc_y", func(c *Config) any { return c.Domains }, []string{"ffmuc_x", "ffmuc_y"}},
+		{"WGKEX_DOMAINS=ffmuc_x,ffdon_y", func(c *Config) any { return c.Domains }, []string{"ffmuc_x", "ffdon_y"}},
+		{"WGKEX_DOMAIN_PREFIXES=ffdon_ ffmuc_", func(c *Config) any { return c.DomainPrefixes }, []string{"ffdon_", "ffmuc_"}},
+		{"WGKEX_BROKER_MQTT_LISTENERS=0.0.0.0:1883", func(c *Config) any { return c.Broker.MQTTListeners },
+			[]MQTTListener{{Address: "0.0.0.0:1883"}}},
+		{"WGKEX_BROKER_STATE_FILE=/var/lib/wgkex/wgkex.db", func(c *Config) any { return c.Broker.StateFile }, "/var/lib/wgkex/wgkex.db"},
+		{"WGKEX_BROKER_LISTEN_HOST=0.0.0.0", func(c *Config) any { return c.BrokerListen.Host }, "0.0.0.0"},
+		{"WGKEX_MQTT_KEEPALIVE= 7 ", func(c *Config) any { return c.MQTT.Keepalive }, 7},
+		{"WGKEX_MQTT_TLS=false", func(c *Config) any { return c.MQTT.TLS }, false},
+		{"WGKEX_CLEANUP_INTERVAL=600", func(c *Config) any { return c.Cleanup.Interval.D() }, 10 * time.Minute},
+		{"WGKEX_WORKER_HEALTH_PORT=80", func(c *Config) any { return c.Worker.HealthPort }, 80},
+		{"WGKEX_WORKER_NAME=gw1", func(c *Config) any { return c.Worker.Name }, "gw1"},
+		// log.level and log_level share one name; the environment overrides the file's log.level.
+		{"WGKEX_LOG_LEVEL=warn", func(c *Config) any { return c.Log.Level }, "warn"},
+		{"WGKEX_LOG_FORMAT=json", func(c *Config) any { return c.Log.Format }, "json"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.env, func(t *testing.T) {
+			c, err := Parse([]byte(file), []string{tt.env})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, tt.get(c)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestEnvProblems(t *testing.T) {
+	env := []string{"WGKEX_MQTT_TLS=maybe", "WGKEX_MQTT_BROKER_PORT=x", "WGKEX_WORKERS=gw1", "WGKEX_CLEANUP_INTERVAL=soon"}
+	_, err := Parse([]byte(validCfg), env)
+	if err == nil {
+		t.Fatal("want error")
+	}
+	for _, w := range []string{"WGKEX_MQTT_TLS", "WGKEX_MQTT_BROKER_PORT", "WGKEX_WORKERS", "soon"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not name %s", err, w)
+		}
 	}
 }
 

@@ -2,116 +2,115 @@ package config
 
 import (
 	"fmt"
-	"reflect"
+	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/maps"
+	"github.com/knadh/koanf/providers/env/v2"
 )
 
-// envOverrides turns WGKEX_-prefixed environment lines into a nested map of overrides. The variable name is the key
-// path in upper case with "_" between levels: WGKEX_MQTT_PASSWORD, WGKEX_BROKER_LISTEN_PORT, WGKEX_EXTERNALNAME.
-// Lists (WGKEX_DOMAINS, WGKEX_DOMAIN_PREFIXES, WGKEX_KEY_WHITELIST) are separated by commas or spaces, as the
-// reference's docker entrypoint takes them. Variables that name no key (WGKEX_CONFIG_FILE, WGKEX_DEBUG) are ignored.
-func envOverrides(environ []string) (map[string]any, error) {
-	leaves := map[string]leaf{}
-	collectLeaves(reflect.TypeOf(Config{}), nil, leaves)
-	out := map[string]any{}
-	var problems []string
-	for _, kv := range environ {
-		name, value, ok := strings.Cut(kv, "=")
-		if !ok || !strings.HasPrefix(name, envPrefix) {
-			continue
-		}
-		l, ok := leaves[name]
-		if !ok {
-			continue
-		}
-		v, err := l.convert(value)
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s: %v", name, err))
-			continue
-		}
-		setPath(out, l.path, v)
+// envProvider reads the WGKEX_-prefixed lines of environ as overrides. The variable name is the key path in upper
+// case with "_" between levels: WGKEX_MQTT_PASSWORD, WGKEX_BROKER_LISTEN_PORT, WGKEX_EXTERNALNAME. Lists
+// (WGKEX_DOMAINS, WGKEX_DOMAIN_PREFIXES, WGKEX_KEY_WHITELIST) are separated by commas or spaces, as the reference's
+// docker entrypoint takes them; WGKEX_BROKER_MQTT_LISTENERS=0.0.0.0:1883,[::]:1883 gives plain listeners (TLS
+// ones need the file). Variables that name no key (WGKEX_CONFIG_FILE, WGKEX_DEBUG) and keys that only the file can
+// set (workers, logging_config) are reported in *problems, like values that do not convert.
+func envProvider(environ []string, problems *[]string) (*env.Env, error) {
+	keys, err := envKeys()
+	if err != nil {
+		return nil, err
 	}
-	if len(problems) > 0 {
-		return nil, &Error{Problems: problems}
+	return env.Provider("/", env.Opt{
+		Prefix:      envPrefix,
+		EnvironFunc: func() []string { return environ },
+		TransformFunc: func(name, value string) (string, any) {
+			k, ok := keys[name]
+			if !ok {
+				return "", nil
+			}
+			v, err := convertEnv(k.zero, value)
+			if err != nil {
+				*problems = append(*problems, fmt.Sprintf("%s: %v", name, err))
+				return "", nil
+			}
+			return k.path, v
+		},
+	}), nil
+}
+
+// envKey is a configuration key that the environment may set: its koanf path and the zero value of its type.
+type envKey struct {
+	path string
+	zero any
+}
+
+// envKeys maps every variable name to the key it sets. The keys are those of Config, read through the same koanf
+// tags that decode it. Where two paths give one name (log_level and log.level), the nested one wins.
+func envKeys() (map[string]envKey, error) {
+	var tree map[string]any
+	d, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{TagName: "koanf", Result: &tree})
+	if err != nil {
+		return nil, fmt.Errorf("list configuration keys: %w", err)
+	}
+	if err := d.Decode(Config{}); err != nil {
+		return nil, fmt.Errorf("list configuration keys: %w", err)
+	}
+	flat, _ := maps.Flatten(tree, nil, "/")
+	paths := make([]string, 0, len(flat))
+	for p := range flat {
+		paths = append(paths, p)
+	}
+	// Fewer levels first, so that a nested path overwrites a flat one with the same name.
+	sort.Slice(paths, func(i, j int) bool {
+		li, lj := strings.Count(paths[i], "/"), strings.Count(paths[j], "/")
+		if li != lj {
+			return li < lj
+		}
+		return paths[i] < paths[j]
+	})
+	out := make(map[string]envKey, len(paths))
+	for _, p := range paths {
+		name := envPrefix + strings.ToUpper(strings.ReplaceAll(p, "/", "_"))
+		out[name] = envKey{path: p, zero: flat[p]}
 	}
 	return out, nil
 }
 
-type leaf struct {
-	path []string
-	kind reflect.Type
-}
-
-func (l leaf) convert(s string) (any, error) {
-	switch {
-	case l.kind == durationType:
+// convertEnv turns the text of a variable into a value of the key's type. Durations stay text for durationHook.
+func convertEnv(zero any, s string) (any, error) {
+	switch zero.(type) {
+	case string, Duration:
 		return s, nil
-	case l.kind == reflect.TypeOf([]MQTTListener(nil)):
-		var out []any
-		for _, a := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
-			out = append(out, map[string]any{"address": a})
-		}
-		return out, nil
-	case l.kind.Kind() == reflect.Slice && l.kind.Elem().Kind() == reflect.String:
-		f := strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
-		out := make([]any, len(f))
-		for i, x := range f {
-			out[i] = x
-		}
-		return out, nil
-	case l.kind.Kind() == reflect.String:
-		return s, nil
-	case l.kind.Kind() == reflect.Int:
+	case int:
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil {
 			return nil, fmt.Errorf("%q is not an integer", s)
 		}
 		return n, nil
-	case l.kind.Kind() == reflect.Bool:
+	case bool:
 		b, err := strconv.ParseBool(strings.TrimSpace(s))
 		if err != nil {
 			return nil, fmt.Errorf("%q is not a boolean", s)
 		}
 		return b, nil
+	case []string:
+		var out []any
+		for _, f := range splitList(s) {
+			out = append(out, f)
+		}
+		return out, nil
+	case []MQTTListener:
+		var out []any
+		for _, a := range splitList(s) {
+			out = append(out, map[string]any{"address": a})
+		}
+		return out, nil
 	}
 	return nil, fmt.Errorf("cannot be set from the environment")
 }
 
-// collectLeaves records every scalar or string-list key of t under its environment variable name.
-func collectLeaves(t reflect.Type, path []string, out map[string]leaf) {
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		tag := f.Tag.Get("koanf")
-		if tag == "" || tag == "-" {
-			continue
-		}
-		p := append(append([]string(nil), path...), tag)
-		ft := f.Type
-		switch {
-		case ft.Kind() == reflect.Struct:
-			collectLeaves(ft, p, out)
-		case ft.Kind() == reflect.Map, ft.Kind() == reflect.Interface, ft.Kind() == reflect.Pointer:
-			// workers.<name> and logging_config stay file-only.
-		case ft == reflect.TypeOf([]MQTTListener(nil)):
-			// WGKEX_BROKER_MQTT_LISTENERS=0.0.0.0:1883,[::]:1883 gives plain listeners; TLS ones need the file.
-			out[envPrefix+strings.ToUpper(strings.Join(p, "_"))] = leaf{path: p, kind: ft}
-		case ft.Kind() == reflect.Slice && ft.Elem().Kind() != reflect.String:
-			// other lists of structs stay file-only.
-		default:
-			out[envPrefix+strings.ToUpper(strings.Join(p, "_"))] = leaf{path: p, kind: ft}
-		}
-	}
-}
-
-func setPath(m map[string]any, path []string, v any) {
-	for _, p := range path[:len(path)-1] {
-		next, ok := m[p].(map[string]any)
-		if !ok {
-			next = map[string]any{}
-			m[p] = next
-		}
-		m = next
-	}
-	m[path[len(path)-1]] = v
+func splitList(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
 }

@@ -38,16 +38,6 @@ func online(d *brokerd.Daemon, name string) bool {
 	return false
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func mqttOpts(addr string) worker.RunOptions {
 	host, port, _ := strings.Cut(addr, ":")
 	var p int
@@ -93,14 +83,13 @@ func writeCert(t *testing.T, dir string) {
 func TestWorkerTLS(t *testing.T) {
 	dir := t.TempDir()
 	writeCert(t, dir)
-	addr := freeAddr(t)
-	cfg := brokerConfig(t, filepath.Join(dir, "state.db"), "127.0.0.1:0", addr, "")
+	cfg := brokerConfig(t, filepath.Join(dir, "state.db"), "127.0.0.1:0", "127.0.0.1:0", "")
 	cfg.Broker.MQTTListeners[0].CertFile = filepath.Join(dir, "server.pem")
 	cfg.Broker.MQTTListeners[0].KeyFile = filepath.Join(dir, "server.key")
 	cfg.MQTT.Username, cfg.MQTT.Password = "wgkex", "s3cret"
 	d := startBroker(t, cfg)
 
-	ro := mqttOpts(addr)
+	ro := mqttOpts(d.MQTTAddr())
 	ro.MQTT.TLS, ro.MQTT.Username, ro.MQTT.Password = true, "wgkex", "s3cret"
 	untrusted := ro
 	ro.MQTT.CAFile, ro.MQTT.ServerName = filepath.Join(dir, "ca.pem"), "mqtt.test"
@@ -121,11 +110,12 @@ func TestWorkerTLS(t *testing.T) {
 
 // TestWorkerStartsBeforeBroker: the first connection failing is retried, not fatal.
 func TestWorkerStartsBeforeBroker(t *testing.T) {
-	addr := freeAddr(t)
+	relay := testenv.NewRelay(t) // the worker's address, before a broker exists behind it
 	fake := dataplane.NewFake(dataplane.LinkFor("welt"))
-	startAgent(t, fake, "gw-early", map[string]string{"ffmuc_welt": "welt"}, mqttOpts(addr))
-	time.Sleep(1500 * time.Millisecond) // let the first attempts fail
-	d := startBroker(t, brokerConfig(t, filepath.Join(t.TempDir(), "state.db"), "127.0.0.1:0", addr, ""))
+	startAgent(t, fake, "gw-early", map[string]string{"ffmuc_welt": "welt"}, mqttOpts(relay.Addr()))
+	testenv.Eventually(t, 10*time.Second, func() bool { return relay.Refused() >= 2 }, "the worker did not try before the broker started")
+	d := startBroker(t, brokerConfig(t, filepath.Join(t.TempDir(), "state.db"), "127.0.0.1:0", "127.0.0.1:0", ""))
+	relay.Forward("tcp", d.MQTTAddr())
 	testenv.Eventually(t, 20*time.Second, func() bool { return online(d, "gw-early") }, "worker did not connect once the broker came up")
 	if code, _ := post(t, d.HTTPAddr(), "v1", "ffmuc_welt", nodeKey); code != 200 {
 		t.Fatal("v1 failed")
@@ -164,10 +154,11 @@ func TestWorkerAgainstMosquitto(t *testing.T) {
 	bin := testenv.Tool(t, "mosquitto")
 	sub := testenv.Tool(t, "mosquitto_sub")
 	pub := testenv.Tool(t, "mosquitto_pub")
-	addr := freeAddr(t)
-	host, port, _ := strings.Cut(addr, ":")
+	// Mosquitto listens on a Unix socket in the test's directory (as root, "user root" keeps it from dropping to a
+	// user that may not write there); the worker reaches it through a relay on a port the system picked.
+	sock := filepath.Join(t.TempDir(), "mosquitto.sock")
 	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("listener %s %s\nallow_anonymous true\npersistence false\n", port, host)), 0o644)
+	os.WriteFile(conf, []byte(fmt.Sprintf("listener 0 %s\nallow_anonymous true\npersistence false\nuser root\n", sock)), 0o644)
 	m := exec.Command(bin, "-c", conf)
 	m.Stdout, m.Stderr = t.Output(), t.Output()
 	if err := m.Start(); err != nil {
@@ -175,18 +166,21 @@ func TestWorkerAgainstMosquitto(t *testing.T) {
 	}
 	t.Cleanup(func() { m.Process.Kill(); m.Wait() })
 	testenv.Eventually(t, 10*time.Second, func() bool {
-		c, err := net.Dial("tcp", addr)
+		c, err := net.Dial("unix", sock)
 		if err == nil {
 			c.Close()
 		}
 		return err == nil
 	}, "mosquitto did not start")
+	relay := testenv.NewRelay(t)
+	relay.Forward("unix", sock)
+	addr := relay.Addr()
 
 	fake := dataplane.NewFake(dataplane.LinkFor("welt"))
 	startAgent(t, fake, "gw-mosq", map[string]string{"ffmuc_welt": "welt"}, mqttOpts(addr))
 	var out []byte
 	testenv.Eventually(t, 10*time.Second, func() bool {
-		out, _ = exec.Command(sub, "-h", host, "-p", port, "-t", "wireguard-worker/gw-mosq/#", "-v", "-C", "2", "-W", "1").Output()
+		out, _ = exec.Command(sub, "--unix", sock, "-t", "wireguard-worker/gw-mosq/#", "-v", "-C", "2", "-W", "1").Output()
 		return strings.Count(string(out), "\n") == 2
 	}, "retained data and status not on mosquitto: %q", out)
 	want := "wireguard-worker/gw-mosq/ffmuc_welt/data " + string(wire.WorkerData{ExternalAddress: "gw-mosq.ext", Port: 51820,
@@ -194,7 +188,7 @@ func TestWorkerAgainstMosquitto(t *testing.T) {
 	if got := string(out); got != want && got != strings.Join(reverse(strings.SplitAfter(want, "\n")[:2]), "") {
 		t.Errorf("mosquitto_sub: %q\nwant %q", got, want)
 	}
-	if o, err := exec.Command(pub, "-h", host, "-p", port, "-t", "wireguard/ffmuc_welt/all", "-m", nodeKey).CombinedOutput(); err != nil {
+	if o, err := exec.Command(pub, "--unix", sock, "-t", "wireguard/ffmuc_welt/all", "-m", nodeKey).CombinedOutput(); err != nil {
 		t.Fatalf("mosquitto_pub: %v %s", err, o)
 	}
 	testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey+" peer route fdb") }, "key from mosquitto not applied")

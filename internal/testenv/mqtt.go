@@ -133,9 +133,7 @@ func (c *Client) Close() {
 	_ = c.c.Disconnect(&paho.Disconnect{ReasonCode: 0})
 }
 
-// Drop closes the network connection without DISCONNECT, so that the server sends the will.
+// Drop sends DISCONNECT with reason 0x04 (disconnect with will message), so that the server sends the will.
 func (c *Client) Drop() {
-	if conn := c.c; conn != nil {
-		_ = c.c.Disconnect(&paho.Disconnect{ReasonCode: 4}) // 0x04: disconnect with will message
-	}
+	_ = c.c.Disconnect(&paho.Disconnect{ReasonCode: 4})
 }

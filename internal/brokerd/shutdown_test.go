@@ -1,0 +1,81 @@
+package brokerd
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/broker"
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+	"github.com/freifunkMUC/wgkex-go/store"
+)
+
+// TestShutdownWithReplaysRunning asks for many replays and shuts down with a deadline that has already passed
+// once the first batch has arrived. Whatever Shutdown finds, the state file must not be closed under a replay:
+// if it reports replays still running, the store must still be readable, and a later Shutdown closes it.
+func TestShutdownWithReplaysRunning(t *testing.T) {
+	const nKeys, nWorkers = 5000, 10
+	state := filepath.Join(t.TempDir(), "state.db")
+	st, err := store.Open(state, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	var wg sync.WaitGroup
+	for g := 0; g < 20; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < nKeys/20; j++ {
+				if err := st.PutKey(broker.KeyRecord{Key: testenv.NewKey(t).PublicKey().String(), Domain: "ffmuc_welt", FirstSeen: now, LastSeen: now}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// mochi's client goroutines may log after Shutdown has returned, so the daemon logs nowhere.
+	d, err := Start(testConfig(t, state), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first *testenv.Client
+	for i := 0; i < nWorkers; i++ {
+		name := fmt.Sprintf("gw%02d", i)
+		c := testenv.Connect(t, d.MQTTAddr(), name, testenv.ClientOptions{})
+		c.Subscribe(t, wire.ReplayKeysTopic(name))
+		c.Publish(t, wire.ReplayRequestTopic(name), `{"domains":["ffmuc_welt"]}`, 1, false)
+		if first == nil {
+			first = c
+		}
+	}
+	first.WaitFor(t, wire.ReplayKeysTopic("gw00"))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err = d.Shutdown(ctx)
+	if _, readErr := d.Store.Workers(); err != nil {
+		t.Logf("shutdown with replays running: %v", err)
+		if readErr != nil {
+			t.Fatalf("Shutdown closed the state file under running replays: %v", readErr)
+		}
+		if err := d.Shutdown(context.Background()); err != nil {
+			t.Fatalf("second Shutdown: %v", err)
+		}
+	} else {
+		t.Log("the replays had stopped in time")
+	}
+	if _, err := d.Store.Workers(); err == nil {
+		t.Error("state file still open after Shutdown succeeded")
+	}
+}
