@@ -94,6 +94,8 @@ type Options struct {
 	Now func() time.Time
 	// Keys refuses listed keys before they are stored or published; nil accepts every valid key.
 	Keys KeyFilter
+	// ID names this broker among several on one MQTT server (cluster.go); empty: it is alone.
+	ID string
 }
 
 // Broker is the key exchange and gateway choice. It is safe for concurrent use.
@@ -114,7 +116,8 @@ type Broker struct {
 	dirty     bool
 	awaiting  map[string]bool // online before a restart, not yet reconnected
 
-	replay replayer
+	replay  replayer
+	cluster cluster
 }
 
 // New creates a Broker and loads the worker state from st.
@@ -156,6 +159,7 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, erro
 		}
 	}
 	b.replay.init(b)
+	b.cluster.init(b)
 	log.Info("worker state loaded", "workers", len(stored), "online", len(b.awaiting))
 	return b, nil
 }
@@ -271,10 +275,12 @@ func (b *Broker) ExchangeV2(r Request) (wire.WorkerData, error) {
 	if err := b.validate(r); err != nil {
 		return wire.WorkerData{}, err
 	}
+	b.syncPeers()
 	name, data, chooseErr := b.choose(r.Domain, r.Location)
 	if err := b.register(r, name); err != nil {
 		return wire.WorkerData{}, err
 	}
+	b.announceChoice(name, r.Domain)
 	if chooseErr != nil {
 		return wire.WorkerData{}, chooseErr
 	}

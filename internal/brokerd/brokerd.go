@@ -17,16 +17,36 @@ import (
 	"github.com/freifunkMUC/wgkex-go/broker/keylist"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
+	"github.com/freifunkMUC/wgkex-go/mqttc"
 	"github.com/freifunkMUC/wgkex-go/mqttd"
 	"github.com/freifunkMUC/wgkex-go/store"
 	"github.com/freifunkMUC/wgkex-go/web"
+)
+
+// bus is the broker's MQTT side: the embedded server (mqttd) or a client of an existing server (mqttc).
+type bus interface {
+	// Handle subscribes fn to filter; call it before Serve.
+	Handle(filter string, fn func(topic string, payload []byte)) error
+	Publish(topic string, payload []byte, retain bool, qos byte) error
+	Serve() error
+	Close() error
+	Addrs() []string
+}
+
+var (
+	_ bus = (*mqttd.Server)(nil)
+	_ bus = (*mqttc.Client)(nil)
 )
 
 // Daemon is a running broker.
 type Daemon struct {
 	Broker *broker.Broker
 	Store  *store.Store
-	MQTT   *mqttd.Server
+	// MQTT is the embedded server; nil when the broker uses broker.mqtt_server.
+	MQTT *mqttd.Server
+	// Client is the connection to broker.mqtt_server; nil with the embedded server.
+	Client *mqttc.Client
+	bus    bus
 
 	http   *http.Server
 	httpLn net.Listener
@@ -52,12 +72,26 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 			st.Close()
 		}
 	}()
-	mq, err := mqttd.New(log.With("component", "mqtt"), mqttd.Options{
-		Listeners: cfg.Broker.MQTTListeners,
-		Username:  cfg.MQTT.Username,
-		Password:  cfg.MQTT.Password,
-		Retained:  st,
-	})
+	var (
+		mq        bus
+		embedded  *mqttd.Server
+		client    *mqttc.Client
+		id        string
+		catchUp   = make(chan struct{}, 1)
+		clusterOn = cfg.Broker.MQTTServer.URL != ""
+	)
+	if clusterOn {
+		client, id, err = dialServer(cfg.Broker.MQTTServer, log.With("component", "mqtt"), catchUp)
+		mq = client
+	} else {
+		embedded, err = mqttd.New(log.With("component", "mqtt"), mqttd.Options{
+			Listeners: cfg.Broker.MQTTListeners,
+			Username:  cfg.MQTT.Username,
+			Password:  cfg.MQTT.Password,
+			Retained:  st,
+		})
+		mq = embedded
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -81,17 +115,25 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		ReplayWindow:   cfg.Broker.ReplayWindow.D(),
 		ReconnectGrace: cfg.Broker.ReconnectGrace.D(),
 		Keys:           keys,
+		ID:             id,
 	})
 	if err != nil {
 		mq.Close()
 		return nil, err
 	}
-	for filter, h := range map[string]func(string, []byte){
+	handlers := map[string]func(string, []byte){
 		wire.MetricsFilter:       b.HandleMetric,
 		wire.StatusFilter:        b.HandleStatus,
 		wire.DataFilter:          b.HandleData,
 		wire.ReplayRequestFilter: b.HandleReplayRequest,
-	} {
+	}
+	if clusterOn {
+		for filter, h := range clusterHandlers(b, id) {
+			handlers[filter] = h
+		}
+		delete(handlers, wire.ReplayRequestFilter)
+	}
+	for filter, h := range handlers {
 		if err := mq.Handle(filter, h); err != nil {
 			mq.Close()
 			return nil, err
@@ -112,7 +154,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		RateBurst:        cfg.BrokerListen.RateBurst,
 		RateLimitClients: cfg.BrokerListen.RateLimitClients,
 	})
-	d := &Daemon{Broker: b, Store: st, MQTT: mq, http: ws.HTTPServer(ln.Addr().String()), httpLn: ln, log: log,
+	d := &Daemon{Broker: b, Store: st, MQTT: embedded, Client: client, bus: mq, http: ws.HTTPServer(ln.Addr().String()), httpLn: ln, log: log,
 		served: make(chan error, 2), ran: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
@@ -125,6 +167,9 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 	go keys.Run(ctx)
 	go func() { d.served <- d.http.Serve(web.Listener(ln)) }()
 	go func() { b.Run(ctx); close(d.ran) }()
+	if clusterOn {
+		go catchUpLoop(ctx, b, catchUp)
+	}
 	log.Info("broker started", "http", ln.Addr().String(), "https", d.HTTPSAddr(), "mqtt", mq.Addrs(), "state", cfg.Broker.StateFile)
 	return d, nil
 }
@@ -175,7 +220,7 @@ func Gateways(workers map[string]config.Worker) map[string]broker.Gateway {
 func (d *Daemon) HTTPAddr() string { return d.httpLn.Addr().String() }
 
 // MQTTAddr is the address of the first MQTT listener.
-func (d *Daemon) MQTTAddr() string { return d.MQTT.Addrs()[0] }
+func (d *Daemon) MQTTAddr() string { return d.bus.Addrs()[0] }
 
 // Wait returns when the HTTP server fails.
 func (d *Daemon) Wait() <-chan error { return d.served }
@@ -197,7 +242,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	replays := d.Broker.StopReplays(ctx)
 	d.cancel()
 	<-d.ran
-	if err := d.MQTT.Close(); err != nil {
+	if err := d.bus.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("mqtt shutdown: %w", err))
 	}
 	if replays != nil {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"reflect"
 	"sort"
@@ -152,6 +153,28 @@ type Broker struct {
 	BlocklistFile string `koanf:"blocklist_file"`
 	// AllowlistFile names a YAML mapping of domains to the only keys accepted there; reloaded on change.
 	AllowlistFile string `koanf:"allowlist_file"`
+	// MQTTServer, when its url is set, is an existing MQTT server the broker connects to as a client instead of
+	// starting its embedded one. Several brokers on the same server share keys, replays and gateway choices.
+	MQTTServer MQTTServer `koanf:"mqtt_server"`
+}
+
+// MQTTServer is an external MQTT server (Mosquitto) and how the broker logs in to it: broker.mqtt_server.
+type MQTTServer struct {
+	// URL is mqtt://host:1883 or tls://host:8883; empty means the embedded server.
+	URL      string `koanf:"url"`
+	Username string `koanf:"username"`
+	Password string `koanf:"password"`
+	// CAFile is a PEM bundle to verify the server with; empty means the system roots.
+	CAFile string `koanf:"ca_file"`
+	// ServerName overrides the name verified in the server certificate.
+	ServerName string `koanf:"server_name"`
+	// CertFile and KeyFile are a client certificate, for servers that require one.
+	CertFile string `koanf:"cert_file"`
+	KeyFile  string `koanf:"key_file"`
+	// ClientID is the broker's MQTT client id and its name among the other brokers (default wgkex-broker-<hostname>).
+	ClientID string `koanf:"client_id"`
+	// Keepalive is the MQTT keepalive in seconds; the other brokers notice this one is gone within 1.5× it.
+	Keepalive int `koanf:"keepalive"`
 }
 
 // MQTTListener is one TCP listener of the embedded MQTT server, with TLS when both files are given.
@@ -198,6 +221,7 @@ func Defaults() map[string]any {
 			"state_file":      "wgkex.db",
 			"replay_window":   "3h",
 			"reconnect_grace": "2m",
+			"mqtt_server":     map[string]any{"keepalive": 10},
 		},
 		"worker": map[string]any{"metrics_interval": "60s"},
 	}
@@ -370,6 +394,7 @@ func (c *Config) Validate() error {
 			p = append(p, fmt.Sprintf("broker.mqtt_listeners[%d]: cert_file and key_file go together", i))
 		}
 	}
+	p = append(p, c.Broker.MQTTServer.problems()...)
 	if c.Broker.StateFile == "" {
 		p = append(p, "broker.state_file: empty")
 	}
@@ -423,6 +448,34 @@ func (l Listen) problems() []string {
 	}
 	if l.RateLimit > 0 && l.RateLimitClients < 1 {
 		p = append(p, "broker_listen.rate_limit_clients: must be at least 1 when rate_limit is set")
+	}
+	return p
+}
+
+func (m MQTTServer) problems() []string {
+	if m.URL == "" {
+		return nil
+	}
+	var p []string
+	u, err := url.Parse(m.URL)
+	switch {
+	case err != nil:
+		p = append(p, fmt.Sprintf("broker.mqtt_server.url: %v", err))
+	case u.Scheme != "mqtt" && u.Scheme != "tcp" && u.Scheme != "tls" && u.Scheme != "mqtts" && u.Scheme != "ssl":
+		p = append(p, fmt.Sprintf("broker.mqtt_server.url %q: scheme is not mqtt or tls", m.URL))
+	case u.Hostname() == "":
+		p = append(p, fmt.Sprintf("broker.mqtt_server.url %q: no host", m.URL))
+	}
+	if (m.CertFile == "") != (m.KeyFile == "") {
+		p = append(p, "broker.mqtt_server: cert_file and key_file go together")
+	}
+	if m.ClientID != "" {
+		if err := wire.ValidateTopicLevel(m.ClientID); err != nil {
+			p = append(p, fmt.Sprintf("broker.mqtt_server.client_id: %v", err))
+		}
+	}
+	if m.Keepalive < 1 || m.Keepalive > 65535 {
+		p = append(p, fmt.Sprintf("broker.mqtt_server.keepalive: %d is not between 1 and 65535 seconds", m.Keepalive))
 	}
 	return p
 }

@@ -1,0 +1,404 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+)
+
+// Several brokers on one MQTT server (Options.ID set) share what one broker keeps to itself:
+//
+//   - keys: every broker records every key published on wireguard/+/all, whoever published it, so that any of
+//     them can replay it (HandlePeerKey);
+//   - gateway choices: each broker announces the gateway it chose on wgkex/broker/{id}/choice and counts the
+//     others' choices like its own (HandlePeerChoice), so that the spread by weight stays exact; before it
+//     chooses, it waits until the announcements the server sent it so far are counted (Syncer);
+//   - liveness: wgkex/broker/{id}/status, retained 1 while connected and 0 as its will (HandleBrokerStatus);
+//   - catch-up: after every connect a broker asks one live peer for the keys of the replay window and records
+//     them (CatchUp, HandleCatchupRequest, HandleCatchupBatch). It answers v2 meanwhile, since the answer
+//     depends on the workers' state, which the server's retained messages give at once, and not on the keys;
+//     replays, which do depend on them, wait until the catch-up is done (HandleClusterReplayRequest).
+//
+// Replay requests reach exactly one broker through a shared subscription, set up by the MQTT side.
+
+const (
+	// maxRecording bounds the keys of other brokers being written at once; the store commits them together.
+	maxRecording = 64
+	// catchupBatch is the number of keys per catch-up message.
+	catchupBatch = 1000
+	// catchupStall is how long a catch-up may go without a batch before the next peer is asked.
+	catchupStall = 10 * time.Second
+	// peerWait is how long a broker that just connected waits to learn of a live peer before it assumes it is
+	// alone.
+	peerWait = 2 * time.Second
+	// replayWaitMax bounds how long a replay waits for the catch-up.
+	replayWaitMax = time.Minute
+)
+
+// Syncer is implemented by an MQTT side on which other brokers may publish: Sync returns once every message the
+// server had sent when it was called has been handled.
+type Syncer interface {
+	Sync(ctx context.Context) error
+}
+
+// cluster is the state shared with the other brokers.
+type cluster struct {
+	b         *Broker
+	sem       chan struct{}
+	answering chan struct{} // one catch-up answer at a time
+	recording sync.WaitGroup
+	answers   sync.WaitGroup
+
+	mu    sync.Mutex
+	alive map[string]bool
+
+	caughtUp     chan struct{} // closed after the first catch-up
+	caughtUpOnce sync.Once
+	progress     chan struct{} // a catch-up batch arrived
+	finished     atomic.Bool   // the last batch of the current catch-up arrived
+	recorded     atomic.Int64  // keys recorded from other brokers (live and catch-up)
+}
+
+func (c *cluster) init(b *Broker) {
+	c.b = b
+	c.sem = make(chan struct{}, maxRecording)
+	c.answering = make(chan struct{}, 1)
+	c.alive = map[string]bool{}
+	c.caughtUp = make(chan struct{})
+	c.progress = make(chan struct{}, 1)
+	if b.opts.ID == "" {
+		c.markCaughtUp()
+	}
+}
+
+func (c *cluster) markCaughtUp() { c.caughtUpOnce.Do(func() { close(c.caughtUp) }) }
+
+// record stores a key another broker registered, concurrently with others so that the store commits them
+// together; it blocks while maxRecording writes are pending.
+func (c *cluster) record(r KeyRecord) {
+	c.recording.Add(1)
+	c.sem <- struct{}{}
+	go func() {
+		defer c.recording.Done()
+		defer func() { <-c.sem }()
+		if err := c.b.st.PutKey(r); err != nil {
+			c.b.log.Error("record key of another broker", "domain", r.Domain, "err", err)
+			return
+		}
+		c.recorded.Add(1)
+	}()
+}
+
+// syncPeers waits (at most a second) until the choices other brokers announced so far are counted.
+func (b *Broker) syncPeers() {
+	if b.opts.ID == "" {
+		return
+	}
+	s, ok := b.pub.(Syncer)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.Sync(ctx); err != nil {
+		b.log.Debug("choices of other brokers not synchronised", "err", err)
+	}
+}
+
+// announceChoice tells the other brokers that this one sent a node to worker in domain (QoS 1, so that the
+// server has it before the node gets its answer).
+func (b *Broker) announceChoice(worker, domain string) {
+	if b.opts.ID == "" || worker == "" {
+		return
+	}
+	if err := b.pub.Publish(wire.ChoiceTopic(b.opts.ID), wire.FormatChoice(worker, domain), false, 1); err != nil {
+		b.log.Warn("announce choice", "worker", worker, "domain", domain, "err", err)
+	}
+}
+
+// HandlePeerKey takes a key another broker published on wireguard/{domain}/all and records it.
+func (b *Broker) HandlePeerKey(topic string, payload []byte) {
+	domain, err := wire.ParseKeyTopic(topic)
+	if err != nil || topic != wire.KeyTopic(domain) {
+		b.log.Warn("dropped key of another broker", "topic", topic, "err", err)
+		return
+	}
+	r := Request{PublicKey: string(payload), Domain: domain}
+	if err := b.validate(r); err != nil {
+		b.log.Warn("dropped key of another broker", "topic", topic, "err", err)
+		return
+	}
+	now := b.opts.Now()
+	b.cluster.record(KeyRecord{Key: r.PublicKey, Domain: domain, FirstSeen: now, LastSeen: now})
+}
+
+// HandlePeerChoice takes wgkex/broker/{id}/choice and counts the new peer on the chosen worker, as if this broker
+// had chosen it.
+func (b *Broker) HandlePeerChoice(topic string, payload []byte) {
+	id, _, err := wire.ParseBrokerTopic(topic)
+	if err == nil && id == b.opts.ID {
+		return
+	}
+	worker, domain, perr := wire.ParseChoice(payload)
+	if err != nil || perr != nil {
+		b.log.Warn("dropped choice of another broker", "topic", topic, "err", err, "payload_err", perr)
+		return
+	}
+	if !b.domain[domain] {
+		b.log.Warn("dropped choice for unknown domain", "topic", topic, "domain", domain)
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w, ok := b.workers[worker]
+	if !ok {
+		return
+	}
+	w.Peers[domain] = max(w.Peers[domain], 0) + 1
+}
+
+// HandleBrokerStatus takes wgkex/broker/{id}/status: ≥ 1 alive, else gone.
+func (b *Broker) HandleBrokerStatus(topic string, payload []byte) {
+	id, kind, err := wire.ParseBrokerTopic(topic)
+	if err != nil || kind != "status" {
+		b.log.Warn("dropped broker status", "topic", topic, "err", err)
+		return
+	}
+	n, err := wire.ParseInt(payload)
+	if err != nil {
+		b.log.Warn("dropped broker status", "topic", topic, "err", err)
+		return
+	}
+	c := &b.cluster
+	c.mu.Lock()
+	was := c.alive[id]
+	c.alive[id] = n >= 1
+	c.mu.Unlock()
+	if was != (n >= 1) && id != b.opts.ID {
+		b.log.Info("broker status changed", "broker", id, "alive", n >= 1)
+	}
+}
+
+// Brokers returns the names of the brokers alive on the MQTT server, this one included, in order. A broker with
+// its embedded server is alone and returns its own name ("" when it has none).
+func (b *Broker) Brokers() []string {
+	c := &b.cluster
+	c.mu.Lock()
+	out := []string{b.opts.ID}
+	for id, alive := range c.alive {
+		if alive && id != b.opts.ID {
+			out = append(out, id)
+		}
+	}
+	c.mu.Unlock()
+	sort.Strings(out)
+	return out
+}
+
+// CaughtUp is closed once the broker has the keys it missed while it was down (at once for a broker alone).
+func (b *Broker) CaughtUp() <-chan struct{} { return b.cluster.caughtUp }
+
+// RecordedFromPeers returns how many keys of other brokers this one has recorded.
+func (b *Broker) RecordedFromPeers() int64 { return b.cluster.recorded.Load() }
+
+// HandleClusterReplayRequest is HandleReplayRequest for a broker among others: it serves the request once the
+// catch-up is done, so that a replay does not miss the keys registered at other brokers while this one was down.
+func (b *Broker) HandleClusterReplayRequest(topic string, payload []byte) {
+	select {
+	case <-b.cluster.caughtUp:
+		b.HandleReplayRequest(topic, payload)
+		return
+	default:
+	}
+	b.cluster.answers.Add(1)
+	go func() {
+		defer b.cluster.answers.Done()
+		t := time.NewTimer(replayWaitMax)
+		defer t.Stop()
+		select {
+		case <-b.cluster.caughtUp:
+		case <-t.C:
+			b.log.Warn("replaying before catch-up finished")
+		}
+		b.HandleReplayRequest(topic, payload)
+	}()
+}
+
+// CatchUp asks one live peer after the other for the keys of the replay window until one has sent them all, then
+// waits until they are recorded. Alone, it returns at once. The MQTT side calls it after every connect.
+func (b *Broker) CatchUp(ctx context.Context) {
+	if b.opts.ID == "" {
+		return
+	}
+	start := time.Now()
+	since := b.opts.Now().Add(-b.opts.ReplayWindow)
+	peers := b.waitPeers(ctx)
+	if len(peers) == 0 {
+		b.log.Info("no other broker alive, nothing to catch up")
+		b.cluster.markCaughtUp()
+		return
+	}
+	req, _ := json.Marshal(wire.CatchupRequest{From: b.opts.ID, Since: since.Unix()})
+	for _, peer := range peers {
+		before := b.cluster.recorded.Load()
+		b.cluster.finished.Store(false)
+		if err := b.pub.Publish(wire.CatchupRequestTopic(peer), req, false, 1); err != nil {
+			b.log.Warn("ask for catch-up", "broker", peer, "err", err)
+			continue
+		}
+		if b.awaitCatchup(ctx) {
+			b.cluster.recording.Wait()
+			b.log.Info("caught up", "from", peer, "keys", b.cluster.recorded.Load()-before, "took", time.Since(start).Round(time.Millisecond))
+			b.cluster.markCaughtUp()
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		b.log.Warn("catch-up stalled, asking the next broker", "broker", peer)
+	}
+	b.log.Warn("no broker completed the catch-up; replays go on with the keys at hand")
+	b.cluster.markCaughtUp()
+}
+
+// waitPeers returns the other live brokers, waiting up to peerWait for the retained statuses to arrive.
+func (b *Broker) waitPeers(ctx context.Context) []string {
+	deadline := time.NewTimer(peerWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var peers []string
+		for _, id := range b.Brokers() {
+			if id != b.opts.ID {
+				peers = append(peers, id)
+			}
+		}
+		if len(peers) > 0 {
+			return peers
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-deadline.C:
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// awaitCatchup waits for the last batch; it fails when no batch comes for catchupStall.
+func (b *Broker) awaitCatchup(ctx context.Context) bool {
+	t := time.NewTimer(catchupStall)
+	defer t.Stop()
+	for !b.cluster.finished.Load() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return false
+		case <-b.cluster.progress:
+			t.Reset(catchupStall)
+		}
+	}
+	return true
+}
+
+// HandleCatchupBatch takes a batch of the keys this broker asked for, on wgkex/broker/{id}/keys.
+func (b *Broker) HandleCatchupBatch(topic string, payload []byte) {
+	batch, err := wire.ParseCatchupBatch(payload)
+	if err != nil {
+		b.log.Warn("dropped catch-up batch", "topic", topic, "err", err)
+		return
+	}
+	bad := 0
+	for _, k := range batch.Keys {
+		r := Request{PublicKey: k.Key, Domain: k.Domain}
+		if b.validate(r) != nil || k.LastSeen < k.FirstSeen {
+			bad++
+			continue
+		}
+		b.cluster.record(KeyRecord{Key: k.Key, Domain: k.Domain, FirstSeen: time.Unix(k.FirstSeen, 0), LastSeen: time.Unix(k.LastSeen, 0)})
+	}
+	if bad > 0 {
+		b.log.Warn("dropped invalid keys from catch-up", "count", bad)
+	}
+	if batch.Last {
+		b.cluster.finished.Store(true)
+	}
+	select {
+	case b.cluster.progress <- struct{}{}:
+	default:
+	}
+}
+
+// HandleCatchupRequest takes wgkex/broker/{id}/catchup and sends the asking broker every key seen since the time
+// it names, in batches, one answer at a time.
+func (b *Broker) HandleCatchupRequest(topic string, payload []byte) {
+	req, err := wire.ParseCatchupRequest(payload)
+	if err != nil {
+		b.log.Warn("dropped catch-up request", "topic", topic, "err", err)
+		return
+	}
+	b.cluster.answers.Add(1)
+	go func() {
+		defer b.cluster.answers.Done()
+		b.cluster.answering <- struct{}{}
+		defer func() { <-b.cluster.answering }()
+		b.sendCatchup(req)
+	}()
+}
+
+func (b *Broker) sendCatchup(req wire.CatchupRequest) {
+	topic := wire.CatchupKeysTopic(req.From)
+	batch := wire.CatchupBatch{Keys: make([]wire.CatchupKey, 0, catchupBatch)}
+	sent := 0
+	flush := func(last bool) error {
+		batch.Last = last
+		p, err := json.Marshal(batch)
+		if err != nil {
+			return err
+		}
+		if err := b.pub.Publish(topic, p, false, 1); err != nil {
+			return err
+		}
+		sent += len(batch.Keys)
+		batch.Seq++
+		batch.Keys = batch.Keys[:0]
+		return nil
+	}
+	since := time.Unix(req.Since, 0)
+	var err error
+	for _, d := range b.opts.Domains {
+		err = b.st.Keys(d, since, func(k KeyRecord) error {
+			batch.Keys = append(batch.Keys, wire.CatchupKey{Domain: k.Domain, Key: k.Key, FirstSeen: k.FirstSeen.Unix(), LastSeen: k.LastSeen.Unix()})
+			if len(batch.Keys) == catchupBatch {
+				return flush(false)
+			}
+			return nil
+		})
+		if err != nil {
+			break
+		}
+	}
+	if err == nil {
+		err = flush(true)
+	}
+	if err != nil {
+		b.log.Error("catch-up answer failed", "broker", req.From, "sent", sent, "err", err)
+		return
+	}
+	b.log.Info("sent catch-up", "broker", req.From, "keys", sent, "batches", batch.Seq)
+}
+
+// WaitCluster waits for catch-up answers and replays held back by the catch-up, and for keys of other brokers
+// being recorded (for shutdown and tests).
+func (b *Broker) WaitCluster() {
+	b.cluster.answers.Wait()
+	b.cluster.recording.Wait()
+}

@@ -1,0 +1,112 @@
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+)
+
+// MosquittoOptions configure a Mosquitto server for a test.
+type MosquittoOptions struct {
+	// Users are written to a password file with mosquitto_passwd; empty allows anonymous clients.
+	Users map[string]string
+	// ACL is the text of an acl_file; empty means none.
+	ACL string
+	// Addr is host:port to listen on (default a free port on 127.0.0.1).
+	Addr string
+}
+
+// MosquittoServer is a running Mosquitto.
+type MosquittoServer struct {
+	// Addr is host:port of its listener.
+	Addr string
+	cmd  *exec.Cmd
+}
+
+// Stop kills the server; stopping twice is harmless.
+func (m *MosquittoServer) Stop() {
+	if m.cmd.ProcessState == nil {
+		m.cmd.Process.Kill()
+		m.cmd.Wait()
+	}
+}
+
+// Mosquitto starts Debian's Mosquitto and waits until it accepts connections. It is stopped at cleanup.
+func Mosquitto(t testing.TB, o MosquittoOptions) *MosquittoServer {
+	t.Helper()
+	bin := Tool(t, "mosquitto")
+	dir := t.TempDir()
+	// Mosquitto started as root reads its files as the user mosquitto.
+	os.Chmod(filepath.Dir(dir), 0o755)
+	os.Chmod(dir, 0o755)
+	addr := o.Addr
+	if addr == "" {
+		addr = FreeAddr(t)
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	conf := fmt.Sprintf("listener %s %s\npersistence false\nmax_queued_messages 100000\nset_tcp_nodelay true\n", port, host)
+	if len(o.Users) == 0 {
+		conf += "allow_anonymous true\n"
+	} else {
+		pw := filepath.Join(dir, "passwd")
+		names := make([]string, 0, len(o.Users))
+		for u := range o.Users {
+			names = append(names, u)
+		}
+		sort.Strings(names)
+		tool := Tool(t, "mosquitto_passwd")
+		for i, u := range names {
+			args := []string{"-b", pw, u, o.Users[u]}
+			if i == 0 {
+				args = append([]string{"-c"}, args...)
+			}
+			if out, err := exec.Command(tool, args...).CombinedOutput(); err != nil {
+				t.Fatalf("mosquitto_passwd %s: %v %s", u, err, out)
+			}
+		}
+		os.Chmod(pw, 0o644)
+		conf += "allow_anonymous false\npassword_file " + pw + "\n"
+	}
+	if o.ACL != "" {
+		acl := filepath.Join(dir, "acl")
+		if err := os.WriteFile(acl, []byte(o.ACL), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		conf += "acl_file " + acl + "\n"
+	}
+	cf := filepath.Join(dir, "mosquitto.conf")
+	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := exec.Command(bin, "-c", cf)
+	m.Stdout, m.Stderr = t.Output(), t.Output()
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ms := &MosquittoServer{Addr: addr, cmd: m}
+	t.Cleanup(ms.Stop)
+	Eventually(t, 10*time.Second, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, "mosquitto did not start on %s", addr)
+	return ms
+}
+
+// FreeAddr returns 127.0.0.1:port with a port that was free a moment ago.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
