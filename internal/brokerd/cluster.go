@@ -45,11 +45,11 @@ func dialServer(s config.MQTTServer, log *slog.Logger, catchUp chan<- struct{}) 
 func clusterHandlers(b *broker.Broker, id string) map[string]func(string, []byte) {
 	return map[string]func(string, []byte){
 		wire.SharedGroup + wire.ReplayRequestFilter: b.HandleClusterReplayRequest,
-		wire.KeyAllFilter:                           b.HandlePeerKey,
-		wire.ChoiceFilter:                           b.HandlePeerChoice,
-		wire.BrokerStatusFilter:                     b.HandleBrokerStatus,
-		wire.CatchupRequestTopic(id):                b.HandleCatchupRequest,
-		wire.CatchupKeysTopic(id):                   b.HandleCatchupBatch,
+		wire.KeyAllFilter:            b.HandlePeerKey,
+		wire.ChoiceFilter:            b.HandlePeerChoice,
+		wire.BrokerStatusFilter:      b.HandleBrokerStatus,
+		wire.CatchupRequestTopic(id): b.HandleCatchupRequest,
+		wire.CatchupKeysTopic(id):    b.HandleCatchupBatch,
 	}
 }
 
