@@ -1,0 +1,212 @@
+package brokerd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/broker/selection"
+	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+)
+
+// clusterACL is a Mosquitto ACL as a community running the reference would have it, plus the topics of ours:
+// each gateway may only speak for itself, each broker reads and writes what a broker needs.
+const clusterACL = `
+user broker-a
+topic readwrite wireguard/#
+topic read wireguard-metrics/#
+topic readwrite wireguard-worker/#
+topic readwrite wgkex/#
+
+user broker-b
+topic readwrite wireguard/#
+topic read wireguard-metrics/#
+topic readwrite wireguard-worker/#
+topic readwrite wgkex/#
+
+user observer
+topic read #
+
+pattern read wireguard/+/+
+pattern write wireguard-metrics/+/%u/+
+pattern readwrite wireguard-worker/%u/#
+pattern write wgkex/replay/%u/request
+pattern read wgkex/replay/%u/keys
+`
+
+var clusterUsers = map[string]string{
+	"broker-a": "pa", "broker-b": "pb", "gw1": "p1", "gw2": "p2", "observer": "po",
+}
+
+func clusterConfig(t testing.TB, state, mqttAddr, id string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`
+domains: [ffmuc_welt]
+domain_prefixes: [ffmuc_]
+workers:
+  gw1: {weight: 2}
+  gw2: {weight: 1}
+broker_listen: {host: 127.0.0.1, port: 0}
+broker:
+  state_file: %s
+  reconnect_grace: 1h
+  mqtt_server: {url: "mqtt://%s", username: %s, password: %s, client_id: %s, keepalive: 2}
+`, state, mqttAddr, id, clusterUsers[id], id)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func randomKey(t testing.TB) string {
+	t.Helper()
+	b := make([]byte, 32)
+	rand.Read(b)
+	return base64.StdEncoding.EncodeToString(b)
+}
+
+// gateway plays a worker on the shared server with its own password: endpoint, status and 0 peers.
+func gateway(t *testing.T, addr, name string) *testenv.Client {
+	t.Helper()
+	c := testenv.Connect(t, addr, name, testenv.ClientOptions{Username: name, Password: clusterUsers[name]})
+	c.Subscribe(t, wire.KeyFilter("ffmuc_welt"), wire.ReplayKeysTopic(name))
+	data := wire.WorkerData{ExternalAddress: name + ".ext", Port: 51820, PublicKey: gwKey, LinkAddress: "fe80::1"}
+	c.Publish(t, wire.DataTopic(name, "ffmuc_welt"), string(data.Marshal()), 1, true)
+	c.Publish(t, wire.MetricTopic("ffmuc_welt", name), "0", 1, true)
+	c.Publish(t, wire.StatusTopic(name), "1", 1, true)
+	return c
+}
+
+func brokersAlive(d *Daemon, n int) func() bool {
+	return func() bool {
+		select {
+		case <-d.Broker.CaughtUp():
+		default:
+			return false
+		}
+		ws := d.Broker.Workers()
+		return len(d.Broker.Brokers()) == n && len(ws) == 2 && ws[0].Online && ws[1].Online
+	}
+}
+
+// TestTwoBrokersOnMosquitto: two brokers on Debian's Mosquitto with a password file and an ACL share keys, spread
+// nodes registering alternately at both exactly by weight, answer a replay once, and a broker that was down
+// catches up on the keys it missed.
+func TestTwoBrokersOnMosquitto(t *testing.T) {
+	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL}).Addr
+	gw1, gw2 := gateway(t, addr, "gw1"), gateway(t, addr, "gw2")
+	dir := t.TempDir()
+	a := startDaemon(t, clusterConfig(t, filepath.Join(dir, "a.db"), addr, "broker-a"))
+	bCfg := clusterConfig(t, filepath.Join(dir, "b.db"), addr, "broker-b")
+	b := startDaemon(t, bCfg)
+	testenv.Eventually(t, 10*time.Second, brokersAlive(a, 2), "broker a: workers or peers not seen")
+	testenv.Eventually(t, 10*time.Second, brokersAlive(b, 2), "broker b: workers or peers not seen")
+
+	// Alternating registrations spread 2:1 exactly as on one broker: every answer is the one broker's answer
+	// (the pure selection over the counts so far). Without shared choices each broker would fill its own
+	// 2:1 and both would start with gw1.
+	count := map[string]int{}
+	model := []selection.Gateway{
+		{Name: "gw1", Weight: 2, Configured: true, Online: true, Peers: map[string]int{"ffmuc_welt": 0}},
+		{Name: "gw2", Weight: 1, Configured: true, Online: true, Peers: map[string]int{"ffmuc_welt": 0}},
+	}
+	var keys []string
+	for i := range 30 {
+		d := a
+		if i%2 == 1 {
+			d = b
+		}
+		k := randomKey(t)
+		keys = append(keys, k)
+		code, resp := post(t, d, "v2", `{"domain":"ffmuc_welt","public_key":"`+k+`"}`)
+		if code != 200 {
+			t.Fatalf("v2 at %d: %d %s", i, code, resp)
+		}
+		var ans struct{ Endpoint struct{ Address string } }
+		json.Unmarshal([]byte(resp), &ans)
+		got := strings.TrimSuffix(ans.Endpoint.Address, ".ext")
+		want, _ := selection.Choose(model, 3, "ffmuc_welt", "")
+		if got != want.Name {
+			t.Fatalf("registration %d: gateway %s, one broker would choose %s (so far %v)", i, got, want.Name, count)
+		}
+		for _, g := range model {
+			if g.Name == got {
+				g.Peers["ffmuc_welt"]++
+			}
+		}
+		count[got]++
+	}
+	if count["gw1"] != 20 || count["gw2"] != 10 {
+		t.Errorf("spread over two brokers: %v, want gw1 20, gw2 10", count)
+	}
+
+	// Every key is in both state files, whichever broker took it.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		for _, k := range keys {
+			for _, d := range []*Daemon{a, b} {
+				if _, err := d.Store.Key("ffmuc_welt", k); err != nil {
+					return false
+				}
+			}
+		}
+		return true
+	}, "keys not recorded by both brokers")
+
+	// A replay request is answered by exactly one broker.
+	gw2.Publish(t, wire.ReplayRequestTopic("gw2"), `{"domains":["ffmuc_welt"]}`, 1, false)
+	last := func() (n, keys int) {
+		for _, m := range gw2.Messages() {
+			if m.Topic == wire.ReplayKeysTopic("gw2") {
+				rb, _ := wire.ParseReplayBatch([]byte(m.Payload))
+				keys += len(rb.Keys)
+				if rb.Last {
+					n++
+				}
+			}
+		}
+		return n, keys
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { n, _ := last(); return n >= 1 }, "no replay")
+	// A second request, answered too, fences the first: had both brokers answered it, there would be 3.
+	gw2.Publish(t, wire.ReplayRequestTopic("gw2"), `{"domains":["ffmuc_welt"]}`, 1, false)
+	testenv.Eventually(t, 10*time.Second, func() bool { n, _ := last(); return n >= 2 }, "no second replay")
+	a.Broker.WaitReplays()
+	b.Broker.WaitReplays()
+	if n, k := last(); n != 2 || k != 60 {
+		t.Errorf("two replay requests: %d complete replays with %d keys, want 2 with 60", n, k)
+	}
+	_ = gw1
+
+	// b is down while a takes 200 keys; back up, it catches up before it replays.
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return len(a.Broker.Brokers()) == 1 }, "a still sees b")
+	var missed []string
+	for range 200 {
+		k := randomKey(t)
+		missed = append(missed, k)
+		if code, resp := post(t, a, "v1", `{"domain":"ffmuc_welt","public_key":"`+k+`"}`); code != 200 {
+			t.Fatalf("v1: %d %s", code, resp)
+		}
+	}
+	b = startDaemon(t, bCfg)
+	select {
+	case <-b.Broker.CaughtUp():
+	case <-time.After(20 * time.Second):
+		t.Fatal("b did not catch up")
+	}
+	for _, k := range missed {
+		if _, err := b.Store.Key("ffmuc_welt", k); err != nil {
+			t.Fatalf("key registered while b was down: %v", err)
+		}
+	}
+}
