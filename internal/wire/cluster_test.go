@@ -1,0 +1,81 @@
+package wire
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseChoice(t *testing.T) {
+	for _, tc := range []struct {
+		in             string
+		worker, domain string
+		ok             bool
+	}{
+		{"gw1/ffmuc_welt", "gw1", "ffmuc_welt", true},
+		{string(FormatChoice("gw04.in.ffmuc.net", "ffwert_city")), "gw04.in.ffmuc.net", "ffwert_city", true},
+		{"gw1", "", "", false},
+		{"/ffmuc_welt", "", "", false},
+		{"gw1/", "", "", false},
+		{"gw1/a/b", "", "", false},
+		{"gw+/d", "", "", false},
+		{"gw1/d#", "", "", false},
+		{"", "", "", false},
+	} {
+		w, d, err := ParseChoice([]byte(tc.in))
+		if (err == nil) != tc.ok || w != tc.worker || d != tc.domain {
+			t.Errorf("ParseChoice(%q) = %q, %q, %v", tc.in, w, d, err)
+		}
+	}
+}
+
+func TestParseCatchup(t *testing.T) {
+	r, err := ParseCatchupRequest([]byte(`{"from":"broker-a","since":1700000000}`))
+	if diff := cmp.Diff(CatchupRequest{From: "broker-a", Since: 1700000000}, r); diff != "" || err != nil {
+		t.Errorf("request (-want +got):\n%s %v", diff, err)
+	}
+	for _, bad := range []string{`{"from":"a/b","since":1}`, `{"since":1}`, `[]`, `{"from":"a","since":"x"}`} {
+		if _, err := ParseCatchupRequest([]byte(bad)); err == nil {
+			t.Errorf("ParseCatchupRequest(%s) accepted", bad)
+		}
+	}
+	b, err := ParseCatchupBatch([]byte(`{"seq":2,"last":true,"keys":[{"d":"ffmuc_welt","k":"K","f":1,"l":2}]}`))
+	want := CatchupBatch{Seq: 2, Last: true, Keys: []CatchupKey{{Domain: "ffmuc_welt", Key: "K", FirstSeen: 1, LastSeen: 2}}}
+	if diff := cmp.Diff(want, b); diff != "" || err != nil {
+		t.Errorf("batch (-want +got):\n%s %v", diff, err)
+	}
+	for _, bad := range []string{`{"seq":-1}`, `{"keys":{}}`, `x`} {
+		if _, err := ParseCatchupBatch([]byte(bad)); err == nil {
+			t.Errorf("ParseCatchupBatch(%s) accepted", bad)
+		}
+	}
+	for _, tc := range []struct{ topic, id, kind string }{
+		{BrokerStatusTopic("a"), "a", "status"}, {ChoiceTopic("b"), "b", "choice"},
+		{CatchupRequestTopic("c"), "c", "catchup"}, {CatchupKeysTopic("d"), "d", "keys"},
+	} {
+		id, kind, err := ParseBrokerTopic(tc.topic)
+		if id != tc.id || kind != tc.kind || err != nil {
+			t.Errorf("ParseBrokerTopic(%q) = %q, %q, %v", tc.topic, id, kind, err)
+		}
+	}
+}
+
+func FuzzParseCluster(f *testing.F) {
+	f.Add([]byte("gw1/ffmuc_welt"))
+	f.Add([]byte(`{"from":"broker-a","since":1700000000}`))
+	f.Add([]byte(`{"seq":0,"last":true,"keys":[{"d":"ffmuc_welt","k":"K","f":1,"l":2}]}`))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		if w, d, err := ParseChoice(p); err == nil {
+			if w2, d2, err := ParseChoice(FormatChoice(w, d)); err != nil || w2 != w || d2 != d {
+				t.Fatalf("choice %q does not round-trip", p)
+			}
+		}
+		if r, err := ParseCatchupRequest(p); err == nil && ValidateTopicLevel(r.From) != nil {
+			t.Fatalf("request from %q accepted", r.From)
+		}
+		if b, err := ParseCatchupBatch(p); err == nil && b.Seq < 0 {
+			t.Fatal("negative seq accepted")
+		}
+		_, _, _ = ParseBrokerTopic(string(p))
+	})
+}
