@@ -294,7 +294,7 @@ func (b *Broker) register(r Request, gateway string) error {
 		return fmt.Errorf("%w: record key: %w", ErrStore, err)
 	}
 	// The key is durable: if this publish fails, the replay delivers it.
-	if err := b.pub.Publish(wire.KeyTopic(r.Domain), []byte(r.PublicKey), false, 0); err != nil {
+	if err := b.pub.Publish(wire.KeyTopic(r.Domain), []byte(r.PublicKey), false, b.keyQoS()); err != nil {
 		b.log.Warn("publish key", "domain", r.Domain, "err", err)
 	}
 	return nil

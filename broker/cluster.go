@@ -94,6 +94,15 @@ func (c *cluster) record(r KeyRecord) {
 	}()
 }
 
+// keyQoS is the QoS of a published key: 0 as in the reference, 1 among several brokers, so that a key is on the
+// server (and on its way to the other brokers) before the node gets its answer, even if this broker dies then.
+func (b *Broker) keyQoS() byte {
+	if b.opts.ID == "" {
+		return 0
+	}
+	return 1
+}
+
 // syncPeers waits (at most a second) until the choices other brokers announced so far are counted.
 func (b *Broker) syncPeers() {
 	if b.opts.ID == "" {

@@ -19,6 +19,10 @@ type MosquittoOptions struct {
 	ACL string
 	// Addr is host:port to listen on (default a free port on 127.0.0.1).
 	Addr string
+	// Wrap prefixes the command, e.g. nsenter --net=… to run it in a namespace.
+	Wrap []string
+	// Dial checks that it listens (default net.Dial from the test's namespace).
+	Dial func(network, addr string) (net.Conn, error)
 }
 
 // MosquittoServer is a running Mosquitto.
@@ -83,15 +87,20 @@ func Mosquitto(t testing.TB, o MosquittoOptions) *MosquittoServer {
 	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m := exec.Command(bin, "-c", cf)
+	argv := append(append([]string(nil), o.Wrap...), bin, "-c", cf)
+	m := exec.Command(argv[0], argv[1:]...)
 	m.Stdout, m.Stderr = t.Output(), t.Output()
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
 	ms := &MosquittoServer{Addr: addr, cmd: m}
 	t.Cleanup(ms.Stop)
+	dial := o.Dial
+	if dial == nil {
+		dial = net.Dial
+	}
 	Eventually(t, 10*time.Second, func() bool {
-		c, err := net.Dial("tcp", addr)
+		c, err := dial("tcp", addr)
 		if err == nil {
 			c.Close()
 		}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plays a reference (Python) wgkex worker against an MQTT server, with the payloads of SPEC §2.1:
 connect with a last will, publish the endpoint data, status 1 and the connected-peer metric, then stay
-connected until stdin closes, printing "key KEY" for every key it receives on wireguard/DOMAIN/+.
+connected until stdin closes (ready once subscribed), printing "key KEY" for every key it receives on wireguard/DOMAIN/+.
 Usage: refworker.py HOST PORT WORKER DOMAIN PUBKEY LINKADDR PEERS; credentials from $MQTT_USERNAME, $MQTT_PASSWORD."""
 import json
 import os
@@ -26,6 +26,9 @@ def on_connect(client, userdata, flags, rc):
     client.publish(f"wireguard-worker/{worker}/status", 1, qos=1, retain=True)
     client.publish(f"wireguard-metrics/{domain}/{worker}/connected_peers", int(peers), retain=True)
     client.subscribe(f"wireguard/{domain}/+")
+
+
+def on_subscribe(client, userdata, mid, granted_qos):
     print("ready", flush=True)
 
 
@@ -35,6 +38,7 @@ def on_message(client, userdata, msg):
 
 client.on_connect = on_connect
 client.on_message = on_message
+client.on_subscribe = on_subscribe
 client.connect(host, int(port), keepalive=5)
 client.loop_start()
 sys.stdin.read()
