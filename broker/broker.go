@@ -277,10 +277,10 @@ func (b *Broker) ExchangeV2(r Request) (wire.WorkerData, error) {
 	}
 	b.syncPeers()
 	name, data, chooseErr := b.choose(r.Domain, r.Location)
+	b.announceChoice(name, r.Domain)
 	if err := b.register(r, name); err != nil {
 		return wire.WorkerData{}, err
 	}
-	b.announceChoice(name, r.Domain)
 	if chooseErr != nil {
 		return wire.WorkerData{}, chooseErr
 	}

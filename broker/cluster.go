@@ -119,13 +119,14 @@ func (b *Broker) syncPeers() {
 	}
 }
 
-// announceChoice tells the other brokers that this one sent a node to worker in domain (QoS 1, so that the
-// server has it before the node gets its answer).
+// announceChoice tells the other brokers that this one sent a node to worker in domain. It goes out at QoS 0
+// before the key, which follows at QoS 1: the server handles a client's messages in order, so once it has
+// acknowledged the key it has passed the choice on too, before the node gets its answer.
 func (b *Broker) announceChoice(worker, domain string) {
 	if b.opts.ID == "" || worker == "" {
 		return
 	}
-	if err := b.pub.Publish(wire.ChoiceTopic(b.opts.ID), wire.FormatChoice(worker, domain), false, 1); err != nil {
+	if err := b.pub.Publish(wire.ChoiceTopic(b.opts.ID), wire.FormatChoice(worker, domain), false, 0); err != nil {
 		b.log.Warn("announce choice", "worker", worker, "domain", domain, "err", err)
 	}
 }
