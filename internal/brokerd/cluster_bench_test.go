@@ -2,8 +2,8 @@ package brokerd
 
 import (
 	"context"
-	"log/slog"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"sync"
 	"testing"
