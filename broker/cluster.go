@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -54,11 +56,14 @@ type cluster struct {
 	recording sync.WaitGroup
 	answers   sync.WaitGroup
 
-	mu    sync.Mutex
-	alive map[string]bool
+	mu      sync.Mutex
+	alive   map[string]bool
+	stopped bool // set by StopCluster: no new background work
 
 	caughtUp     chan struct{} // closed after the first catch-up
 	caughtUpOnce sync.Once
+	stop         chan struct{} // closed by StopCluster
+	stopOnce     sync.Once
 	progress     chan struct{} // a catch-up batch arrived
 	finished     atomic.Bool   // the last batch of the current catch-up arrived
 	recorded     atomic.Int64  // keys recorded from other brokers (live and catch-up)
@@ -70,6 +75,7 @@ func (c *cluster) init(b *Broker) {
 	c.answering = make(chan struct{}, 1)
 	c.alive = map[string]bool{}
 	c.caughtUp = make(chan struct{})
+	c.stop = make(chan struct{})
 	c.progress = make(chan struct{}, 1)
 	if b.opts.ID == "" {
 		c.markCaughtUp()
@@ -78,10 +84,23 @@ func (c *cluster) init(b *Broker) {
 
 func (c *cluster) markCaughtUp() { c.caughtUpOnce.Do(func() { close(c.caughtUp) }) }
 
+// begin counts a piece of background work on wg unless StopCluster was called.
+func (c *cluster) begin(wg *sync.WaitGroup) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return false
+	}
+	wg.Add(1)
+	return true
+}
+
 // record stores a key another broker registered, concurrently with others so that the store commits them
 // together; it blocks while maxRecording writes are pending.
 func (c *cluster) record(r KeyRecord) {
-	c.recording.Add(1)
+	if !c.begin(&c.recording) {
+		return // stopping: the next start catches up
+	}
 	c.sem <- struct{}{}
 	go func() {
 		defer c.recording.Done()
@@ -225,13 +244,17 @@ func (b *Broker) HandleClusterReplayRequest(topic string, payload []byte) {
 		return
 	default:
 	}
-	b.cluster.answers.Add(1)
+	if !b.cluster.begin(&b.cluster.answers) {
+		return
+	}
 	go func() {
 		defer b.cluster.answers.Done()
 		t := time.NewTimer(replayWaitMax)
 		defer t.Stop()
 		select {
 		case <-b.cluster.caughtUp:
+		case <-b.cluster.stop:
+			return
 		case <-t.C:
 			b.log.Warn("replaying before catch-up finished")
 		}
@@ -355,7 +378,9 @@ func (b *Broker) HandleCatchupRequest(topic string, payload []byte) {
 		b.log.Warn("dropped catch-up request", "topic", topic, "err", err)
 		return
 	}
-	b.cluster.answers.Add(1)
+	if !b.cluster.begin(&b.cluster.answers) {
+		return
+	}
 	go func() {
 		defer b.cluster.answers.Done()
 		b.cluster.answering <- struct{}{}
@@ -369,6 +394,11 @@ func (b *Broker) sendCatchup(req wire.CatchupRequest) {
 	batch := wire.CatchupBatch{Keys: make([]wire.CatchupKey, 0, catchupBatch)}
 	sent := 0
 	flush := func(last bool) error {
+		select {
+		case <-b.cluster.stop:
+			return errors.New("broker stopping")
+		default:
+		}
 		batch.Last = last
 		p, err := json.Marshal(batch)
 		if err != nil {
@@ -406,9 +436,20 @@ func (b *Broker) sendCatchup(req wire.CatchupRequest) {
 	b.log.Info("sent catch-up", "broker", req.From, "keys", sent, "batches", batch.Seq)
 }
 
-// WaitCluster waits for catch-up answers and replays held back by the catch-up, and for keys of other brokers
-// being recorded (for shutdown and tests).
-func (b *Broker) WaitCluster() {
-	b.cluster.answers.Wait()
-	b.cluster.recording.Wait()
+// StopCluster drops the replays held back by the catch-up and waits for catch-up answers and for keys of other
+// brokers being recorded, or returns an error when ctx ends first. Call it before StopReplays.
+func (b *Broker) StopCluster(ctx context.Context) error {
+	c := &b.cluster
+	c.mu.Lock()
+	c.stopped = true
+	c.mu.Unlock()
+	c.stopOnce.Do(func() { close(c.stop) })
+	done := make(chan struct{})
+	go func() { c.answers.Wait(); c.recording.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("catch-up answers or key records still running: %w", ctx.Err())
+	}
 }

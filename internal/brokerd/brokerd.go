@@ -239,6 +239,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("https shutdown: %w", err))
 		}
 	}
+	if err := d.Broker.StopCluster(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	replays := d.Broker.StopReplays(ctx)
 	d.cancel()
 	<-d.ran
