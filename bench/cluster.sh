@@ -26,7 +26,7 @@ for n in $(seq "$BROKERS"); do
 domains: [ffmuc_welt]
 domain_prefixes: [ffmuc_]
 workers: {gw04: {weight: 1}}
-broker_listen: {host: 127.0.0.1, port: 2500$n}
+broker_listen: {host: 127.0.0.1, port: 2500$n, rate_limit: 0}
 broker: {state_file: $dir/b$n.db, mqtt_server: {url: "mqtt://127.0.0.1:21883", client_id: broker-$n}}
 log: {level: warn}
 YAML

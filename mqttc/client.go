@@ -294,9 +294,12 @@ func (c *Client) Close() error {
 		return nil
 	}
 	defer cancel()
+	if !c.Connected() {
+		return nil // nothing to say goodbye to; cancel stops the reconnecting
+	}
 	ctx, stop := context.WithTimeout(context.Background(), publishTimeout)
 	defer stop()
-	if w := c.opts.Will; w != nil && c.Connected() {
+	if w := c.opts.Will; w != nil {
 		if _, err := cm.Publish(ctx, &paho.Publish{Topic: w.Topic, Payload: w.Payload, QoS: w.QoS, Retain: w.Retain}); err != nil {
 			c.log.Warn("mqtt farewell publish failed", "topic", w.Topic, "err", err)
 		}
