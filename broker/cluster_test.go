@@ -1,0 +1,142 @@
+package broker_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/freifunkMUC/wgkex-go/broker"
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+)
+
+func clustered(o *broker.Options) { o.ID = "broker-a" }
+
+// TestPeerMessages: among several brokers, keys and choices of the others are taken, and anything forged or
+// malformed on those topics (a key with a newline, a key of an unknown domain, a choice for an unknown worker or
+// domain, a catch-up batch with bad keys) changes nothing.
+func TestPeerMessages(t *testing.T) {
+	e := newEnv(t, "", clustered)
+	e.worker("gw04.in.ffmuc.net", "ffmuc_welt", gwKey4, 10)
+	e.worker("gw07.in.ffmuc.net", "ffmuc_welt", gwKey7, 10)
+
+	e.b.HandlePeerKey(wire.KeyTopic("ffmuc_welt"), []byte(key1))
+	for _, bad := range []struct{ topic, payload string }{
+		{wire.KeyTopic("ffmuc_welt"), key1[:43] + "B"},
+		{wire.KeyTopic("ffmuc_welt"), gwKey4 + "\n"},
+		{wire.KeyTopic("ffdon_x"), gwKey4},
+		{"wireguard/ffmuc_welt/gw04", gwKey4},
+	} {
+		e.b.HandlePeerKey(bad.topic, []byte(bad.payload))
+	}
+	e.b.HandleCatchupBatch(wire.CatchupKeysTopic("broker-a"), mustJSON(t, wire.CatchupBatch{Last: true, Keys: []wire.CatchupKey{
+		{Domain: "ffwert_city", Key: gwKey7, FirstSeen: 1, LastSeen: 2},
+		{Domain: "ffwert_city", Key: "junk", FirstSeen: 1, LastSeen: 2},
+		{Domain: "nowhere", Key: gwKey4, FirstSeen: 1, LastSeen: 2},
+		{Domain: "ffmuc_welt", Key: gwKey4, FirstSeen: 5, LastSeen: 2},
+	}}))
+	if err := e.b.StopCluster(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.Key("ffmuc_welt", key1); err != nil {
+		t.Errorf("key of another broker not recorded: %v", err)
+	}
+	if r, err := e.st.Key("ffwert_city", gwKey7); err != nil || r.LastSeen.Unix() != 2 {
+		t.Errorf("caught-up key: %+v %v", r, err)
+	}
+	if _, err := e.st.Key("ffmuc_welt", gwKey4); err == nil {
+		t.Error("a forged key was recorded")
+	}
+	if got := e.b.RecordedFromPeers(); got != 2 {
+		t.Errorf("recorded %d keys from peers, want 2", got)
+	}
+
+	// Another broker's choice counts like our own; forged ones do not.
+	e.b.HandlePeerChoice(wire.ChoiceTopic("broker-b"), wire.FormatChoice("gw04.in.ffmuc.net", "ffmuc_welt"))
+	for _, p := range []string{"gw99/ffmuc_welt", "gw04.in.ffmuc.net/ffdon_x", "gw04.in.ffmuc.net", "/", "a/b/c"} {
+		e.b.HandlePeerChoice(wire.ChoiceTopic("broker-b"), []byte(p))
+	}
+	e.b.HandlePeerChoice(wire.ChoiceTopic("broker-a"), wire.FormatChoice("gw04.in.ffmuc.net", "ffmuc_welt")) // our own echo
+	peers := map[string]int{}
+	for _, w := range e.b.Workers() {
+		peers[w.Name] = w.Peers["ffmuc_welt"]
+	}
+	if diff := cmp.Diff(map[string]int{"gw04.in.ffmuc.net": 11, "gw07.in.ffmuc.net": 10}, peers); diff != "" {
+		t.Errorf("peers after choices (-want +got):\n%s", diff)
+	}
+}
+
+// TestChoiceAnnounced: a v2 answer among several brokers announces the choice before the key, which goes out at
+// QoS 1; alone, the broker publishes exactly as the reference.
+func TestChoiceAnnounced(t *testing.T) {
+	e := newEnv(t, "", clustered)
+	e.worker("gw04.in.ffmuc.net", "ffmuc_welt", gwKey4, 0)
+	e.pub.take()
+	if _, err := e.b.ExchangeV2(broker.Request{PublicKey: key1, Domain: "ffmuc_welt"}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"wgkex/broker/broker-a/choice gw04.in.ffmuc.net/ffmuc_welt retain=false qos=0",
+		"wireguard/ffmuc_welt/all " + key1 + " retain=false qos=1",
+	}
+	if diff := cmp.Diff(want, e.pub.take()); diff != "" {
+		t.Errorf("published (-want +got):\n%s", diff)
+	}
+}
+
+// TestBrokersAlive: liveness of the others comes from their retained status; this broker is always listed.
+func TestBrokersAlive(t *testing.T) {
+	e := newEnv(t, "", clustered)
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-c"), []byte("1"))
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-b"), []byte("1"))
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-c"), []byte("0"))
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-d"), []byte("x"))
+	e.b.HandleBrokerStatus("wgkex/broker/broker-e/other", []byte("1"))
+	if diff := cmp.Diff([]string{"broker-a", "broker-b"}, e.b.Brokers()); diff != "" {
+		t.Errorf("Brokers (-want +got):\n%s", diff)
+	}
+}
+
+// TestReplayWaitsForCatchup: a replay request reaching a broker that is still catching up is served once the
+// catch-up is done, with the keys it brought.
+func TestReplayWaitsForCatchup(t *testing.T) {
+	e := newEnv(t, "", clustered)
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-b"), []byte("1"))
+	e.b.HandleClusterReplayRequest(wire.ReplayRequestTopic("gw04.in.ffmuc.net"), []byte(`{"domains":["ffmuc_welt"]}`))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { e.b.CatchUp(ctx); close(done) }()
+	// The catch-up asks broker-b; nothing is replayed before its answer.
+	var asked []string
+	testenv.Eventually(t, 5*time.Second, func() bool { asked = append(asked, e.pub.take()...); return len(asked) > 0 }, "no catch-up request")
+	if diff := cmp.Diff([]string{`wgkex/broker/broker-b/catchup {"from":"broker-a","since":1699989200} retain=false qos=1`}, asked); diff != "" {
+		t.Fatalf("catch-up request (-want +got):\n%s", diff)
+	}
+	e.b.HandleCatchupBatch(wire.CatchupKeysTopic("broker-a"), mustJSON(t, wire.CatchupBatch{Last: true, Keys: []wire.CatchupKey{
+		{Domain: "ffmuc_welt", Key: key1, FirstSeen: e.now.Unix(), LastSeen: e.now.Unix()},
+	}}))
+	<-done
+	if err := e.b.StopCluster(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.b.StopReplays(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`wgkex/replay/gw04.in.ffmuc.net/keys {"domain":"ffmuc_welt","seq":0,"last":true,"keys":["` + key1 + `"]} retain=false qos=1`}
+	if diff := cmp.Diff(want, e.pub.take()); diff != "" {
+		t.Errorf("replay after catch-up (-want +got):\n%s", diff)
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
