@@ -23,6 +23,8 @@ type MosquittoOptions struct {
 	Wrap []string
 	// Dial checks that it listens (default net.Dial from the test's namespace).
 	Dial func(network, addr string) (net.Conn, error)
+	// Extra is appended to the configuration, after the listener (e.g. its cafile, certfile, keyfile).
+	Extra string
 }
 
 // MosquittoServer is a running Mosquitto.
@@ -83,6 +85,7 @@ func Mosquitto(t testing.TB, o MosquittoOptions) *MosquittoServer {
 		}
 		conf += "acl_file " + acl + "\n"
 	}
+	conf += o.Extra
 	cf := filepath.Join(dir, "mosquitto.conf")
 	if err := os.WriteFile(cf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
