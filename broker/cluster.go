@@ -188,7 +188,10 @@ func (b *Broker) HandlePeerChoice(topic string, payload []byte) {
 	if !ok {
 		return
 	}
-	w.Peers[domain] = max(w.Peers[domain], 0) + 1
+	// A domain the worker reported offline (-1) or never reported stays so: the choice was made before.
+	if n, ok := w.Peers[domain]; ok && n >= 0 {
+		w.Peers[domain] = n + 1
+	}
 }
 
 // HandleBrokerStatus takes wgkex/broker/{id}/status: ≥ 1 alive, else gone.

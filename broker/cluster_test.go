@@ -60,6 +60,15 @@ func TestPeerMessages(t *testing.T) {
 		e.b.HandlePeerChoice(wire.ChoiceTopic("broker-b"), []byte(p))
 	}
 	e.b.HandlePeerChoice(wire.ChoiceTopic("broker-a"), wire.FormatChoice("gw04.in.ffmuc.net", "ffmuc_welt")) // our own echo
+	// A choice arriving after the worker went offline in the domain does not bring the domain back.
+	e.b.HandleMetric(wire.MetricTopic("ffwert_city", "gw07.in.ffmuc.net"), []byte("-1"))
+	e.b.HandlePeerChoice(wire.ChoiceTopic("broker-b"), wire.FormatChoice("gw07.in.ffmuc.net", "ffwert_city"))
+	e.b.HandlePeerChoice(wire.ChoiceTopic("broker-b"), wire.FormatChoice("gw04.in.ffmuc.net", "ffwert_city"))
+	for _, w := range e.b.Workers() {
+		if n, ok := w.Peers["ffwert_city"]; w.Name == "gw07.in.ffmuc.net" && n != -1 || w.Name == "gw04.in.ffmuc.net" && ok {
+			t.Errorf("%s ffwert_city after a choice: %d, %v", w.Name, n, ok)
+		}
+	}
 	peers := map[string]int{}
 	for _, w := range e.b.Workers() {
 		peers[w.Name] = w.Peers["ffmuc_welt"]
