@@ -2,6 +2,7 @@ package mqttc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -136,4 +137,17 @@ func TestClientReconnects(t *testing.T) {
 	obs := testenv.Connect(t, addr, "observer", testenv.ClientOptions{})
 	obs.Publish(t, "test/x/msg", "again", 1, false)
 	testenv.Eventually(t, 10*time.Second, func() bool { return len(in.list()) == 1 }, "not subscribed after reconnect: %q", in.list())
+}
+
+// TestSyncDeniedByACL: when the ACL does not let the client use its sync topic, Sync waits once, then says so at
+// once instead of stalling every caller.
+func TestSyncDeniedByACL(t *testing.T) {
+	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: map[string]string{"a": "pa"}, ACL: "pattern readwrite test/+/msg\n"}).Addr
+	a := dial(t, addr, "a", "pa", nil)
+	if err := a.Sync(context.Background()); err != nil {
+		t.Fatalf("first Sync: %v", err)
+	}
+	if err := a.Sync(context.Background()); !errors.Is(err, ErrSyncFailing) {
+		t.Errorf("Sync with a denied topic: %v, want ErrSyncFailing", err)
+	}
 }

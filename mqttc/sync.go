@@ -2,10 +2,14 @@ package mqttc
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
 )
+
+// ErrSyncFailing is returned by Sync while its tokens do not come back.
+var ErrSyncFailing = errors.New("mqtt sync tokens do not come back")
 
 // syncTimeout bounds one round trip of Sync; after it the waiters go on without the guarantee.
 const syncTimeout = time.Second
@@ -22,16 +26,27 @@ type syncer struct {
 	wanted   bool          // someone waits on next
 	inflight bool
 	timer    *time.Timer
+	// failing is set when a token did not come back in time (the ACL may not let the client publish or read its
+	// sync topic): Sync then returns at once, while rounds go on in the background until a token comes back.
+	failing bool
 }
 
 // Sync returns once every message the server had sent this client when Sync was called has been handled, or
-// after a second, or when ctx ends. It needs Options.SyncTopic.
+// after a second, or when ctx ends. It needs Options.SyncTopic. While tokens do not come back, it returns
+// ErrSyncFailing at once.
 func (c *Client) Sync(ctx context.Context) error {
 	if c.opts.SyncTopic == "" {
 		return nil
 	}
 	s := &c.sync
 	s.mu.Lock()
+	if s.failing {
+		if !s.inflight {
+			c.startRound()
+		}
+		s.mu.Unlock()
+		return ErrSyncFailing
+	}
 	var ch chan struct{}
 	if s.inflight {
 		if s.next == nil {
@@ -63,23 +78,31 @@ func (c *Client) startRound() chan struct{} {
 	}
 	s.wanted = false
 	tok, cur := s.token, s.cur
-	s.timer = time.AfterFunc(syncTimeout, func() { c.endRound(tok) })
+	s.timer = time.AfterFunc(syncTimeout, func() { c.endRound(tok, false, true) })
 	go func() {
 		if err := c.Publish(c.opts.SyncTopic, strconv.AppendUint(nil, tok, 10), false, 0); err != nil {
-			c.endRound(tok)
+			c.endRound(tok, false, false) // not connected: nothing to wait for
 		}
 	}()
 	return cur
 }
 
-// endRound releases the waiters of round tok (its echo came back, or it failed) and starts the next round if
-// anyone waits for one.
-func (c *Client) endRound(tok uint64) {
+// endRound releases the waiters of round tok and starts the next round if anyone waits for one. echoed: its
+// token came back; timedOut: it did not within syncTimeout.
+func (c *Client) endRound(tok uint64, echoed, timedOut bool) {
 	s := &c.sync
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.inflight || tok != s.token {
 		return
+	}
+	switch {
+	case echoed && s.failing:
+		s.failing = false
+		c.log.Info("mqtt sync tokens come back again", "topic", c.opts.SyncTopic)
+	case timedOut && !s.failing:
+		s.failing = true
+		c.log.Warn("mqtt sync token did not come back: gateway choices of other brokers may be counted late; check that the ACL lets this client write and read its sync topic", "topic", c.opts.SyncTopic)
 	}
 	s.timer.Stop()
 	close(s.cur)
@@ -95,5 +118,5 @@ func (c *Client) handleSync(_ string, payload []byte) {
 	if err != nil {
 		return
 	}
-	c.endRound(tok)
+	c.endRound(tok, true, false)
 }
