@@ -25,6 +25,9 @@ import (
 // publishTimeout bounds a publish; a QoS 1 publish waits for the server's acknowledgement.
 const publishTimeout = 5 * time.Second
 
+// maxQueued bounds the QoS 1 messages kept while the connection is down.
+const maxQueued = 100_000
+
 // ErrNotConnected is returned by Publish while the connection is down.
 var ErrNotConnected = errors.New("not connected to the mqtt server")
 
@@ -69,6 +72,7 @@ type Client struct {
 	cm     *autopaho.ConnectionManager
 	cancel context.CancelFunc
 	up     bool
+	queue  []Message // QoS 1 messages published while the connection was down, oldest first
 
 	sync syncer
 }
@@ -226,11 +230,57 @@ func (c *Client) connected(cm *autopaho.ConnectionManager) {
 			c.log.Warn("mqtt hello publish failed", "topic", h.Topic, "err", err)
 		}
 	}
-	c.setUp(true)
+	if !c.flush(cm) {
+		return
+	}
 	c.log.Info("mqtt connected", "server", c.url.String())
 	if c.opts.OnUp != nil {
 		c.opts.OnUp()
 	}
+}
+
+// flush publishes the messages queued while the connection was down, then marks the connection up; messages
+// published meanwhile join the queue, so none is left behind. It reports false if the connection broke again.
+func (c *Client) flush(cm *autopaho.ConnectionManager) bool {
+	sent := 0
+	for {
+		c.mu.Lock()
+		q := c.queue
+		c.queue = nil
+		if len(q) == 0 {
+			c.up = true
+			c.mu.Unlock()
+			if sent > 0 {
+				c.log.Info("mqtt messages queued while disconnected sent", "count", sent)
+			}
+			return true
+		}
+		c.mu.Unlock()
+		for i, m := range q {
+			ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+			_, err := cm.Publish(ctx, &paho.Publish{Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Retain: m.Retain})
+			cancel()
+			if err != nil {
+				c.mu.Lock()
+				c.queue = append(q[i:], c.queue...)
+				c.mu.Unlock()
+				c.log.Warn("mqtt queued messages not sent, keeping them", "left", len(q)-i, "err", err)
+				return false
+			}
+			sent++
+		}
+	}
+}
+
+// enqueue keeps a QoS 1 message for the next connection; it reports false when the queue is full.
+func (c *Client) enqueue(m Message) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) >= maxQueued {
+		return false
+	}
+	c.queue = append(c.queue, m)
+	return true
 }
 
 func (c *Client) setUp(up bool) {
@@ -264,17 +314,30 @@ func (c *Client) dispatch(topic string, payload []byte) {
 	}
 }
 
-// Publish sends a message; at QoS 1 it waits for the server's acknowledgement (at most 5 s).
+// Publish sends a message; at QoS 1 it waits for the server's acknowledgement (at most 5 s). While the
+// connection is down a QoS 1 message is kept (up to 100,000) and sent after the next connect, in order; a QoS 0
+// message fails with ErrNotConnected.
 func (c *Client) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	m := Message{Topic: topic, Payload: payload, QoS: qos, Retain: retain}
 	c.mu.Lock()
 	cm, up := c.cm, c.up
 	c.mu.Unlock()
-	if cm == nil || !up {
+	if cm == nil {
+		return fmt.Errorf("publish %s: %w", topic, ErrNotConnected)
+	}
+	if !up {
+		if qos > 0 && c.enqueue(m) {
+			return nil
+		}
 		return fmt.Errorf("publish %s: %w", topic, ErrNotConnected)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
 	defer cancel()
 	if _, err := cm.Publish(ctx, &paho.Publish{Topic: topic, Payload: payload, QoS: qos, Retain: retain}); err != nil {
+		// Lost with the connection (not refused by the server): send it again after the next connect.
+		if qos > 0 && !c.Connected() && c.enqueue(m) {
+			return nil
+		}
 		return fmt.Errorf("publish %s: %w", topic, err)
 	}
 	return nil

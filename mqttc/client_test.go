@@ -132,11 +132,29 @@ func TestClientReconnects(t *testing.T) {
 	a := dial(t, addr, "a", "", map[string]*inbox{"test/+/msg": in})
 	m.Stop()
 	testenv.Eventually(t, 10*time.Second, func() bool { return !a.Connected() }, "no disconnect noticed")
+	// While down, QoS 1 messages are kept for the next connection, QoS 0 ones refused.
+	for i := range 3 {
+		if err := a.Publish("test/kept", []byte(fmt.Sprint(i)), true, 1); err != nil {
+			t.Fatalf("QoS 1 publish while down: %v", err)
+		}
+	}
+	if err := a.Publish("test/lost", []byte("x"), true, 0); !errors.Is(err, ErrNotConnected) {
+		t.Errorf("QoS 0 publish while down: %v, want ErrNotConnected", err)
+	}
 	testenv.Mosquitto(t, testenv.MosquittoOptions{Addr: addr})
 	testenv.Eventually(t, 20*time.Second, a.Connected, "no reconnect")
 	obs := testenv.Connect(t, addr, "observer", testenv.ClientOptions{})
+	obs.Subscribe(t, "test/kept", "test/lost")
+	if got := obs.WaitFor(t, "test/kept"); got.Payload != "2" {
+		t.Errorf("retained after the queue was sent: %q, want the last of three", got.Payload)
+	}
 	obs.Publish(t, "test/x/msg", "again", 1, false)
 	testenv.Eventually(t, 10*time.Second, func() bool { return len(in.list()) == 1 }, "not subscribed after reconnect: %q", in.list())
+	for _, m := range obs.Messages() {
+		if m.Topic == "test/lost" {
+			t.Error("a QoS 0 message published while down arrived")
+		}
+	}
 }
 
 // TestSyncDeniedByACL: when the ACL does not let the client use its sync topic, Sync waits once, then says so at
