@@ -265,14 +265,17 @@ func (b *Broker) HandleClusterReplayRequest(topic string, payload []byte) {
 	}()
 }
 
-// CatchUp asks one live peer after the other for the keys of the replay window until one has sent them all, then
-// waits until they are recorded. Alone, it returns at once. The MQTT side calls it after every connect.
-func (b *Broker) CatchUp(ctx context.Context) {
+// CatchUp asks one live peer after the other for the keys registered since the given time (zero or earlier: the
+// whole replay window) until one has sent them all, then waits until they are recorded. Alone, it returns at
+// once. The MQTT side calls it after every connect.
+func (b *Broker) CatchUp(ctx context.Context, since time.Time) {
 	if b.opts.ID == "" {
 		return
 	}
 	start := time.Now()
-	since := b.opts.Now().Add(-b.opts.ReplayWindow)
+	if window := b.opts.Now().Add(-b.opts.ReplayWindow); since.Before(window) {
+		since = window
+	}
 	peers := b.waitPeers(ctx)
 	if len(peers) == 0 {
 		b.log.Info("no other broker alive, nothing to catch up")

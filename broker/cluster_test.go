@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -118,7 +119,7 @@ func TestReplayWaitsForCatchup(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan struct{})
-	go func() { e.b.CatchUp(ctx); close(done) }()
+	go func() { e.b.CatchUp(ctx, time.Time{}); close(done) }()
 	// The catch-up asks broker-b; nothing is replayed before its answer.
 	var asked []string
 	testenv.Eventually(t, 5*time.Second, func() bool { asked = append(asked, e.pub.take()...); return len(asked) > 0 }, "no catch-up request")
@@ -148,4 +149,29 @@ func mustJSON(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestCatchupSince: after a reconnect only the keys since shortly before the loss are asked for; never more than
+// the replay window.
+func TestCatchupSince(t *testing.T) {
+	e := newEnv(t, "", clustered)
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-b"), []byte("1"))
+	for _, tc := range []struct {
+		since time.Time
+		want  int64
+	}{
+		{e.now.Add(-10 * time.Minute), e.now.Add(-10 * time.Minute).Unix()},
+		{e.now.Add(-30 * time.Hour), e.now.Add(-3 * time.Hour).Unix()},
+	} {
+		done := make(chan struct{})
+		go func() { e.b.CatchUp(context.Background(), tc.since); close(done) }()
+		var asked []string
+		testenv.Eventually(t, 5*time.Second, func() bool { asked = append(asked, e.pub.take()...); return len(asked) > 0 }, "no catch-up request")
+		want := []string{`wgkex/broker/broker-b/catchup {"from":"broker-a","since":` + fmt.Sprint(tc.want) + `} retain=false qos=1`}
+		if diff := cmp.Diff(want, asked); diff != "" {
+			t.Errorf("since %v (-want +got):\n%s", tc.since, diff)
+		}
+		e.b.HandleCatchupBatch(wire.CatchupKeysTopic("broker-a"), []byte(`{"seq":0,"last":true,"keys":[]}`))
+		<-done
+	}
 }

@@ -49,6 +49,8 @@ type Options struct {
 	Hello *Message
 	// OnUp runs after every connect, after Hello, on its own goroutine.
 	OnUp func()
+	// OnDown runs when an established connection is lost.
+	OnDown func()
 	// SyncTopic is a topic only this client publishes to, for Sync. Empty: Sync waits for nothing.
 	SyncTopic string
 }
@@ -120,6 +122,9 @@ func New(log *slog.Logger, opts Options) (*Client, error) {
 		OnConnectionUp:                func(cm *autopaho.ConnectionManager, _ *paho.Connack) { go c.connected(cm) },
 		OnConnectionDown: func() bool {
 			c.setUp(false)
+			if opts.OnDown != nil {
+				opts.OnDown()
+			}
 			c.log.Warn("mqtt connection lost, reconnecting", "server", c.url.String())
 			return true
 		},

@@ -77,7 +77,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		embedded  *mqttd.Server
 		client    *mqttc.Client
 		id        string
-		catchUp   = make(chan struct{}, 1)
+		catchUp   = make(chan time.Time, 1)
 		clusterOn = cfg.Broker.MQTTServer.URL != ""
 	)
 	if clusterOn {

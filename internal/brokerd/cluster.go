@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
+	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
@@ -12,10 +14,15 @@ import (
 	"github.com/freifunkMUC/wgkex-go/mqttc"
 )
 
+// catchupMargin is how long before a lost connection was noticed a reconnected broker asks for keys: the loss is
+// noticed up to 1.5 keepalives late, and the brokers' clocks may differ a little.
+const catchupMargin = 2 * time.Minute
+
 // dialServer prepares the client of broker.mqtt_server. The broker's name among the others is its client id,
 // wgkex-broker-<hostname> unless configured. Its liveness is a retained 1 on wgkex/broker/{id}/status, 0 as its
-// will. After every connect it signals catchUp.
-func dialServer(s config.MQTTServer, log *slog.Logger, catchUp chan<- struct{}) (*mqttc.Client, string, error) {
+// will. After every connect it sends catchUp the time from which keys may have been missed: zero (the whole
+// replay window) after the start, shortly before the connection was lost after a reconnect.
+func dialServer(s config.MQTTServer, log *slog.Logger, catchUp chan<- time.Time) (*mqttc.Client, string, error) {
 	if s.ClientID == "" {
 		host, err := os.Hostname()
 		if err != nil {
@@ -24,17 +31,23 @@ func dialServer(s config.MQTTServer, log *slog.Logger, catchUp chan<- struct{}) 
 		s.ClientID = "wgkex-broker-" + host
 	}
 	id := s.ClientID
+	var down atomic.Int64 // Unix nanoseconds of the last lost connection, 0 before any
 	c, err := mqttc.New(log, mqttc.Options{
 		Server:    s,
 		Will:      &mqttc.Message{Topic: wire.BrokerStatusTopic(id), Payload: []byte("0"), QoS: 1, Retain: true},
 		Hello:     &mqttc.Message{Topic: wire.BrokerStatusTopic(id), Payload: []byte("1"), QoS: 1, Retain: true},
 		SyncTopic: wire.BrokerSyncTopic(id),
 		OnUp: func() {
+			var since time.Time
+			if n := down.Load(); n != 0 {
+				since = time.Unix(0, n).Add(-catchupMargin)
+			}
 			select {
-			case catchUp <- struct{}{}:
+			case catchUp <- since:
 			default:
 			}
 		},
+		OnDown: func() { down.Store(time.Now().UnixNano()) },
 	})
 	return c, id, err
 }
@@ -54,13 +67,13 @@ func clusterHandlers(b *broker.Broker, id string) map[string]func(string, []byte
 }
 
 // catchUpLoop runs a catch-up after every connect to the MQTT server, one at a time.
-func catchUpLoop(ctx context.Context, b *broker.Broker, connected <-chan struct{}) {
+func catchUpLoop(ctx context.Context, b *broker.Broker, connected <-chan time.Time) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-connected:
-			b.CatchUp(ctx)
+		case since := <-connected:
+			b.CatchUp(ctx, since)
 		}
 	}
 }
