@@ -217,8 +217,11 @@ func (b *Broker) HandleBrokerStatus(topic string, payload []byte) {
 }
 
 // Brokers returns the names of the brokers alive on the MQTT server, this one included, in order. A broker with
-// its embedded server is alone and returns its own name ("" when it has none).
+// its embedded server is alone and returns nil.
 func (b *Broker) Brokers() []string {
+	if b.opts.ID == "" {
+		return nil
+	}
 	c := &b.cluster
 	c.mu.Lock()
 	out := []string{b.opts.ID}

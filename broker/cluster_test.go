@@ -108,6 +108,9 @@ func TestBrokersAlive(t *testing.T) {
 	if diff := cmp.Diff([]string{"broker-a", "broker-b"}, e.b.Brokers()); diff != "" {
 		t.Errorf("Brokers (-want +got):\n%s", diff)
 	}
+	if got := newEnv(t, "", nil).b.Brokers(); got != nil {
+		t.Errorf("Brokers of a broker alone: %q", got)
+	}
 }
 
 // TestReplayWaitsForCatchup: a replay request reaching a broker that is still catching up is served once the
