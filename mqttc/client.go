@@ -25,6 +25,9 @@ import (
 // publishTimeout bounds a publish; a QoS 1 publish waits for the server's acknowledgement.
 const publishTimeout = 5 * time.Second
 
+// closeTimeout bounds the farewell and the disconnect at Close.
+const closeTimeout = 2 * time.Second
+
 // maxQueued bounds the QoS 1 messages kept while the connection is down.
 const maxQueued = 100_000
 
@@ -365,7 +368,9 @@ func (c *Client) Close() error {
 	if !c.Connected() {
 		return nil // nothing to say goodbye to; cancel stops the reconnecting
 	}
-	ctx, stop := context.WithTimeout(context.Background(), publishTimeout)
+	// Farewell and disconnect share a short deadline, so that a server gone at the same moment (both stopped
+	// together) does not hold up the broker's shutdown.
+	ctx, stop := context.WithTimeout(context.Background(), closeTimeout)
 	defer stop()
 	if w := c.opts.Will; w != nil {
 		if _, err := cm.Publish(ctx, &paho.Publish{Topic: w.Topic, Payload: w.Payload, QoS: w.QoS, Retain: w.Retain}); err != nil {
