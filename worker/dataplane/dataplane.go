@@ -43,14 +43,24 @@ type Peer struct {
 type Dataplane interface {
 	// Device reads the WireGuard device of link and its link address.
 	Device(link Link) (Device, error)
-	// AddPeers makes every key a peer of link.WG with allowed IP exactly its link-local /128 (no endpoint, no
-	// keepalive), routes that /128 via link.WG and appends the FDB entry 00:00:00:00:00:00 dst <addr> via
+	// Forwarding reads the /128 routes via link.WG and the FDB destinations on link.VX.
+	Forwarding(link Link) (Forwarding, error)
+	// AddPeers makes every key a peer of link.WG with its link-local /128 among its allowed IPs (added to any an
+	// operator set, as the reference does; no endpoint, no keepalive), routes that /128 via link.WG with
+	// protocol static and appends the FDB entry 00:00:00:00:00:00 dst <addr> via
 	// link.WG on link.VX. It is idempotent. Keys are applied together; per-key failures come back joined, each
 	// a *PeerError, and do not stop the other keys.
 	AddPeers(link Link, keys []string) error
 	// RemovePeer removes the FDB entry, then the route, then the peer, so that a partial failure leaves the peer
 	// to be found and finished by the next sweep. It is idempotent: what is already absent counts as removed.
 	RemovePeer(link Link, key string) error
+}
+
+// Forwarding is what the kernel holds for a domain's peers besides WireGuard: the destinations of the /128
+// routes via the WireGuard link and of the FDB entries on the VXLAN link.
+type Forwarding struct {
+	Routes []netip.Addr
+	FDB    []netip.Addr
 }
 
 // PeerError is the failure of one step for one key.

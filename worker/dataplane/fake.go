@@ -83,6 +83,35 @@ func (f *Fake) Device(l Link) (Device, error) {
 	return d, nil
 }
 
+// Forwarding implements Dataplane.
+func (f *Fake) Forwarding(l Link) (Forwarding, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fl, ok := f.links[l]
+	if !ok {
+		return Forwarding{}, fmt.Errorf("device %s: %w", l.WG, ErrNoDevice)
+	}
+	if err := f.fail("forwarding", ""); err != nil {
+		return Forwarding{}, err
+	}
+	var fw Forwarding
+	for k := range fl.route {
+		fw.Routes = append(fw.Routes, AllowedIP(k).Addr())
+	}
+	for k := range fl.fdb {
+		fw.FDB = append(fw.FDB, AllowedIP(k).Addr())
+	}
+	return fw, nil
+}
+
+// Lose deletes a peer's route and FDB entry behind the worker's back (as a crash or an operator might).
+func (f *Fake) Lose(l Link, key string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.links[l].route, key)
+	delete(f.links[l].fdb, key)
+}
+
 // AddPeers implements Dataplane.
 func (f *Fake) AddPeers(l Link, keys []string) error {
 	f.mu.Lock()

@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
@@ -15,8 +16,9 @@ import (
 
 // The pure half of the package: requests built from values, tested with literal values.
 
-// peerConfig builds one device configuration adding (or removing) every key with its link-local /128 as the only
-// allowed IP, no endpoint and no keepalive. Keys that do not parse are returned as errors and left out.
+// peerConfig builds one device configuration adding (or removing) every key with its link-local /128 added to its
+// allowed IPs (not replacing them: an operator may have given a peer, a supernode say, more; the reference adds
+// too), no endpoint and no keepalive. Keys that do not parse are returned as errors and left out.
 func peerConfig(keys []string, remove bool) (wgtypes.Config, []error) {
 	var cfg wgtypes.Config
 	var errs []error
@@ -28,7 +30,6 @@ func peerConfig(keys []string, remove bool) (wgtypes.Config, []error) {
 		}
 		pc := wgtypes.PeerConfig{PublicKey: pk, Remove: remove}
 		if !remove {
-			pc.ReplaceAllowedIPs = true
 			pc.AllowedIPs = []net.IPNet{ipNet(dataplane.AllowedIP(k))}
 		}
 		cfg.Peers = append(cfg.Peers, pc)
@@ -40,10 +41,39 @@ func ipNet(p netip.Prefix) net.IPNet {
 	return net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// peerRoute is `ip -6 route replace <addr>/128 dev <wg>`.
+// peerRoute is `ip -6 route replace <addr>/128 dev <wg> proto static`: the reference's protocol, which operators
+// filter on (routing daemons, `ip route show proto static`).
 func peerRoute(wgIndex int, key string) *netlink.Route {
 	dst := ipNet(dataplane.AllowedIP(key))
-	return &netlink.Route{LinkIndex: wgIndex, Dst: &dst, Family: unix.AF_INET6, Scope: netlink.SCOPE_LINK}
+	return &netlink.Route{LinkIndex: wgIndex, Dst: &dst, Family: unix.AF_INET6, Scope: netlink.SCOPE_LINK,
+		Protocol: unix.RTPROT_STATIC}
+}
+
+// forwarding picks the peer entries out of a link's routes and FDB entries: /128 routes, and FDB entries with
+// the all-zeros MAC and a destination.
+func forwarding(routes []netlink.Route, neighs []netlink.Neigh) dataplane.Forwarding {
+	var fw dataplane.Forwarding
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		if ones, bits := r.Dst.Mask.Size(); ones != 128 || bits != 128 {
+			continue
+		}
+		if a, ok := netip.AddrFromSlice(r.Dst.IP); ok {
+			fw.Routes = append(fw.Routes, a)
+		}
+	}
+	zero := make(net.HardwareAddr, 6)
+	for _, n := range neighs {
+		if n.IP == nil || !bytes.Equal(n.HardwareAddr, zero) {
+			continue
+		}
+		if a, ok := netip.AddrFromSlice(n.IP); ok {
+			fw.FDB = append(fw.FDB, a.Unmap())
+		}
+	}
+	return fw
 }
 
 // fdbRequest builds `bridge fdb append|del 00:00:00:00:00:00 dev <vx> dst <addr> via <wg>`. netlink.Neigh has no
@@ -88,4 +118,22 @@ func linkAddress(addrs []netlink.Addr, vxLocal net.IP) (string, error) {
 		return addrs[0].IP.String(), nil
 	}
 	return "", fmt.Errorf("no address")
+}
+
+// bisect applies peers with one call of configure; when that fails it splits them in halves and tries again, so
+// that one peer the device refuses fails alone and not its whole chunk. The refused peers go into failed.
+func bisect(peers []wgtypes.PeerConfig, configure func([]wgtypes.PeerConfig) error, failed map[string]error) {
+	if len(peers) == 0 {
+		return
+	}
+	err := configure(peers)
+	if err == nil {
+		return
+	}
+	if len(peers) == 1 {
+		failed[peers[0].PublicKey.String()] = err
+		return
+	}
+	bisect(peers[:len(peers)/2], configure, failed)
+	bisect(peers[len(peers)/2:], configure, failed)
 }

@@ -143,6 +143,23 @@ func (d *Dataplane) Device(link dataplane.Link) (dataplane.Device, error) {
 	return out, nil
 }
 
+// Forwarding implements dataplane.Dataplane.
+func (d *Dataplane) Forwarding(link dataplane.Link) (dataplane.Forwarding, error) {
+	wgIdx, vxIdx, err := d.indexes(link)
+	if err != nil {
+		return dataplane.Forwarding{}, err
+	}
+	routes, err := d.nlh.RouteListFiltered(unix.AF_INET6, &netlink.Route{LinkIndex: wgIdx}, netlink.RT_FILTER_OIF)
+	if err != nil {
+		return dataplane.Forwarding{}, fmt.Errorf("list routes via %s: %w", link.WG, err)
+	}
+	neighs, err := d.nlh.NeighList(vxIdx, unix.AF_BRIDGE)
+	if err != nil {
+		return dataplane.Forwarding{}, fmt.Errorf("list fdb entries on %s: %w", link.VX, err)
+	}
+	return forwarding(routes, neighs), nil
+}
+
 // indexes looks up the ifindexes of link's two interfaces.
 func (d *Dataplane) indexes(link dataplane.Link) (wg, vx int, err error) {
 	w, err := d.nlh.LinkByName(link.WG)
@@ -172,25 +189,28 @@ func (d *Dataplane) AddPeers(link dataplane.Link, keys []string) error {
 		return errors.Join(errs...)
 	}
 	type chunk struct {
-		peers []wgtypes.PeerConfig
-		err   error
+		peers  []wgtypes.PeerConfig
+		failed map[string]error // keys whose peer could not be configured
 	}
 	chunks := make(chan chunk, 1)
 	go func() {
 		defer close(chunks)
 		for i := 0; i < len(cfg.Peers); i += addChunk {
 			part := cfg.Peers[i:min(i+addChunk, len(cfg.Peers))]
-			d.mu.Lock()
-			err := d.wg.ConfigureDevice(link.WG, wgtypes.Config{Peers: part})
-			d.mu.Unlock()
-			chunks <- chunk{part, err}
+			failed := map[string]error{}
+			bisect(part, func(p []wgtypes.PeerConfig) error {
+				d.mu.Lock()
+				defer d.mu.Unlock()
+				return d.wg.ConfigureDevice(link.WG, wgtypes.Config{Peers: p})
+			}, failed)
+			chunks <- chunk{part, failed}
 		}
 	}()
 	for c := range chunks {
 		for _, pc := range c.peers {
 			k := pc.PublicKey.String()
-			if c.err != nil {
-				errs = append(errs, &dataplane.PeerError{Key: k, Step: "peer", Err: fmt.Errorf("configure %s: %w", link.WG, c.err)})
+			if err := c.failed[k]; err != nil {
+				errs = append(errs, &dataplane.PeerError{Key: k, Step: "peer", Err: fmt.Errorf("configure %s: %w", link.WG, err)})
 				continue
 			}
 			if err := d.nlh.RouteReplace(peerRoute(wgIdx, k)); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
@@ -38,7 +39,7 @@ func TestPeerConfig(t *testing.T) {
 	}
 	p := cfg.Peers[0]
 	got := []any{p.PublicKey.String(), p.ReplaceAllowedIPs, p.Remove, p.Endpoint == nil, p.PersistentKeepaliveInterval == nil, p.AllowedIPs[0].String()}
-	want := []any{keyA, true, false, true, true, "fe80::2a6:8fff:fe21:5465/128"}
+	want := []any{keyA, false, false, true, true, "fe80::2a6:8fff:fe21:5465/128"} // allowed IPs added, not replaced
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("peer config (-want +got):\n%s", diff)
 	}
@@ -50,7 +51,7 @@ func TestPeerConfig(t *testing.T) {
 
 func TestPeerRoute(t *testing.T) {
 	r := peerRoute(7, "public_key")
-	if r.LinkIndex != 7 || r.Dst.String() != "fe80::282:6eff:fe9d:ecd3/128" || r.Family != unix.AF_INET6 {
+	if r.LinkIndex != 7 || r.Dst.String() != "fe80::282:6eff:fe9d:ecd3/128" || r.Family != unix.AF_INET6 || r.Protocol != unix.RTPROT_STATIC {
 		t.Errorf("route %+v", r)
 	}
 }
@@ -91,6 +92,54 @@ func TestFDBRequest(t *testing.T) {
 	}
 	if proto, flags := fdbFlags(false); proto != unix.RTM_DELNEIGH || flags&unix.NLM_F_CREATE != 0 {
 		t.Errorf("delete flags %d %x", proto, flags)
+	}
+}
+
+// TestBisect: one peer the device refuses fails alone; the others of its chunk are configured.
+func TestBisect(t *testing.T) {
+	cfg, _ := peerConfig([]string{keyA, keyB, keyC, "4WAyZBpHcyRE5+L4ApV+jjWgj4q1o3CrCQ3NjclXfV4="}, false)
+	var configured []string
+	calls := 0
+	failed := map[string]error{}
+	bisect(cfg.Peers, func(p []wgtypes.PeerConfig) error {
+		calls++
+		for _, pc := range p {
+			if pc.PublicKey.String() == keyB {
+				return errors.New("refused")
+			}
+		}
+		for _, pc := range p {
+			configured = append(configured, pc.PublicKey.String())
+		}
+		return nil
+	}, failed)
+	sort.Strings(configured)
+	want := []string{"4WAyZBpHcyRE5+L4ApV+jjWgj4q1o3CrCQ3NjclXfV4=", keyC, keyA}
+	sort.Strings(want)
+	if diff := cmp.Diff(want, configured); diff != "" {
+		t.Errorf("configured (-want +got):\n%s", diff)
+	}
+	if len(failed) != 1 || failed[keyB] == nil {
+		t.Errorf("failed %v, want only %s", failed, keyB)
+	}
+	if calls != 5 { // [A B C D] → [A B] → [A] [B]; [C D]
+		t.Errorf("%d calls, want 5", calls)
+	}
+}
+
+func TestForwarding(t *testing.T) {
+	p := func(s string) *net.IPNet { _, n, _ := net.ParseCIDR(s); return n }
+	routes := []netlink.Route{{Dst: p("fe80::2a6:8fff:fe21:5465/128")}, {Dst: p("fe80::/64")}, {}, {Dst: p("10.0.0.1/32")}}
+	zero := make(net.HardwareAddr, 6)
+	neighs := []netlink.Neigh{
+		{HardwareAddr: zero, IP: net.ParseIP("fe80::27c:16ff:fec0:6c74")},
+		{HardwareAddr: net.HardwareAddr{2, 0, 0, 0, 0, 1}, IP: net.ParseIP("fe80::1")}, // a learned entry
+		{HardwareAddr: zero}, // no destination
+	}
+	fw := forwarding(routes, neighs)
+	got := fmt.Sprint(fw.Routes, fw.FDB)
+	if want := "[fe80::2a6:8fff:fe21:5465] [fe80::27c:16ff:fec0:6c74]"; got != want {
+		t.Errorf("forwarding = %s, want %s", got, want)
 	}
 }
 
@@ -141,7 +190,7 @@ func state(t *testing.T, ns *testenv.NS) []string {
 	}
 	for _, l := range strings.Split(ns.Run(t, "ip", "-6", "route", "show", "dev", "wg-welt"), "\n") {
 		if f := strings.Fields(l); len(f) > 0 && f[0] != "fe80::/64" {
-			out = append(out, "route "+f[0])
+			out = append(out, "route "+strings.Join(f, " "))
 		}
 	}
 	for _, l := range strings.Split(ns.Run(t, "bridge", "fdb", "show", "dev", "vx-welt"), "\n") {
@@ -164,9 +213,9 @@ func TestAddRemovePeers(t *testing.T) {
 		"peer " + keyC + " fe80::23b:d2ff:fe95:967f/128",
 		"peer " + keyB + " fe80::27c:16ff:fec0:6c74/128",
 		"peer " + keyA + " fe80::2a6:8fff:fe21:5465/128",
-		"route fe80::23b:d2ff:fe95:967f",
-		"route fe80::27c:16ff:fec0:6c74",
-		"route fe80::2a6:8fff:fe21:5465",
+		"route fe80::23b:d2ff:fe95:967f proto static metric 1024 pref medium",
+		"route fe80::27c:16ff:fec0:6c74 proto static metric 1024 pref medium",
+		"route fe80::2a6:8fff:fe21:5465 proto static metric 1024 pref medium",
 	}
 	sort.Strings(want)
 	for i := 0; i < 2; i++ { // the second time changes nothing: idempotent
@@ -176,6 +225,13 @@ func TestAddRemovePeers(t *testing.T) {
 		if diff := cmp.Diff(want, state(t, ns)); diff != "" {
 			t.Fatalf("after AddPeers #%d (-want +got):\n%s", i+1, diff)
 		}
+	}
+	fw, err := dp.Forwarding(welt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(len(fw.Routes), len(fw.FDB)); got != "3 3" {
+		t.Errorf("Forwarding: %d routes, %d fdb entries, want 3 3", len(fw.Routes), len(fw.FDB))
 	}
 	dev, err := dp.Device(welt)
 	if err != nil {
@@ -215,6 +271,22 @@ func TestPartialRemoval(t *testing.T) {
 	}
 	if got := state(t, ns); len(got) != 0 {
 		t.Errorf("left behind %q", got)
+	}
+}
+
+// TestOperatorAllowedIPsKept: an operator gave an existing peer (a supernode, say) a second allowed IP; the
+// worker applying that key again adds its /128 and leaves the operator's prefix in place.
+func TestOperatorAllowedIPsKept(t *testing.T) {
+	testenv.Tool(t, "wg")
+	ns, dp := gateway(t)
+	ns.Run(t, "wg", "set", "wg-welt", "peer", keyA, "allowed-ips", "fe80::2a6:8fff:fe21:5465/128,2001:db8:42::/48")
+	if err := dp.AddPeers(welt, []string{keyA}); err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Fields(ns.Run(t, "wg", "show", "wg-welt", "allowed-ips"))
+	want := []string{keyA, "2001:db8:42::/48", "fe80::2a6:8fff:fe21:5465/128"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("allowed IPs (-want +got):\n%s", diff)
 	}
 }
 
