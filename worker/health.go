@@ -7,25 +7,29 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
 )
 
-// healthServer answers the Gluon nodes' uplink check: HTTP GET on the gateway's link address on wg-{domain}.
-// It answers 200 while the worker is connected to MQTT, 503 otherwise. A domain whose interface is missing is
-// retried every few seconds.
+// healthServer answers the Gluon nodes' uplink check: HTTP GET on the gateway's link address on wg-{domain}
+// (Gluon checks http://[link address%wg]/, port 80, path /). It answers from the gateway's own health: 200 while
+// the domain's device is readable, 503 when it is not or while the worker drains for shutdown. The broker's
+// reachability plays no part: the tunnels carry traffic without it, and a node that sees the check fail tears
+// its tunnel down. A domain whose interface is missing is retried every few seconds.
 type healthServer struct {
-	a       *Agent
-	port    int
-	healthy func() bool
-	mu      sync.Mutex
-	servers map[string]*http.Server
-	done    chan struct{}
-	wg      sync.WaitGroup
+	a        *Agent
+	port     int
+	draining func() bool
+	mu       sync.Mutex
+	servers  map[string]*http.Server
+	done     chan struct{}
+	wg       sync.WaitGroup
 }
 
 const healthRetry = 5 * time.Second
 
-func newHealthServer(a *Agent, port int, healthy func() bool) *healthServer {
-	h := &healthServer{a: a, port: port, healthy: healthy, servers: map[string]*http.Server{}, done: make(chan struct{})}
+func newHealthServer(a *Agent, port int, draining func() bool) *healthServer {
+	h := &healthServer{a: a, port: port, draining: draining, servers: map[string]*http.Server{}, done: make(chan struct{})}
 	h.wg.Add(1)
 	go h.loop()
 	return h
@@ -69,7 +73,8 @@ func (h *healthServer) listenAll() bool {
 			all = false
 			continue
 		}
-		srv := &http.Server{Handler: http.HandlerFunc(h.serve), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
+		link := h.a.link(d)
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.serve(w, link) }), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
 		h.mu.Lock()
 		h.servers[d] = srv
 		h.mu.Unlock()
@@ -90,11 +95,16 @@ func (h *healthServer) listen(addr string) (net.Listener, error) {
 	return net.Listen("tcp", addr)
 }
 
-func (h *healthServer) serve(w http.ResponseWriter, r *http.Request) {
+func (h *healthServer) serve(w http.ResponseWriter, link dataplane.Link) {
 	w.Header().Set("Content-Type", "text/plain")
-	if !h.healthy() {
+	if h.draining() {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = w.Write([]byte("unhealthy\n"))
+		_, _ = w.Write([]byte("shutting down\n"))
+		return
+	}
+	if _, err := h.a.dp.Device(link); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("device not readable\n"))
 		return
 	}
 	_, _ = w.Write([]byte("OK\n"))

@@ -19,13 +19,28 @@ import (
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 
-	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
+// MQTT is how the worker reaches the MQTT server (the mqtt.* configuration keys).
+type MQTT struct {
+	// BrokerURL is a host ("mqtt.example.org") or a URL ("mqtt://broker", "tls://broker:8883").
+	BrokerURL  string
+	BrokerPort int
+	Username   string
+	Password   string
+	// Keepalive is the MQTT keepalive in seconds.
+	Keepalive int
+	TLS       bool
+	// CAFile is a PEM bundle to verify the server with; empty means the system roots.
+	CAFile string
+	// ServerName overrides the name verified in the server certificate.
+	ServerName string
+}
+
 // RunOptions are the MQTT and timing side of a running worker.
 type RunOptions struct {
-	MQTT            config.MQTT
+	MQTT            MQTT
 	MetricsInterval time.Duration
 	CleanupInterval time.Duration
 	// HealthPort, when not 0, serves the gateway health check on [LinkAddress%wg-X]:HealthPort.
@@ -34,7 +49,7 @@ type RunOptions struct {
 
 // ServerURL turns mqtt.broker_url and mqtt.broker_port into the URL the client dials. broker_url may be a host
 // ("mqtt.example.org") or a URL ("mqtt://broker", "tls://broker:8883"); mqtt.tls switches to TLS.
-func ServerURL(m config.MQTT) (*url.URL, error) {
+func ServerURL(m MQTT) (*url.URL, error) {
 	host, port := m.BrokerURL, strconv.Itoa(m.BrokerPort)
 	if strings.Contains(host, "://") {
 		u, err := url.Parse(host)
@@ -64,7 +79,7 @@ func ServerURL(m config.MQTT) (*url.URL, error) {
 }
 
 // TLSConfig builds the client TLS configuration from mqtt.ca_file and mqtt.server_name.
-func TLSConfig(m config.MQTT) (*tls.Config, error) {
+func TLSConfig(m MQTT) (*tls.Config, error) {
 	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: m.ServerName}
 	if m.CAFile != "" {
 		pem, err := os.ReadFile(m.CAFile)
@@ -91,7 +106,7 @@ func (a *Agent) HandleMessage(topic string, payload []byte) {
 		}
 		bad := 0
 		for _, k := range b.Keys {
-			if err := a.Enqueue(b.Domain, k); err != nil {
+			if err := a.enqueue(b.Domain, k, true); err != nil {
 				bad++
 			}
 		}
@@ -116,42 +131,128 @@ func (a *Agent) HandleMessage(topic string, payload []byte) {
 	a.log.Debug("key queued", "domain", domain, "key", string(payload))
 }
 
-// session is the MQTT side of a running worker.
+// session is the MQTT side of a running worker. Connection state changes are sequenced by a generation: every
+// CONNACK and every loss of the link starts a new one, and the setup run for a CONNACK may change the state (ready
+// domains, up) only while its generation is still the current one. So a setup that outlived its connection cannot
+// mark a dead link up or clear the ready domains of a newer one.
 type session struct {
 	a    *Agent
 	opts RunOptions
-	cm   atomic.Pointer[autopaho.ConnectionManager] // set by the first OnConnectionUp or by Run, whichever is first
-	up   atomic.Bool
-	// ready records the domains whose endpoint data was published on the current connection.
-	mu    sync.Mutex
-	ready map[string]bool
+	cm   atomic.Pointer[autopaho.ConnectionManager]
+	base context.Context // ends when the worker stops
+
+	mu     sync.Mutex
+	gen    uint64
+	cancel context.CancelFunc // ends the current generation's setup
+	up     bool
+	ready  map[string]bool // domains whose endpoint data was published in the current generation
+	setups sync.WaitGroup
+
+	draining atomic.Bool // the worker is stopping: the health check answers 503
 }
 
-// Run connects to MQTT and serves until ctx ends: it applies keys, publishes endpoint data, status and metrics,
-// sweeps stale peers and, if configured, answers health checks. On the way out it publishes -1 for every domain
-// and status 0, then disconnects.
+func newSession(base context.Context, a *Agent, opts RunOptions) *session {
+	return &session{a: a, opts: opts, base: base, ready: map[string]bool{}}
+}
+
+// next starts a new generation (a CONNACK or a lost link): the previous setup is cancelled, nothing is up or
+// ready. It returns the new generation and its context.
+func (s *session) next() (uint64, context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.gen++
+	ctx, cancel := context.WithTimeout(s.base, 30*time.Second)
+	s.cancel = cancel
+	s.up, s.ready = false, map[string]bool{}
+	s.a.m.mqttUp.Set(0)
+	return s.gen, ctx
+}
+
+// markReady records that domain's endpoint data was published, if gen is still current.
+func (s *session) markReady(gen uint64, domain string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gen != s.gen {
+		return false
+	}
+	s.ready[domain] = true
+	return true
+}
+
+// markUp records that the status was published, if gen is still current.
+func (s *session) markUp(gen uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gen != s.gen {
+		return false
+	}
+	s.up = true
+	s.a.m.mqttUp.Set(1)
+	return true
+}
+
+// state returns whether the session is up and the ready domains of the current generation.
+func (s *session) state() (uint64, bool, map[string]bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := make(map[string]bool, len(s.ready))
+	for d := range s.ready {
+		r[d] = true
+	}
+	return s.gen, s.up, r
+}
+
+// onUp is autopaho's OnConnectionUp: a new generation whose setup runs in its own tracked goroutine.
+func (s *session) onUp(cm *autopaho.ConnectionManager) {
+	s.cm.Store(cm)
+	s.a.m.connects.Inc()
+	gen, ctx := s.next()
+	s.setups.Add(1)
+	go func() {
+		defer s.setups.Done()
+		s.connected(ctx, gen)
+	}()
+}
+
+// onDown is autopaho's OnConnectionDown.
+func (s *session) onDown() bool {
+	s.next()
+	s.a.log.Warn("mqtt connection lost, reconnecting")
+	return true
+}
+
+// Run connects to MQTT and serves until ctx ends: the reconcile loop applies keys, the session publishes endpoint
+// data, status and metrics, sweeps are requested every cleanup interval and, if configured, health checks are
+// answered. On the way out it publishes -1 for every domain and status 0 whatever the state of the connection,
+// then disconnects with reason 0x04 so that the server publishes the will (status 0) too: a stopped worker always
+// leaves the broker believing it is offline.
 func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	u, err := ServerURL(opts.MQTT)
 	if err != nil {
 		return err
 	}
-	s := &session{a: a, opts: opts, ready: map[string]bool{}}
+	// The connection outlives ctx by the few seconds the farewell messages need.
+	connCtx, cancelConn := context.WithCancel(context.Background())
+	defer cancelConn()
+	s := newSession(connCtx, a, opts)
 	cfg := autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{u},
 		KeepAlive:                     uint16(opts.MQTT.Keepalive),
 		CleanStartOnInitialConnection: true,
 		ConnectTimeout:                10 * time.Second,
 		ReconnectBackoff:              autopaho.NewExponentialBackoff(time.Second, 60*time.Second, 2*time.Second, 2),
-		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
-			s.cm.Store(cm)
-			go s.connected(ctx, cm)
+		OnConnectionUp:                func(cm *autopaho.ConnectionManager, _ *paho.Connack) { s.onUp(cm) },
+		OnConnectionDown:              s.onDown,
+		OnConnectError: func(err error) {
+			a.count(func(s *Stats) { s.ConnectErrors++ })
+			a.m.connectErrors.Inc()
+			a.log.Warn("mqtt connect failed, retrying", "server", u.String(), "err", err)
 		},
-		OnConnectionDown: func() bool {
-			s.up.Store(false)
-			a.log.Warn("mqtt connection lost, reconnecting")
-			return true
-		},
-		OnConnectError: func(err error) { a.log.Warn("mqtt connect failed, retrying", "server", u.String(), "err", err) },
+		// 0x04, "disconnect with will message": the server publishes the will (status 0) even after a clean stop.
+		DisconnectPacketBuilder: func() *paho.Disconnect { return &paho.Disconnect{ReasonCode: 0x04} },
 		ClientConfig: paho.ClientConfig{
 			ClientID: a.opts.Name,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
@@ -171,83 +272,90 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	}
 	cfg.WillMessage = &paho.WillMessage{Topic: wire.StatusTopic(a.opts.Name), Payload: []byte("0"), QoS: 1, Retain: true}
 
-	// The connection outlives ctx by the few seconds the farewell messages need.
-	connCtx, cancelConn := context.WithCancel(context.Background())
-	defer cancelConn()
 	cm, err := autopaho.NewConnection(connCtx, cfg)
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
 	}
-	s.cm.Store(cm)
+	s.cm.CompareAndSwap(nil, cm)
 	a.log.Info("worker starting", "name", a.opts.Name, "server", u.String(), "domains", a.Domains())
 
-	for _, d := range a.Domains() {
-		if n, err := a.Reconcile(d); err != nil {
-			a.log.Error("domain interfaces not usable, retrying every metrics interval", "domain", d, "err", err)
-		} else if n > 0 {
-			a.log.Info("peers found on device, checking their routes and fdb entries", "domain", d, "peers", n)
-		}
-	}
-
+	// The first pass reads every device: peers already there join the desired state, missing routes and FDB
+	// entries are restored.
+	a.SyncAll(false)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
-	qctx, cancelQ := context.WithCancel(context.Background())
+	loopCtx, cancelLoop := context.WithCancel(context.Background())
 	wg.Add(3)
-	go func() { defer wg.Done(); a.RunQueue(qctx) }()
+	go func() { defer wg.Done(); a.RunLoop(loopCtx) }()
 	go func() { defer wg.Done(); s.metricsLoop(done) }()
 	go func() { defer wg.Done(); a.sweepEvery(opts.CleanupInterval, done) }()
 	var hs *healthServer
 	if opts.HealthPort != 0 {
-		hs = newHealthServer(a, opts.HealthPort, s.up.Load)
+		hs = newHealthServer(a, opts.HealthPort, s.draining.Load)
 	}
 
 	<-ctx.Done()
 	a.log.Info("worker stopping")
+	s.draining.Store(true)
 	close(done)
-	cancelQ()
+	cancelLoop()
 	wg.Wait()
+	s.farewell()
+	s.setups.Wait()
 	if hs != nil {
 		hs.close()
 	}
-	s.farewell()
+	a.log.Info("worker stopped")
 	return nil
 }
 
+// sweepEvery asks for a sweep of every domain each interval until done is closed.
+func (a *Agent) sweepEvery(interval time.Duration, done <-chan struct{}) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			a.SyncAll(true)
+		}
+	}
+}
+
 // connected runs after every (re)connect: subscribe, publish endpoint data per domain, status 1, metrics, and ask
-// the broker to replay the keys of the ready domains.
-func (s *session) connected(ctx context.Context, cm *autopaho.ConnectionManager) {
+// the broker to replay the keys of the ready domains. It changes the session state only while gen is current.
+func (s *session) connected(ctx context.Context, gen uint64) {
 	a := s.a
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
 	sub := &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: wire.ReplayKeysTopic(a.opts.Name), QoS: 1}}}
 	for _, d := range a.Domains() {
 		sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: wire.KeyFilter(d), QoS: 1})
 	}
-	if _, err := cm.Subscribe(pctx, sub); err != nil {
+	if _, err := s.cm.Load().Subscribe(ctx, sub); err != nil {
 		a.log.Error("mqtt subscribe failed", "err", err)
 		return
 	}
-	s.mu.Lock()
-	s.ready = map[string]bool{}
-	s.mu.Unlock()
 	var ready []string
 	for _, d := range a.Domains() {
-		if s.publishData(pctx, d) {
+		if s.publishData(ctx, gen, d) {
 			ready = append(ready, d)
 		}
 	}
-	if err := s.publish(pctx, wire.StatusTopic(a.opts.Name), []byte("1"), 1, true); err != nil {
+	if err := s.publish(ctx, wire.StatusTopic(a.opts.Name), []byte("1"), 1, true); err != nil {
 		a.log.Error("publish status", "err", err)
 		return
 	}
-	s.up.Store(true)
+	if !s.markUp(gen) {
+		a.log.Debug("connection setup outlived its connection", "generation", gen)
+		return
+	}
 	a.log.Info("mqtt connected", "ready_domains", ready)
-	s.publishMetrics(pctx)
-	s.requestReplay(pctx, ready)
+	s.publishMetrics(ctx)
+	s.requestReplay(ctx, ready)
 }
 
 // publishData publishes the domain's endpoint data (QoS 1, retained) and reports success.
-func (s *session) publishData(ctx context.Context, domain string) bool {
+func (s *session) publishData(ctx context.Context, gen uint64, domain string) bool {
 	a := s.a
 	d, err := a.Endpoint(domain)
 	if err != nil {
@@ -258,10 +366,7 @@ func (s *session) publishData(ctx context.Context, domain string) bool {
 		a.log.Warn("publish endpoint data", "domain", domain, "err", err)
 		return false
 	}
-	s.mu.Lock()
-	s.ready[domain] = true
-	s.mu.Unlock()
-	return true
+	return s.markReady(gen, domain)
 }
 
 func (s *session) requestReplay(ctx context.Context, domains []string) {
@@ -279,9 +384,8 @@ func (s *session) publish(ctx context.Context, topic string, payload []byte, qos
 	return err
 }
 
-// metricsLoop publishes the connected-peer counts every interval, retries domains whose interfaces were missing
-// (once one works, its data is published and its keys replayed), and asks for a replay of domains where keys were
-// given up after their retries.
+// metricsLoop publishes the connected-peer counts every interval and retries domains whose interfaces were
+// missing: once one works, its data is published, its device read and its keys replayed.
 func (s *session) metricsLoop(done <-chan struct{}) {
 	t := time.NewTicker(s.opts.MetricsInterval)
 	defer t.Stop()
@@ -291,24 +395,19 @@ func (s *session) metricsLoop(done <-chan struct{}) {
 			return
 		case <-t.C:
 		}
-		if !s.up.Load() {
+		gen, up, ready := s.state()
+		if !up {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		var late []string
 		for _, d := range s.a.Domains() {
-			s.mu.Lock()
-			ok := s.ready[d]
-			s.mu.Unlock()
-			if !ok && s.publishData(ctx, d) {
+			if !ready[d] && s.publishData(ctx, gen, d) {
 				late = append(late, d)
-				if _, err := s.a.Reconcile(d); err != nil {
-					s.a.log.Warn("reconcile", "domain", d, "err", err)
-				}
+				s.a.Sync(d, false)
 			}
 		}
 		s.requestReplay(ctx, late)
-		s.requestReplay(ctx, s.a.takeDropped())
 		s.publishMetrics(ctx)
 		cancel()
 	}
@@ -317,11 +416,9 @@ func (s *session) metricsLoop(done <-chan struct{}) {
 // publishMetrics publishes each ready domain's connected-peer count (retained). A device that cannot be read
 // skips this round for that domain.
 func (s *session) publishMetrics(ctx context.Context) {
+	_, _, ready := s.state()
 	for _, d := range s.a.Domains() {
-		s.mu.Lock()
-		ok := s.ready[d]
-		s.mu.Unlock()
-		if !ok {
+		if !ready[d] {
 			continue
 		}
 		n, err := s.a.ConnectedPeers(d)
@@ -335,22 +432,21 @@ func (s *session) publishMetrics(ctx context.Context) {
 	}
 }
 
-// farewell marks every domain offline (-1) and the worker offline (0), then disconnects cleanly.
+// farewell marks every domain offline (-1) and the worker offline (0), whether or not the session is up (a
+// status 1 may be on its way unacknowledged), then disconnects with reason 0x04 so that the will fires too.
 func (s *session) farewell() {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	if s.up.Load() {
-		for _, d := range s.a.Domains() {
-			if err := s.publish(ctx, wire.MetricTopic(d, s.a.opts.Name), []byte("-1"), 1, true); err != nil {
-				s.a.log.Warn("publish offline metric", "domain", d, "err", err)
-			}
-		}
-		if err := s.publish(ctx, wire.StatusTopic(s.a.opts.Name), []byte("0"), 1, true); err != nil {
-			s.a.log.Warn("publish offline status", "err", err)
+	for _, d := range s.a.Domains() {
+		if err := s.publish(ctx, wire.MetricTopic(d, s.a.opts.Name), []byte("-1"), 1, true); err != nil {
+			s.a.log.Warn("publish offline metric", "domain", d, "err", err)
 		}
 	}
+	if err := s.publish(ctx, wire.StatusTopic(s.a.opts.Name), []byte("0"), 1, true); err != nil {
+		s.a.log.Warn("publish offline status", "err", err)
+	}
+	s.next() // whatever setup still runs may no longer mark anything
 	if err := s.cm.Load().Disconnect(ctx); err != nil {
 		s.a.log.Warn("mqtt disconnect", "err", err)
 	}
-	s.a.log.Info("worker stopped")
 }

@@ -1,10 +1,12 @@
-// Package worker is the gateway agent: it takes keys from MQTT (live and replayed), applies them through a
-// Dataplane in batches, reports endpoint data, liveness and connected-peer counts, and removes peers that stopped
-// handshaking. It links no MQTT server, HTTP framework or database.
+// Package worker is the gateway agent: it takes keys from MQTT (live and replayed) into a desired state per
+// domain, and one loop makes the device match it: Diff compares the desired state with what the device reports
+// and yields a plan (peers, routes and FDB entries to add, stale peers to remove), the loop applies the plan
+// through a Dataplane in batches and leaves whatever failed to the next pass. It reports endpoint data, liveness
+// and connected-peer counts over MQTT, and its own metrics to Prometheus. It links no MQTT server, HTTP framework
+// or database.
 package worker
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,17 +14,17 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
 )
 
-// Defaults of the reference (SPEC §4.5, §4.6, §4.9).
-const (
-	// ConnectedWindow is how recent a handshake must be for a peer to count as connected.
-	ConnectedWindow = 3 * time.Minute
-	// maxAttempts bounds how often one key is tried before it is dropped (and left to the next replay).
-	maxAttempts = 5
-)
+// ConnectedWindow is how recent a handshake must be for a peer to count as connected (SPEC §4.6).
+const ConnectedWindow = 3 * time.Minute
+
+// maxRetryDelay caps the doubling wait before a failing key is tried again.
+const maxRetryDelay = 5 * time.Minute
 
 // Options configure an Agent.
 type Options struct {
@@ -34,14 +36,18 @@ type Options struct {
 	ExternalName string
 	// StaleTimeout: a peer whose last handshake is this old or older is removed.
 	StaleTimeout time.Duration
-	// Grace: a peer that never handshaked is kept this long after it was provisioned (or the worker started).
+	// Grace: a peer provisioned less than this long ago (or found on the device less than this long ago) is
+	// never removed.
 	Grace time.Duration
 	// Whitelist holds keys the cleanup never removes.
 	Whitelist []string
-	// RetryDelay is the wait before the first retry of a failed key; it doubles each time (default 1 s).
+	// RetryDelay is the wait before the first retry of a failed key; it doubles with every failure up to five
+	// minutes (default 1 s).
 	RetryDelay time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Metrics, when set, receives the worker's Prometheus collectors (wgkex_worker_*).
+	Metrics prometheus.Registerer
 }
 
 // Agent applies keys to a gateway.
@@ -51,42 +57,68 @@ type Agent struct {
 	opts    Options
 	started time.Time
 	white   map[string]bool
-	q       *queue
+	m       *metrics
 
-	// locks serialise provisioning and cleanup per domain, so that a peer re-registered during a sweep survives.
-	locks map[string]*sync.Mutex
-	// provisioned records when each fresh key was last applied, per domain (for the handshake grace period).
-	provMu      sync.Mutex
-	provisioned map[string]map[string]time.Time
+	in *inbox
+
+	// Owned by the loop (pass); tests call pass directly instead of running the loop.
+	domains map[string]*domainState
 
 	statsMu sync.Mutex
 	stats   Stats
-	dropped map[string]bool // domains that gave up on a key since the last replay request
+}
+
+// domainState is the loop's view of one domain.
+type domainState struct {
+	name string
+	link dataplane.Link
+	want map[string]Want
+	have map[string]Have
+	// received holds the MQTT receipt time of keys not yet in place, for the apply latency.
+	received map[string]time.Time
+	failures map[string]int
+	// read: have was read from the device at least once (until then, peers on the device are unknown).
+	read bool
+	// needRead and needSweep are the pending sync request; a failed read is tried again at readRetry.
+	needRead, needSweep bool
+	readFailures        int
+	readRetry           time.Time
+	// nextRetry is when the earliest failed key is due again.
+	nextRetry time.Time
 }
 
 // Stats counts what the agent did, for logs, health and tests.
 type Stats struct {
-	Applied, Failed, Dropped, Removed int
+	// Applied counts keys whose peer, route and FDB entry were put in place; Failed, failed attempts (each
+	// retried by a later pass); Removed, peers removed by the cleanup; ConnectErrors, failed MQTT connection
+	// attempts.
+	Applied, Failed, Removed, ConnectErrors int
 }
 
-// New creates an Agent. Domains must have been validated (config.Validate).
-func New(dp dataplane.Dataplane, log *slog.Logger, opts Options) *Agent {
+// New creates an Agent. Domains must have been validated (config.Validate). It fails only when opts.Metrics
+// refuses the collectors.
+func New(dp dataplane.Dataplane, log *slog.Logger, opts Options) (*Agent, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	if opts.RetryDelay <= 0 {
 		opts.RetryDelay = time.Second
 	}
-	a := &Agent{dp: dp, log: log, opts: opts, started: opts.Now(), white: map[string]bool{}, q: newQueue(),
-		locks: map[string]*sync.Mutex{}, provisioned: map[string]map[string]time.Time{}, dropped: map[string]bool{}}
+	a := &Agent{dp: dp, log: log, opts: opts, started: opts.Now(), white: map[string]bool{},
+		domains: map[string]*domainState{}, in: newInbox()}
 	for _, k := range opts.Whitelist {
 		a.white[k] = true
 	}
-	for d := range opts.Domains {
-		a.locks[d] = &sync.Mutex{}
-		a.provisioned[d] = map[string]time.Time{}
+	for d, stripped := range opts.Domains {
+		a.domains[d] = &domainState{name: d, link: dataplane.LinkFor(stripped), want: map[string]Want{},
+			have: map[string]Have{}, received: map[string]time.Time{}, failures: map[string]int{}}
 	}
-	return a
+	m, err := newMetrics(opts.Metrics, a.in.len)
+	if err != nil {
+		return nil, err
+	}
+	a.m = m
+	return a, nil
 }
 
 // Domains returns the configured domains, sorted.
@@ -108,151 +140,43 @@ func (a *Agent) Stats() Stats {
 	return a.stats
 }
 
-// takeDropped returns (and forgets) the domains where a key was given up since the last call: the worker asks
-// the broker to replay them, so a key that failed while, say, an interface was broken is applied once it works.
-func (a *Agent) takeDropped() []string {
+func (a *Agent) count(f func(*Stats)) {
 	a.statsMu.Lock()
-	defer a.statsMu.Unlock()
-	var out []string
-	for d := range a.dropped {
-		out = append(out, d)
-	}
-	sort.Strings(out)
-	a.dropped = map[string]bool{}
-	return out
+	f(&a.stats)
+	a.statsMu.Unlock()
 }
 
 // ErrUnknownDomain reports a key for a domain this worker does not serve.
 var ErrUnknownDomain = errors.New("domain not served by this worker")
 
-// Enqueue checks a key registered for domain and queues it. It never blocks.
-func (a *Agent) Enqueue(domain, key string) error {
+// Enqueue checks a key registered live for domain and hands it to the loop. It never blocks.
+func (a *Agent) Enqueue(domain, key string) error { return a.enqueue(domain, key, false) }
+
+func (a *Agent) enqueue(domain, key string, replay bool) error {
 	if _, ok := a.opts.Domains[domain]; !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownDomain, domain)
 	}
 	if err := wire.ValidateKey(key); err != nil {
 		return err
 	}
-	a.q.add(domain, item{key: key, fresh: true})
+	a.m.received(replay)
+	a.in.add(message{domain: domain, key: key, replay: replay, at: a.opts.Now()})
 	return nil
 }
 
-// Pending returns the number of keys waiting to be applied.
-func (a *Agent) Pending() int { return a.q.len() }
+// Pending returns the number of keys received and not yet taken by the loop.
+func (a *Agent) Pending() int { return a.in.len() }
 
-// RunQueue applies queued keys until ctx ends. It waits on the queue, not on a timer.
-func (a *Agent) RunQueue(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-a.q.wake:
-		}
-		a.ApplyPending()
-	}
-}
-
-// ApplyPending applies everything queued now, one batch per domain.
-func (a *Agent) ApplyPending() {
-	domains, batches := a.q.take()
-	for _, d := range domains {
-		a.apply(d, batches[d])
-	}
-}
-
-// apply adds one domain's batch in a single Dataplane call and schedules retries for the keys that failed.
-func (a *Agent) apply(domain string, items []item) {
-	keys := make([]string, len(items))
-	for i, it := range items {
-		keys[i] = it.key
-	}
-	lock := a.locks[domain]
-	lock.Lock()
-	err := a.dp.AddPeers(a.link(domain), keys)
-	failed := map[string]bool{}
-	for _, k := range dataplane.FailedKeys(err) {
-		failed[k] = true
-	}
-	now := a.opts.Now()
-	a.provMu.Lock()
-	for _, it := range items {
-		if it.fresh && !failed[it.key] {
-			a.provisioned[domain][it.key] = now
-		}
-	}
-	a.provMu.Unlock()
-	lock.Unlock()
-
-	a.statsMu.Lock()
-	a.stats.Applied += len(items) - len(failed)
-	a.stats.Failed += len(failed)
-	a.statsMu.Unlock()
-	if len(items) > len(failed) {
-		a.log.Debug("peers applied", "domain", domain, "count", len(items)-len(failed))
-	}
-	if err != nil && len(failed) == 0 {
-		a.log.Error("apply peers", "domain", domain, "err", err)
-		return
-	}
-	for _, it := range items {
-		if !failed[it.key] {
-			continue
-		}
-		it.attempt++
-		if it.attempt >= maxAttempts {
-			a.statsMu.Lock()
-			a.stats.Dropped++
-			a.dropped[domain] = true
-			a.statsMu.Unlock()
-			a.log.Error("giving up on key until the next replay", "domain", domain, "key", it.key, "attempts", it.attempt, "err", keyErr(err, it.key))
-			continue
-		}
-		a.log.Warn("apply key failed, will retry", "domain", domain, "key", it.key, "attempt", it.attempt, "err", keyErr(err, it.key))
-		delay := a.opts.RetryDelay << (it.attempt - 1)
-		time.AfterFunc(delay, func() { a.q.add(domain, it) })
-	}
-}
-
-// keyErr picks the errors about key out of a joined AddPeers error.
-func keyErr(err error, key string) error {
-	var out []error
-	var walk func(error)
-	walk = func(e error) {
-		var pe *dataplane.PeerError
-		if errors.As(e, &pe) && pe.Key == key {
-			out = append(out, pe)
-			return
-		}
-		if j, ok := e.(interface{ Unwrap() []error }); ok {
-			for _, x := range j.Unwrap() {
-				walk(x)
-			}
-		}
-	}
-	walk(err)
-	return errors.Join(out...)
-}
-
-// Reconcile queues every peer already on the domain's device again (not fresh), so that routes and FDB entries
-// a crash left missing are restored. It returns the number of peers found.
-func (a *Agent) Reconcile(domain string) (int, error) {
-	dev, err := a.dp.Device(a.link(domain))
-	if err != nil {
-		return 0, err
-	}
-	for _, p := range dev.Peers {
-		a.q.add(domain, item{key: p.PublicKey})
-	}
-	return len(dev.Peers), nil
-}
-
-// ConnectedPeers counts the domain's peers with a handshake within ConnectedWindow.
+// ConnectedPeers counts the domain's peers with a handshake within ConnectedWindow, and sets the peer gauges.
 func (a *Agent) ConnectedPeers(domain string) (int, error) {
 	dev, err := a.dp.Device(a.link(domain))
 	if err != nil {
 		return 0, err
 	}
-	return countConnected(dev.Peers, a.opts.Now()), nil
+	n := countConnected(dev.Peers, a.opts.Now())
+	a.m.peers.WithLabelValues(domain).Set(float64(len(dev.Peers)))
+	a.m.connected.WithLabelValues(domain).Set(float64(n))
+	return n, nil
 }
 
 func countConnected(peers []dataplane.Peer, now time.Time) int {

@@ -3,6 +3,8 @@ package worker
 import (
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"sort"
 	"strings"
 	"sync"
@@ -10,8 +12,12 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
-	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
 )
@@ -40,90 +46,120 @@ type clock struct {
 func (c *clock) now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 func (c *clock) advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
-func newAgent(t *testing.T, fake *dataplane.Fake) (*Agent, *clock) {
+func newAgent(t *testing.T, fake *dataplane.Fake, reg prometheus.Registerer) (*Agent, *clock) {
 	t.Helper()
 	c := &clock{t: time.Unix(1_700_000_000, 0)}
-	a := New(fake, testenv.Logger(t), Options{
+	a, err := New(fake, testenv.Logger(t), Options{
 		Name:         "gw04",
 		Domains:      map[string]string{"ffmuc_welt": "welt", "ffmuc_nord": "nord"},
 		ExternalName: "gw04.ext.ffmuc.net",
 		StaleTimeout: 3 * time.Hour,
 		Grace:        10 * time.Minute,
 		Whitelist:    []string{keyD},
-		RetryDelay:   time.Millisecond,
+		RetryDelay:   time.Second,
 		Now:          c.now,
+		Metrics:      reg,
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return a, c
 }
 
-func TestEnqueueDedupeAndBatch(t *testing.T) {
-	fake := dataplane.NewFake(welt)
-	a, _ := newAgent(t, fake)
-	for _, k := range []string{keyA, keyB, keyA, keyC, keyB} {
-		if err := a.Enqueue("ffmuc_welt", k); err != nil {
+func enqueue(t *testing.T, a *Agent, domain string, keys ...string) {
+	t.Helper()
+	for _, k := range keys {
+		if err := a.Enqueue(domain, k); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := a.Pending(); n != 3 {
-		t.Errorf("pending %d, want 3 (duplicates dropped while pending)", n)
+}
+
+func checkState(t *testing.T, fake *dataplane.Fake, want string) {
+	t.Helper()
+	if diff := cmp.Diff(want, fake.String()); diff != "" {
+		t.Errorf("state (-want +got):\n%s", diff)
 	}
+}
+
+// TestBatch: keys arriving together are applied in one Dataplane call; duplicates collapse; bad input is refused.
+func TestBatch(t *testing.T) {
+	fake := dataplane.NewFake(welt)
+	a, _ := newAgent(t, fake, nil)
+	enqueue(t, a, "ffmuc_welt", keyA, keyB, keyA, keyC, keyB)
 	for _, bad := range [][2]string{{"ffmuc_welt", keyA + "\n"}, {"ffmuc_welt", "PUB_KEY"}, {"ffmuc_sued", keyA}} {
 		if err := a.Enqueue(bad[0], bad[1]); err == nil {
 			t.Errorf("Enqueue(%q, %q): want error", bad[0], bad[1])
 		}
 	}
-	a.ApplyPending()
+	a.pass()
 	if diff := cmp.Diff([]string{"add wg-welt 3"}, fake.Log); diff != "" {
 		t.Errorf("calls (-want +got):\n%s", diff)
 	}
-	want := lines("wg-welt "+keyC+" peer route fdb", "wg-welt "+keyA+" peer route fdb", "wg-welt "+keyB+" peer route fdb")
-	if diff := cmp.Diff(want, fake.String()); diff != "" {
-		t.Errorf("state (-want +got):\n%s", diff)
-	}
-	// Once applied, the same key may be queued again.
-	a.Enqueue("ffmuc_welt", keyA)
-	if a.Pending() != 1 {
-		t.Errorf("re-registration after apply not queued")
+	checkState(t, fake, lines("wg-welt "+keyC+" peer route fdb", "wg-welt "+keyA+" peer route fdb", "wg-welt "+keyB+" peer route fdb"))
+	// A pass with nothing new does nothing; a key registered again is applied again (idempotent).
+	a.pass()
+	enqueue(t, a, "ffmuc_welt", keyA)
+	a.pass()
+	if diff := cmp.Diff([]string{"add wg-welt 3"}, fake.Log); diff != "" {
+		t.Errorf("calls (-want +got):\n%s", diff)
 	}
 }
 
-// TestRetries: a key failing twice is applied on the third try; a key failing always is dropped after
-// maxAttempts; neither holds up the other keys; a missing interface fails only its domain.
+// TestRetries: a failing key is retried by later passes after a doubling delay, without a replay, while the
+// other keys of its batch are in place at once; a missing interface fails only its domain.
 func TestRetries(t *testing.T) {
 	fake := dataplane.NewFake(welt)
 	var mu sync.Mutex
-	fails := map[string]int{}
+	tries := map[string]int{}
 	fake.Fail = func(step, key string) error {
 		mu.Lock()
 		defer mu.Unlock()
-		if step == "fdb" && key == keyB && fails[keyB] < 2 {
-			fails[keyB]++
-			return errors.New("EBUSY")
+		if step == "fdb" && key == keyB {
+			tries[keyB]++
+			if tries[keyB] <= 2 {
+				return errors.New("EBUSY")
+			}
 		}
 		if step == "route" && key == keyC {
-			fails[keyC]++
+			tries[keyC]++
 			return errors.New("broken")
 		}
 		return nil
 	}
-	a, _ := newAgent(t, fake)
-	for _, k := range []string{keyA, keyB, keyC} {
-		a.Enqueue("ffmuc_welt", k)
+	a, c := newAgent(t, fake, nil)
+	enqueue(t, a, "ffmuc_welt", keyA, keyB, keyC)
+	enqueue(t, a, "ffmuc_nord", keyA) // wg-nord does not exist
+	next := a.pass()
+	checkState(t, fake, lines("wg-welt "+keyA+" peer route fdb", "wg-welt "+keyB+" peer route", "wg-welt "+keyC+" peer fdb"))
+	if want := c.now().Add(time.Second); !next.Equal(want) {
+		t.Errorf("next retry %v, want %v", next, want)
 	}
-	a.Enqueue("ffmuc_nord", keyA) // wg-nord does not exist
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		a.ApplyPending()
-		s := a.Stats()
-		return s.Dropped == 2 && s.Applied >= 2
-	}, "retries did not settle: %+v", a.Stats())
-	want := lines("wg-welt "+keyC+" peer fdb", "wg-welt "+keyA+" peer route fdb", "wg-welt "+keyB+" peer route fdb")
-	if diff := cmp.Diff(want, fake.String()); diff != "" {
-		t.Errorf("state (-want +got):\n%s", diff)
+	a.pass() // not due yet: nothing tried
+	c.advance(time.Second)
+	a.pass() // keyB fails again (2nd), keyC again; both wait 2 s now
+	c.advance(time.Second)
+	a.pass()
+	c.advance(time.Second)
+	a.pass() // keyB succeeds
+	checkState(t, fake, lines("wg-welt "+keyA+" peer route fdb", "wg-welt "+keyB+" peer route fdb", "wg-welt "+keyC+" peer fdb"))
+	mu.Lock()
+	if tries[keyB] != 3 || tries[keyC] != 3 {
+		t.Errorf("tries %v, want keyB 3 and keyC 3", tries)
+	}
+	mu.Unlock()
+	// keyC keeps failing: retried at growing intervals, capped, until StaleTimeout after its registration.
+	for i := 0; i < 100; i++ {
+		c.advance(time.Minute)
+		a.pass()
 	}
 	mu.Lock()
-	defer mu.Unlock()
-	if fails[keyC] != maxAttempts {
-		t.Errorf("keyC tried %d times, want %d", fails[keyC], maxAttempts)
+	if tries[keyC] < 20 || tries[keyC] > 50 {
+		t.Errorf("keyC tried %d times in 100 minutes, want a capped backoff (20…50)", tries[keyC])
+	}
+	mu.Unlock()
+	if s := a.Stats(); s.Applied != 2 {
+		t.Errorf("stats %+v", s)
 	}
 }
 
@@ -142,60 +178,84 @@ func TestConnectedPeersVector(t *testing.T) {
 
 func TestSweep(t *testing.T) {
 	fake := dataplane.NewFake(welt)
-	a, c := newAgent(t, fake)
-	for _, k := range []string{keyA, keyB, keyC, keyD} {
-		a.Enqueue("ffmuc_welt", k)
-	}
-	a.ApplyPending()
+	a, c := newAgent(t, fake, nil)
+	enqueue(t, a, "ffmuc_welt", keyA, keyB, keyC, keyD)
+	a.pass()
 	c.advance(4 * time.Hour)
 	now := c.now()
 	fake.SetHandshake(welt, keyA, now.Add(-3*time.Hour+time.Second)) // 10799 s: keep
 	fake.SetHandshake(welt, keyB, now.Add(-3*time.Hour))             // 10800 s: stale (inclusive)
 	fake.SetHandshake(welt, keyD, now.Add(-5*time.Hour))             // whitelisted
 	// keyC never handshaked, provisioned 4 h ago: past grace.
-	res, err := a.Sweep("ffmuc_welt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(SweepResult{Peers: 4, Stale: 1, Never: 1, Kept: 1}, res); diff != "" {
-		t.Errorf("sweep (-want +got):\n%s", diff)
-	}
-	want := lines("wg-welt "+keyD+" peer route fdb", "wg-welt "+keyA+" peer route fdb")
-	if diff := cmp.Diff(want, fake.String()); diff != "" {
-		t.Errorf("state (-want +got):\n%s", diff)
+	a.Sync("ffmuc_welt", true)
+	a.pass()
+	checkState(t, fake, lines("wg-welt "+keyD+" peer route fdb", "wg-welt "+keyA+" peer route fdb"))
+	if s := a.Stats(); s.Removed != 2 {
+		t.Errorf("stats %+v", s)
 	}
 }
 
+// TestSweepGrace: peers found at start get one grace period from start; a registered peer gets one from its
+// registration; SPEC §4.9(3): the grace protects every recently provisioned peer, not only never-handshaked ones.
 func TestSweepGrace(t *testing.T) {
 	fake := dataplane.NewFake(welt)
-	a, c := newAgent(t, fake)
-	// A peer found on the device at start (never handshaked, untracked) gets one grace period from start.
-	fake.AddPeers(welt, []string{keyB})
+	a, c := newAgent(t, fake, nil)
+	fake.AddPeers(welt, []string{keyB, keyC})
+	fake.SetHandshake(welt, keyC, c.now().Add(-5*time.Hour)) // stale already
+	a.Sync("ffmuc_welt", false)
+	a.pass() // start: found keyB and keyC
 	c.advance(5 * time.Minute)
-	a.Enqueue("ffmuc_welt", keyA)
-	a.ApplyPending() // keyA provisioned at start+5m
+	enqueue(t, a, "ffmuc_welt", keyA, keyC) // keyC registers again: its old handshake does not matter for 10 min
+	a.pass()
 	c.advance(4*time.Minute + 59*time.Second)
-	if res, _ := a.Sweep("ffmuc_welt"); res.Deferred != 2 || res.Never != 0 {
-		t.Errorf("at start+9m59s: %+v", res)
+	sweep := func() { a.Sync("ffmuc_welt", true); a.pass() }
+	sweep()
+	checkState(t, fake, lines("wg-welt "+keyA+" peer route fdb", "wg-welt "+keyB+" peer route fdb", "wg-welt "+keyC+" peer route fdb"))
+	c.advance(time.Second) // start+10m: keyB's grace from start is over; keyA and keyC have 5 more minutes
+	sweep()
+	checkState(t, fake, lines("wg-welt "+keyA+" peer route fdb", "wg-welt "+keyC+" peer route fdb"))
+	c.advance(5 * time.Minute)
+	sweep()
+	checkState(t, fake, "")
+}
+
+// TestReplayNotFresh: a replayed key that is already wanted keeps its provisioning time, so repeated replays do
+// not keep a never-handshaked peer alive; a live registration does refresh it.
+func TestReplayNotFresh(t *testing.T) {
+	fake := dataplane.NewFake(welt)
+	a, c := newAgent(t, fake, nil)
+	replay := func() {
+		a.HandleMessage("wgkex/replay/gw04/keys", []byte(`{"domain":"ffmuc_welt","seq":0,"last":true,"keys":["`+keyA+`","`+keyB+`"]}`))
+		a.pass()
 	}
-	c.advance(time.Second) // start+10m: keyB's grace from start is over; keyA has 5 more minutes
-	if res, _ := a.Sweep("ffmuc_welt"); res.Never != 1 || res.Deferred != 1 {
-		t.Errorf("at start+10m: %+v", res)
+	replay()
+	for i := 0; i < 3; i++ {
+		c.advance(4 * time.Minute)
+		replay()
 	}
-	// Re-provisioning refreshes the grace: at 599 s after it the peer stays, at 600 s it goes.
-	c.advance(4 * time.Minute)
-	a.Enqueue("ffmuc_welt", keyA)
-	a.ApplyPending()
-	c.advance(599 * time.Second)
-	if res, _ := a.Sweep("ffmuc_welt"); res.Deferred != 1 {
-		t.Errorf("599 s after re-provisioning: %+v", res)
+	enqueue(t, a, "ffmuc_welt", keyB)
+	a.pass()
+	a.Sync("ffmuc_welt", true)
+	a.pass() // 12 min after the first replay: keyA is past its grace, keyB registered live just now
+	checkState(t, fake, "wg-welt "+keyB+" peer route fdb")
+}
+
+// TestSyncRestores: routes and FDB entries lost behind the worker's back come back on the next device read;
+// peers found on the device are adopted.
+func TestSyncRestores(t *testing.T) {
+	fake := dataplane.NewFake(welt)
+	a, _ := newAgent(t, fake, nil)
+	fake.AddPeers(welt, []string{keyA, keyB})
+	fake.Lose(welt, keyA)
+	a.Sync("ffmuc_welt", false)
+	a.pass()
+	checkState(t, fake, lines("wg-welt "+keyA+" peer route fdb", "wg-welt "+keyB+" peer route fdb"))
+	if diff := cmp.Diff([]string{"add wg-welt 2", "add wg-welt 1"}, fake.Log); diff != "" {
+		t.Errorf("calls (-want +got):\n%s", diff)
 	}
-	c.advance(time.Second)
-	if res, _ := a.Sweep("ffmuc_welt"); res.Never != 1 {
-		t.Errorf("600 s after re-provisioning: %+v", res)
-	}
-	if s := fake.String(); s != "" {
-		t.Errorf("left %q", s)
+	a.Sync("ffmuc_nord", false) // missing interfaces: a warning and a later retry, nothing else
+	if next := a.pass(); next.IsZero() {
+		t.Error("no retry scheduled for the missing device")
 	}
 }
 
@@ -203,10 +263,9 @@ func TestSweepGrace(t *testing.T) {
 // the failure does not stop the sweep of the other peers.
 func TestSweepPartialFailure(t *testing.T) {
 	fake := dataplane.NewFake(welt)
-	a, c := newAgent(t, fake)
-	a.Enqueue("ffmuc_welt", keyA)
-	a.Enqueue("ffmuc_welt", keyB)
-	a.ApplyPending()
+	a, c := newAgent(t, fake, nil)
+	enqueue(t, a, "ffmuc_welt", keyA, keyB)
+	a.pass()
 	c.advance(time.Hour)
 	broken := true
 	fake.Fail = func(step, key string) error {
@@ -215,73 +274,31 @@ func TestSweepPartialFailure(t *testing.T) {
 		}
 		return nil
 	}
-	res, err := a.Sweep("ffmuc_welt")
-	if err == nil || res.Failed != 1 || res.Never != 2 {
-		t.Errorf("first sweep: %+v, %v", res, err)
-	}
-	if diff := cmp.Diff("wg-welt "+keyB+" peer route", fake.String()); diff != "" {
-		t.Errorf("after partial failure (-want +got):\n%s", diff)
-	}
+	a.Sync("ffmuc_welt", true)
+	a.pass()
+	checkState(t, fake, "wg-welt "+keyB+" peer route")
 	broken = false
-	if res, err := a.Sweep("ffmuc_welt"); err != nil || res.Never != 1 {
-		t.Errorf("second sweep: %+v, %v", res, err)
-	}
-	if s := fake.String(); s != "" {
-		t.Errorf("left %q", s)
-	}
+	a.Sync("ffmuc_welt", true)
+	a.pass()
+	checkState(t, fake, "")
 }
 
-// TestSweepRace: a key re-registered while the sweep removes it is applied after the removal and survives.
-func TestSweepRace(t *testing.T) {
+// TestReregisteredBeforeSweep: a key registered again before the sweep's pass is within its grace and stays.
+func TestReregisteredBeforeSweep(t *testing.T) {
 	fake := dataplane.NewFake(welt)
-	a, c := newAgent(t, fake)
-	a.Enqueue("ffmuc_welt", keyA)
-	a.ApplyPending()
+	a, c := newAgent(t, fake, nil)
+	enqueue(t, a, "ffmuc_welt", keyA)
+	a.pass()
 	c.advance(time.Hour)
-	applied := make(chan struct{})
-	var once sync.Once
-	fake.Fail = func(step, key string) error {
-		if step == "remove-fdb" {
-			once.Do(func() {
-				a.Enqueue("ffmuc_welt", keyA) // the node registers again, mid-sweep
-				go func() { a.ApplyPending(); close(applied) }()
-			})
-		}
-		return nil
-	}
-	if res, err := a.Sweep("ffmuc_welt"); err != nil || res.Never != 1 {
-		t.Fatalf("sweep: %+v, %v", res, err)
-	}
-	<-applied
-	if diff := cmp.Diff("wg-welt "+keyA+" peer route fdb", fake.String()); diff != "" {
-		t.Errorf("re-registered peer (-want +got):\n%s", diff)
-	}
-	// And it is within its grace now.
-	if res, _ := a.Sweep("ffmuc_welt"); res.Deferred != 1 {
-		t.Errorf("next sweep: %+v", res)
-	}
-}
-
-func TestReconcileNotFresh(t *testing.T) {
-	fake := dataplane.NewFake(welt)
-	fake.AddPeers(welt, []string{keyA})
-	a, c := newAgent(t, fake)
-	if n, err := a.Reconcile("ffmuc_welt"); n != 1 || err != nil {
-		t.Fatalf("Reconcile = %d, %v", n, err)
-	}
-	a.ApplyPending()
-	c.advance(10 * time.Minute) // grace counts from start, not from the reconcile
-	if res, _ := a.Sweep("ffmuc_welt"); res.Never != 1 {
-		t.Errorf("sweep after reconcile: %+v", res)
-	}
-	if _, err := a.Reconcile("ffmuc_nord"); err == nil {
-		t.Error("Reconcile of a missing interface: want error")
-	}
+	a.Sync("ffmuc_welt", true)
+	enqueue(t, a, "ffmuc_welt", keyA)
+	a.pass()
+	checkState(t, fake, "wg-welt "+keyA+" peer route fdb")
 }
 
 func TestHandleMessage(t *testing.T) {
 	fake := dataplane.NewFake(welt)
-	a, _ := newAgent(t, fake)
+	a, _ := newAgent(t, fake, nil)
 	for _, m := range [][2]string{
 		{"wireguard/ffmuc_welt/all", keyA},
 		{"wireguard/ffmuc_welt/gateway", keyB},
@@ -296,11 +313,8 @@ func TestHandleMessage(t *testing.T) {
 	} {
 		a.HandleMessage(m[0], []byte(m[1]))
 	}
-	a.ApplyPending()
-	want := lines("wg-welt "+keyC+" peer route fdb", "wg-welt "+keyA+" peer route fdb", "wg-welt "+keyB+" peer route fdb")
-	if diff := cmp.Diff(want, fake.String()); diff != "" {
-		t.Errorf("state (-want +got):\n%s", diff)
-	}
+	a.pass()
+	checkState(t, fake, lines("wg-welt "+keyC+" peer route fdb", "wg-welt "+keyA+" peer route fdb", "wg-welt "+keyB+" peer route fdb"))
 }
 
 func FuzzHandleMessage(f *testing.F) {
@@ -308,15 +322,16 @@ func FuzzHandleMessage(f *testing.F) {
 	f.Add("wgkex/replay/gw04/keys", []byte(`{"domain":"ffmuc_welt","seq":0,"last":true,"keys":["`+keyA+`"]}`))
 	f.Add("wireguard//", []byte{})
 	fake := dataplane.NewFake(welt)
-	a := New(fake, testenv.Logger(f), Options{Name: "gw04", Domains: map[string]string{"ffmuc_welt": "welt"}, StaleTimeout: time.Hour})
+	a, err := New(fake, testenv.Logger(f), Options{Name: "gw04", Domains: map[string]string{"ffmuc_welt": "welt"}, StaleTimeout: time.Hour})
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, topic string, payload []byte) {
 		a.HandleMessage(topic, payload)
-		_, batches := a.q.take()
-		for d, items := range batches {
-			for _, it := range items {
-				if d != "ffmuc_welt" || !strings.HasSuffix(it.key, "=") || len(it.key) != 44 {
-					t.Fatalf("queued %q for %q from %q", it.key, d, topic)
-				}
+		msgs, _ := a.in.take()
+		for _, m := range msgs {
+			if m.domain != "ffmuc_welt" || !strings.HasSuffix(m.key, "=") || len(m.key) != 44 {
+				t.Fatalf("queued %q for %q from %q", m.key, m.domain, topic)
 			}
 		}
 	})
@@ -324,17 +339,17 @@ func FuzzHandleMessage(f *testing.F) {
 
 func TestServerURL(t *testing.T) {
 	tests := []struct {
-		m    config.MQTT
+		m    MQTT
 		want string
 		ok   bool
 	}{
-		{config.MQTT{BrokerURL: "127.0.0.1", BrokerPort: 1883}, "mqtt://127.0.0.1:1883", true},
-		{config.MQTT{BrokerURL: "broker.example", BrokerPort: 8883, TLS: true}, "tls://broker.example:8883", true},
-		{config.MQTT{BrokerURL: "mqtt://broker", BrokerPort: 1883}, "mqtt://broker:1883", true},
-		{config.MQTT{BrokerURL: "tls://broker:8884", BrokerPort: 1883}, "tls://broker:8884", true},
-		{config.MQTT{BrokerURL: "::1", BrokerPort: 1883}, "mqtt://[::1]:1883", true},
-		{config.MQTT{BrokerURL: "ws://broker", BrokerPort: 1883}, "", false},
-		{config.MQTT{BrokerURL: "", BrokerPort: 1883}, "", false},
+		{MQTT{BrokerURL: "127.0.0.1", BrokerPort: 1883}, "mqtt://127.0.0.1:1883", true},
+		{MQTT{BrokerURL: "broker.example", BrokerPort: 8883, TLS: true}, "tls://broker.example:8883", true},
+		{MQTT{BrokerURL: "mqtt://broker", BrokerPort: 1883}, "mqtt://broker:1883", true},
+		{MQTT{BrokerURL: "tls://broker:8884", BrokerPort: 1883}, "tls://broker:8884", true},
+		{MQTT{BrokerURL: "::1", BrokerPort: 1883}, "mqtt://[::1]:1883", true},
+		{MQTT{BrokerURL: "ws://broker", BrokerPort: 1883}, "", false},
+		{MQTT{BrokerURL: "", BrokerPort: 1883}, "", false},
 	}
 	for _, tt := range tests {
 		u, err := ServerURL(tt.m)
@@ -342,4 +357,117 @@ func TestServerURL(t *testing.T) {
 			t.Errorf("ServerURL(%+v) = %v, %v; want %s", tt.m, u, err, tt.want)
 		}
 	}
+}
+
+// TestSessionGenerations: the setup started by one CONNACK cannot mark the session up or a domain ready once
+// the link dropped or a newer CONNACK came (it used to be an untracked goroutine writing shared flags).
+func TestSessionGenerations(t *testing.T) {
+	a, _ := newAgent(t, dataplane.NewFake(welt), nil)
+	s := newSession(t.Context(), a, RunOptions{})
+	first, ctx := s.next() // CONNACK 1
+	s.next()               // link lost
+	if ctx.Err() == nil {
+		t.Error("the first setup's context still runs after the link dropped")
+	}
+	if s.markReady(first, "ffmuc_welt") || s.markUp(first) {
+		t.Error("a stale setup changed the state")
+	}
+	second, _ := s.next() // CONNACK 2
+	if !s.markReady(second, "ffmuc_welt") || !s.markUp(second) {
+		t.Error("the current setup could not change the state")
+	}
+	s.markReady(first, "ffmuc_nord")
+	if _, up, ready := s.state(); !up || len(ready) != 1 || !ready["ffmuc_welt"] {
+		t.Errorf("up %v, ready %v", up, ready)
+	}
+}
+
+// TestMetrics scrapes the worker's /metrics after known traffic and checks the values with the text parser.
+func TestMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	fake := dataplane.NewFake(welt)
+	fake.Fail = func(step, key string) error {
+		if step == "fdb" && key == keyC {
+			return errors.New("broken")
+		}
+		return nil
+	}
+	a, c := newAgent(t, fake, reg)
+	enqueue(t, a, "ffmuc_welt", keyA, keyB, keyC)
+	a.HandleMessage("wgkex/replay/gw04/keys", []byte(`{"domain":"ffmuc_welt","seq":0,"last":true,"keys":["`+keyD+`"]}`))
+	c.advance(20 * time.Millisecond)
+	a.pass()
+	c.advance(time.Hour)
+	a.Sync("ffmuc_welt", true)
+	a.pass() // keyA, keyB, keyC (its FDB entry failed): never handshaked, past grace → removed; keyD whitelisted
+	if _, err := a.ConnectedPeers("ffmuc_welt"); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := func(name string, labels ...string) string {
+		f := fams[name]
+		if f == nil {
+			return "missing"
+		}
+	next:
+		for _, m := range f.Metric {
+			for i := 0; i+1 < len(labels); i += 2 {
+				if !hasLabel(m, labels[i], labels[i+1]) {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return fmt.Sprint(m.Counter.GetValue())
+			case m.Gauge != nil:
+				return fmt.Sprint(m.Gauge.GetValue())
+			case m.Histogram != nil:
+				return fmt.Sprintf("count %d sum %.3f", m.Histogram.GetSampleCount(), m.Histogram.GetSampleSum())
+			}
+		}
+		return "missing"
+	}
+	got := map[string]string{
+		"received live":   value("wgkex_worker_keys_received_total", "source", "live"),
+		"received replay": value("wgkex_worker_keys_received_total", "source", "replay"),
+		"applied":         value("wgkex_worker_keys_applied_total"),
+		"latency":         value("wgkex_worker_apply_latency_seconds"),
+		"desired":         value("wgkex_worker_desired_keys", "domain", "ffmuc_welt"),
+		"pending":         value("wgkex_worker_pending_keys", "domain", "ffmuc_welt"),
+		"peers":           value("wgkex_worker_peers", "domain", "ffmuc_welt"),
+		"connected":       value("wgkex_worker_connected_peers", "domain", "ffmuc_welt"),
+		"removed never":   value("wgkex_worker_cleanup_removals_total", "domain", "ffmuc_welt", "reason", "never-handshaked"),
+		"fdb errors":      value("wgkex_worker_dataplane_errors_total", "step", "fdb"),
+		"mqtt connected":  value("wgkex_worker_mqtt_connected"),
+		"inbox":           value("wgkex_worker_inbox_keys"),
+		"connects":        value("wgkex_worker_mqtt_connects_total"),
+	}
+	want := map[string]string{
+		"received live": "3", "received replay": "1", "applied": "3", "latency": "count 3 sum 0.060",
+		"desired": "1", "pending": "0", "peers": "1", "connected": "0", "removed never": "3", "fdb errors": "1",
+		"mqtt connected": "0", "inbox": "0", "connects": "0",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("metrics (-want +got):\n%s", diff)
+	}
+}
+
+func hasLabel(m *dto.Metric, name, value string) bool {
+	for _, l := range m.Label {
+		if l.GetName() == name && l.GetValue() == value {
+			return true
+		}
+	}
+	return false
 }

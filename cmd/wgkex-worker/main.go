@@ -1,29 +1,49 @@
 // Command wgkex-worker runs on every gateway: it takes node keys from the broker over MQTT and makes them WireGuard
 // peers with routes and VXLAN FDB entries, and reports the gateway's endpoint, liveness and peer counts.
+//
+// `wgkex-worker vni DOMAIN_SEED` prints the VXLAN id Gluon nodes derive from a domain seed.
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/worker"
+	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane/kernel"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:]); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "wgkex-worker:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, args []string) error {
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) > 0 && args[0] == "vni" {
+		if len(args) != 2 {
+			return errors.New("usage: wgkex-worker vni DOMAIN_SEED")
+		}
+		fmt.Fprintf(stdout, "%d\n", dataplane.VNI(args[1]))
+		return nil
+	}
 	cfg, err := config.FromArgs("wgkex-worker", args)
 	if err != nil {
 		return err
@@ -40,23 +60,70 @@ func run(ctx context.Context, args []string) error {
 	if ext == "" {
 		ext = host
 	}
+	var reg *prometheus.Registry
+	if cfg.Worker.MetricsListen != "" {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
 	dp, err := kernel.Open()
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
-	a := worker.New(dp, log, worker.Options{
+	opts := worker.Options{
 		Name:         name,
 		Domains:      cfg.Stripped(),
 		ExternalName: ext,
 		StaleTimeout: cfg.Cleanup.LegacyStaleTimeout.D(),
 		Grace:        cfg.Cleanup.InitialHandshakeGrace.D(),
 		Whitelist:    cfg.KeyWhitelist,
-	})
+	}
+	if reg != nil {
+		opts.Metrics = reg
+	}
+	a, err := worker.New(dp, log, opts)
+	if err != nil {
+		return err
+	}
+	if reg != nil {
+		stopMetrics, err := serveMetrics(cfg.Worker.MetricsListen, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
 	return a.Run(ctx, worker.RunOptions{
-		MQTT:            cfg.MQTT,
+		MQTT: worker.MQTT{
+			BrokerURL: cfg.MQTT.BrokerURL, BrokerPort: cfg.MQTT.BrokerPort,
+			Username: cfg.MQTT.Username, Password: cfg.MQTT.Password,
+			Keepalive: cfg.MQTT.Keepalive, TLS: cfg.MQTT.TLS,
+			CAFile: cfg.MQTT.CAFile, ServerName: cfg.MQTT.ServerName,
+		},
 		MetricsInterval: cfg.Worker.MetricsInterval.D(),
 		CleanupInterval: cfg.Cleanup.Interval.D(),
 		HealthPort:      cfg.Worker.HealthPort,
 	})
+}
+
+// serveMetrics serves GET /metrics from g on addr (worker.metrics_listen) with net/http, and returns the function
+// that stops it.
+func serveMetrics(addr string, g prometheus.Gatherer, log *slog.Logger) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("worker.metrics_listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics listener", "err", err)
+		}
+	}()
+	log.Info("metrics listening", "address", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
 }

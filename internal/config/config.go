@@ -191,6 +191,8 @@ type WorkerAgent struct {
 	MetricsInterval Duration `koanf:"metrics_interval"`
 	// HealthPort, when not 0, serves GET / on [LinkAddress%wg-X]:HealthPort of every domain.
 	HealthPort int `koanf:"health_port"`
+	// MetricsListen, when set, is the address (host:port) where the worker serves Prometheus metrics on GET /metrics.
+	MetricsListen string `koanf:"metrics_listen"`
 }
 
 // Duration is a time.Duration that YAML and the environment may give as seconds (10800) or as Go text ("3h").

@@ -86,7 +86,7 @@ func runAgentEvery(t testing.TB, ns *testenv.NS, name, mqttAddr string, healthPo
 	var p int
 	fmt.Sscan(port, &p)
 	return startAgent(t, dp, name, map[string]string{"ffmuc_welt": "welt"}, worker.RunOptions{
-		MQTT:            config.MQTT{BrokerURL: host, BrokerPort: p, Keepalive: 2},
+		MQTT:            worker.MQTT{BrokerURL: host, BrokerPort: p, Keepalive: 2},
 		MetricsInterval: metrics, CleanupInterval: time.Hour, HealthPort: healthPort,
 	})
 }
@@ -94,10 +94,13 @@ func runAgentEvery(t testing.TB, ns *testenv.NS, name, mqttAddr string, healthPo
 // startAgent runs a worker on dp until the test ends or stop is called.
 func startAgent(t testing.TB, dp dataplane.Dataplane, name string, domains map[string]string, ro worker.RunOptions) (a *worker.Agent, stop func()) {
 	t.Helper()
-	a = worker.New(dp, testenv.Logger(t).With("side", name), worker.Options{
+	a, err := worker.New(dp, testenv.Logger(t).With("side", name), worker.Options{
 		Name: name, Domains: domains, ExternalName: name + ".ext",
 		StaleTimeout: 3 * time.Hour, Grace: 10 * time.Minute, RetryDelay: 100 * time.Millisecond,
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

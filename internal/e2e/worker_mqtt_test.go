@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
-	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 	"github.com/freifunkMUC/wgkex-go/worker"
@@ -42,7 +41,7 @@ func mqttOpts(addr string) worker.RunOptions {
 	host, port, _ := strings.Cut(addr, ":")
 	var p int
 	fmt.Sscan(port, &p)
-	return worker.RunOptions{MQTT: config.MQTT{BrokerURL: host, BrokerPort: p, Keepalive: 2},
+	return worker.RunOptions{MQTT: worker.MQTT{BrokerURL: host, BrokerPort: p, Keepalive: 2},
 		MetricsInterval: 200 * time.Millisecond, CleanupInterval: time.Hour}
 }
 
@@ -93,7 +92,7 @@ func TestWorkerTLS(t *testing.T) {
 	ro.MQTT.TLS, ro.MQTT.Username, ro.MQTT.Password = true, "wgkex", "s3cret"
 	untrusted := ro
 	ro.MQTT.CAFile, ro.MQTT.ServerName = filepath.Join(dir, "ca.pem"), "mqtt.test"
-	startAgent(t, dataplane.NewFake(dataplane.LinkFor("welt")), "gw-untrusted", map[string]string{"ffmuc_welt": "welt"}, untrusted)
+	untrustedAgent, _ := startAgent(t, dataplane.NewFake(dataplane.LinkFor("welt")), "gw-untrusted", map[string]string{"ffmuc_welt": "welt"}, untrusted)
 	startAgent(t, dataplane.NewFake(dataplane.LinkFor("welt")), "gw-tls", map[string]string{"ffmuc_welt": "welt"}, ro)
 	testenv.Eventually(t, 10*time.Second, func() bool { return online(d, "gw-tls") }, "worker did not connect over TLS")
 	if online(d, "gw-untrusted") {
@@ -101,8 +100,11 @@ func TestWorkerTLS(t *testing.T) {
 	}
 	wrong := ro
 	wrong.MQTT.Password = "guess"
-	startAgent(t, dataplane.NewFake(dataplane.LinkFor("welt")), "gw-wrongpw", map[string]string{"ffmuc_welt": "welt"}, wrong)
-	time.Sleep(time.Second) // a bounded wait for something that must not happen
+	wrongAgent, _ := startAgent(t, dataplane.NewFake(dataplane.LinkFor("welt")), "gw-wrongpw", map[string]string{"ffmuc_welt": "welt"}, wrong)
+	// Wait for the evidence (refused attempts), not for a time.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return untrustedAgent.Stats().ConnectErrors >= 1 && wrongAgent.Stats().ConnectErrors >= 1
+	}, "no refused connection attempts")
 	if online(d, "gw-wrongpw") || online(d, "gw-untrusted") {
 		t.Error("a worker with a wrong password or an unverifiable server got in")
 	}
@@ -202,9 +204,9 @@ func reverse(s []string) []string {
 	return out
 }
 
-// TestGivenUpKeysReplayed: keys that fail their bounded retries (a broken dataplane) are asked for again once the
-// metrics loop runs, so they are applied when the dataplane works again: nothing is lost.
-func TestGivenUpKeysReplayed(t *testing.T) {
+// TestFailingKeyRetried: a key the dataplane refuses is retried by the worker's own loop (with a doubling delay,
+// no replay from the broker), and applied once the dataplane works again: nothing is lost.
+func TestFailingKeyRetried(t *testing.T) {
 	d := startBroker(t, brokerConfig(t, filepath.Join(t.TempDir(), "state.db"), "127.0.0.1:0", "127.0.0.1:0", ""))
 	fake := dataplane.NewFake(dataplane.LinkFor("welt"))
 	var broken atomic.Bool
@@ -218,7 +220,7 @@ func TestGivenUpKeysReplayed(t *testing.T) {
 	a, _ := startAgent(t, fake, "gw-broken", map[string]string{"ffmuc_welt": "welt"}, mqttOpts(d.MQTTAddr()))
 	testenv.Eventually(t, 10*time.Second, func() bool { return online(d, "gw-broken") }, "worker not online")
 	post(t, d.HTTPAddr(), "v1", "ffmuc_welt", nodeKey)
-	testenv.Eventually(t, 30*time.Second, func() bool { return a.Stats().Dropped >= 1 }, "key never given up")
+	testenv.Eventually(t, 30*time.Second, func() bool { return a.Stats().Failed >= 2 }, "key not retried")
 	broken.Store(false)
-	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey+" peer route fdb") }, "given-up key not replayed: %s", fake.String())
+	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey+" peer route fdb") }, "failed key not retried: %s", fake.String())
 }
