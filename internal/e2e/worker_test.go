@@ -71,3 +71,19 @@ func TestWorkerEndToEnd(t *testing.T) {
 		t.Errorf("v2 after the worker stopped: %d, want 400", code)
 	}
 }
+
+// TestHealthWithoutBroker: the health check answers from the gateway itself. With no MQTT server reachable the
+// tunnels still carry traffic, so a Gluon node checking http://[link address%wg]/ must get 200 (a 503 makes it
+// tear its tunnel down); only a worker draining for shutdown answers 503.
+func TestHealthWithoutBroker(t *testing.T) {
+	testenv.Tool(t, "curl")
+	ns := testenv.NewNS(t)
+	ns.Gateway(t, "welt", testenv.NewKey(t), 51820, "fe80::1")
+	a, _ := runAgent(t, ns, "gw-alone", freeAddr(t), 8080) // nothing listens there
+	testenv.Eventually(t, 10*time.Second, func() bool { return a.Stats().ConnectErrors >= 1 }, "no connection attempt")
+	var out []byte
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		out, _ = ns.Command("curl", "-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}", "http://[fe80::1%wg-welt]:8080/").Output()
+		return string(out) == "200"
+	}, "health check without a broker: %s, want 200", out)
+}
