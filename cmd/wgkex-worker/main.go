@@ -86,7 +86,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	if reg != nil {
-		stopMetrics, err := serveMetrics(cfg.Worker.MetricsListen, reg, log)
+		_, stopMetrics, err := serveMetrics(cfg.Worker.MetricsListen, reg, log)
 		if err != nil {
 			return err
 		}
@@ -106,11 +106,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 // serveMetrics serves GET /metrics from g on addr (worker.metrics_listen) with net/http, and returns the function
-// that stops it.
-func serveMetrics(addr string, g prometheus.Gatherer, log *slog.Logger) (func(), error) {
+// that stops it and the address it listens on.
+func serveMetrics(addr string, g prometheus.Gatherer, log *slog.Logger) (string, func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("worker.metrics_listen: %w", err)
+		return "", nil, fmt.Errorf("worker.metrics_listen: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
@@ -121,7 +121,7 @@ func serveMetrics(addr string, g prometheus.Gatherer, log *slog.Logger) (func(),
 		}
 	}()
 	log.Info("metrics listening", "address", ln.Addr().String())
-	return func() {
+	return ln.Addr().String(), func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
+	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
 )
 
 // The full system in network namespaces, all on one bridge in the broker's namespace (192.0.2.0/24,
@@ -75,7 +76,7 @@ func gatewayHelper(spec string) int {
 		{"link", "set", wg, "addrgenmode", "none"},
 		{"-6", "addr", "add", f[3] + "/64", "dev", wg, "nodad"},
 		{"link", "set", wg, "up"},
-		{"link", "add", vx, "type", "vxlan", "id", "99", "dstport", "4789", "local", f[3], "dev", wg},
+		{"link", "add", vx, "type", "vxlan", "id", fmt.Sprint(dataplane.VNI("testenv-" + f[0])), "dstport", fmt.Sprint(dataplane.VXLANPort), "local", f[3], "dev", wg},
 		{"link", "set", vx, "up"},
 	} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {

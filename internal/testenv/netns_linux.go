@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +18,8 @@ import (
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
 )
 
 // isolatedEnv marks a test binary re-executed in a private mount namespace.
@@ -193,13 +196,15 @@ func (n *NS) Dial(network, addr string) (c net.Conn, err error) {
 }
 
 // Gateway sets up a domain's interfaces as the README tells operators to: a userspace wg-{name} with the link
-// address, and vx-{name} on top of it. It returns the WireGuard public key.
+// address, and vx-{name} on top of it with Gluon's VXLAN port and the VNI a node derives from the domain seed
+// (here the made-up seed "testenv-{name}"). It returns the WireGuard public key.
 func (n *NS) Gateway(t testing.TB, stripped string, key wgtypes.Key, port int, linkAddr string) wgtypes.Key {
 	t.Helper()
 	wg, vx := "wg-"+stripped, "vx-"+stripped
 	pub := n.WireGuard(t, wg, key, port)
 	n.Run(t, "ip", "-6", "addr", "add", linkAddr+"/64", "dev", wg, "nodad")
-	n.Run(t, "ip", "link", "add", vx, "type", "vxlan", "id", "99", "dstport", "4789", "local", linkAddr, "dev", wg)
+	vni := strconv.FormatUint(uint64(dataplane.VNI("testenv-"+stripped)), 10)
+	n.Run(t, "ip", "link", "add", vx, "type", "vxlan", "id", vni, "dstport", strconv.Itoa(dataplane.VXLANPort), "local", linkAddr, "dev", wg)
 	n.Run(t, "ip", "link", "set", vx, "up")
 	return pub
 }
