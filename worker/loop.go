@@ -45,7 +45,8 @@ func (a *Agent) RunLoop(ctx context.Context) {
 func (a *Agent) pass() time.Time {
 	msgs, syncs := a.in.take()
 	now := a.opts.Now()
-	dirty := map[string]bool{}
+	dirty := map[string]map[string]bool{} // domain → keys that arrived
+
 	for _, m := range msgs {
 		ds := a.domains[m.domain]
 		// A replayed key already wanted keeps its provisioning time: a replay is not a registration.
@@ -60,19 +61,22 @@ func (a *Agent) pass() time.Time {
 		if _, ok := ds.received[m.key]; !ok {
 			ds.received[m.key] = m.at
 		}
-		dirty[m.domain] = true
+		if dirty[m.domain] == nil {
+			dirty[m.domain] = map[string]bool{}
+		}
+		dirty[m.domain][m.key] = true
 	}
 	for d, sweep := range syncs {
 		ds := a.domains[d]
 		ds.needRead, ds.needSweep, ds.readRetry = true, ds.needSweep || sweep, time.Time{}
-		dirty[d] = true
 	}
 	var next time.Time
 	for _, d := range a.Domains() {
 		ds := a.domains[d]
-		due := (!ds.nextRetry.IsZero() && !ds.nextRetry.After(now)) || (!ds.readRetry.IsZero() && !ds.readRetry.After(now))
-		if dirty[d] || due {
-			a.reconcile(ds, now)
+		retry := !ds.nextRetry.IsZero() && !ds.nextRetry.After(now)
+		read := ds.needRead && !ds.readRetry.After(now)
+		if len(dirty[d]) > 0 || retry || read {
+			a.reconcile(ds, now, dirty[d], retry)
 		}
 		for _, t := range []time.Time{ds.nextRetry, ds.readRetry} {
 			if !t.IsZero() && (next.IsZero() || t.Before(next)) {
@@ -82,22 +86,18 @@ func (a *Agent) pass() time.Time {
 		if !ds.nextRetry.IsZero() && (next.IsZero() || ds.nextRetry.Before(next)) {
 			next = ds.nextRetry
 		}
-		pending := 0
-		for k := range ds.want {
-			if h := ds.have[k]; !h.Peer || !h.Route || !h.FDB {
-				pending++
-			}
-		}
 		a.m.desired.WithLabelValues(d).Set(float64(len(ds.want)))
-		a.m.pending.WithLabelValues(d).Set(float64(pending))
+		a.m.pending.WithLabelValues(d).Set(float64(len(ds.failures)))
 	}
 	return next
 }
 
-// reconcile runs one domain's pass: read the device if asked, diff, apply.
-func (a *Agent) reconcile(ds *domainState, now time.Time) {
+// reconcile runs one domain's pass: read the device if asked, diff, apply. After a read the whole domain is
+// diffed; otherwise only the keys that arrived and, if retry, the failed ones, so that a burst of keys costs
+// each pass what it brings and not the size of the domain.
+func (a *Agent) reconcile(ds *domainState, now time.Time, arrived map[string]bool, retry bool) {
 	log := a.log.With("domain", ds.name)
-	sweep := false
+	sweep, full := false, false
 	if ds.needRead && !ds.readRetry.After(now) {
 		if err := a.read(ds, now); err != nil {
 			// Without a fresh read there are no handshakes to judge: the sweep waits for the next good read.
@@ -106,14 +106,35 @@ func (a *Agent) reconcile(ds *domainState, now time.Time) {
 			a.m.dpErrors.WithLabelValues("read").Inc()
 			log.Warn("read device, will retry", "retry_at", ds.readRetry, "err", err)
 		} else {
-			sweep = ds.needSweep
+			sweep, full = ds.needSweep, true
 			ds.needRead, ds.needSweep, ds.readFailures, ds.readRetry = false, false, 0, time.Time{}
 		}
 	}
-	plan := Diff(ds.want, ds.have, Policy{Now: now, StaleTimeout: a.opts.StaleTimeout, Grace: a.opts.Grace,
+	want, have := ds.want, ds.have
+	if !full {
+		want, have = map[string]Want{}, map[string]Have{}
+		pick := func(k string) {
+			if w, ok := ds.want[k]; ok {
+				want[k] = w
+				if h, ok := ds.have[k]; ok {
+					have[k] = h
+				}
+			}
+		}
+		for k := range arrived {
+			pick(k)
+		}
+		if retry {
+			for k := range ds.failures {
+				pick(k)
+			}
+		}
+	}
+	plan := Diff(want, have, Policy{Now: now, StaleTimeout: a.opts.StaleTimeout, Grace: a.opts.Grace,
 		Whitelist: a.white, Sweep: sweep})
 	for _, k := range plan.Forget {
 		delete(ds.want, k)
+		delete(ds.have, k)
 		delete(ds.received, k)
 		delete(ds.failures, k)
 		log.Warn("giving up on key: it never reached the device", "key", k)
@@ -124,9 +145,9 @@ func (a *Agent) reconcile(ds *domainState, now time.Time) {
 		log.Info("sweep", "peers", len(ds.have)+len(plan.Remove), "removed", len(plan.Remove),
 			"deferred", plan.Deferred, "whitelisted", plan.Kept)
 	}
-	ds.nextRetry = plan.NextRetry
-	for k := range ds.failures { // keys that failed in this pass
-		if w := ds.want[k]; w.RetryAt.After(now) && (ds.nextRetry.IsZero() || w.RetryAt.Before(ds.nextRetry)) {
+	ds.nextRetry = time.Time{}
+	for k := range ds.failures {
+		if w := ds.want[k]; ds.nextRetry.IsZero() || w.RetryAt.Before(ds.nextRetry) {
 			ds.nextRetry = w.RetryAt
 		}
 	}

@@ -36,7 +36,7 @@ func newMetrics(reg prometheus.Registerer, inbox func() int) (*metrics, error) {
 		desired: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "wgkex_worker_desired_keys",
 			Help: "Keys the worker wants as peers, by domain."}, []string{"domain"}),
 		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "wgkex_worker_pending_keys",
-			Help: "Wanted keys whose peer, route or FDB entry is not in place yet (queued or waiting for a retry), by domain."}, []string{"domain"}),
+			Help: "Wanted keys waiting for a retry after a failed apply, by domain."}, []string{"domain"}),
 		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "wgkex_worker_peers",
 			Help: "WireGuard peers on the domain's device at the last read."}, []string{"domain"}),
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "wgkex_worker_connected_peers",

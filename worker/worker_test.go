@@ -163,6 +163,28 @@ func TestRetries(t *testing.T) {
 	}
 }
 
+// TestWholeCallFailure: an AddPeers failure that names no key fails every key of the call; they are retried.
+func TestWholeCallFailure(t *testing.T) {
+	fake := dataplane.NewFake(welt)
+	broken := true
+	fake.Fail = func(step, key string) error {
+		if step == "add" && broken {
+			return errors.New("netlink socket closed")
+		}
+		return nil
+	}
+	a, c := newAgent(t, fake, nil)
+	enqueue(t, a, "ffmuc_welt", keyA, keyB)
+	a.pass()
+	if s := a.Stats(); s.Applied != 0 || s.Failed != 2 {
+		t.Errorf("stats %+v", s)
+	}
+	broken = false
+	c.advance(time.Second)
+	a.pass()
+	checkState(t, fake, lines("wg-welt "+keyA+" peer route fdb", "wg-welt "+keyB+" peer route fdb"))
+}
+
 func TestConnectedPeersVector(t *testing.T) {
 	// SPEC §9: 10 peers with handshakes i minutes + 5 s ago (i = 0…9) → 3 connected.
 	now := time.Unix(1_700_000_000, 0)

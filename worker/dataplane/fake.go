@@ -16,7 +16,8 @@ var ErrNoDevice = errors.New("no such device")
 type Fake struct {
 	mu    sync.Mutex
 	links map[Link]*fakeLink
-	// Fail, when set, is asked before every step; a non-nil answer fails that step.
+	// Fail, when set, is asked before every step ("device", "forwarding", "add" with no key, "peer", "route",
+	// "fdb", "remove-fdb", "remove-route", "remove-peer"); a non-nil answer fails that step.
 	Fail func(step, key string) error
 	// Log records every call: "add wg-welt 2", "remove wg-welt KEY".
 	Log []string
@@ -117,6 +118,9 @@ func (f *Fake) AddPeers(l Link, keys []string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Log = append(f.Log, fmt.Sprintf("add %s %d", l.WG, len(keys)))
+	if err := f.fail("add", ""); err != nil { // the whole call failed (a dead netlink socket, say)
+		return err
+	}
 	fl, ok := f.links[l]
 	var errs []error
 	for _, k := range keys {
