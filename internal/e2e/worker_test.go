@@ -79,7 +79,7 @@ func TestHealthWithoutBroker(t *testing.T) {
 	testenv.Tool(t, "curl")
 	ns := testenv.NewNS(t)
 	ns.Gateway(t, "welt", testenv.NewKey(t), 51820, "fe80::1")
-	a, _ := runAgent(t, ns, "gw-alone", freeAddr(t), 8080) // nothing listens there
+	a, _ := runAgent(t, ns, "gw-alone", testenv.NewRelay(t).Addr(), 8080) // refuses every connection: no broker
 	testenv.Eventually(t, 10*time.Second, func() bool { return a.Stats().ConnectErrors >= 1 }, "no connection attempt")
 	var out []byte
 	testenv.Eventually(t, 10*time.Second, func() bool {
