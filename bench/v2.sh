@@ -2,6 +2,8 @@
 # Load test of API v2 over loopback HTTP with keep-alive (wrk), against the real broker binary with one online
 # worker (its retained status, endpoint and metrics published with mosquitto_pub) and a real MQTT subscriber
 # (mosquitto_sub) receiving every published key. Usage: bench/v2.sh [duration] [connections]
+# STATE=file bench/v2.sh …  starts the broker on a copy of that state file (see bench/fillstate) instead of an
+# empty one; the script reports the broker's cold start, its RSS after the run and what the retention sweep did.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-20s}
@@ -18,10 +20,14 @@ domain_prefixes: [ffmuc_]
 workers: {gw04: {weight: 1}}
 broker_listen: {host: 127.0.0.1, port: 15000, rate_limit: 1000000, rate_burst: 1000000}  # limiter on the path, never refusing
 broker: {state_file: $dir/wgkex.db, mqtt_listeners: [{address: "127.0.0.1:11883"}]}
-log: {level: warn}
+log: {level: info}
 YAML
-"$dir/wgkex-broker" --config "$dir/wgkex.yaml" &
-for i in $(seq 50); do curl -s -o /dev/null localhost:15000/api/v1/locations && break; sleep 0.1; done
+if [ -n "${STATE:-}" ]; then cp "$STATE" "$dir/wgkex.db"; fi
+start=$(date +%s.%N)
+"$dir/wgkex-broker" --config "$dir/wgkex.yaml" 2>"$dir/broker.log" &
+broker=$!
+for i in $(seq 500); do curl -s -o /dev/null localhost:15000/api/v1/locations && break; sleep 0.01; done
+echo "cold start (exec to first answer): $(echo "$(date +%s.%N) - $start" | bc) s, state file $(du -m "$dir/wgkex.db" | cut -f1) MB"
 pub() { mosquitto_pub -p 11883 -q 1 -r -t "$1" -m "$2"; }
 pub wireguard-worker/gw04/ffmuc_welt/data '{"ExternalAddress": "gw04.ext", "Port": 51820, "PublicKey": "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=", "LinkAddress": "fe80::1"}'
 pub wireguard-worker/gw04/status 1
@@ -29,6 +35,9 @@ pub wireguard-metrics/ffmuc_welt/gw04/connected_peers 0
 mosquitto_sub -p 11883 -t 'wireguard/#' >"$dir/keys.txt" &
 sleep 0.5
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); wrk -t2 -c$CONNS -d$DURATION"
+echo "wrk starts $(date +%T.%N | cut -c1-12)"
 wrk -t2 -c"$CONNS" -d"$DURATION" -s bench/v2.lua http://127.0.0.1:15000/api/v2/wg/key/exchange | tail -n 1
+echo "broker memory after the run: $(grep -E 'VmRSS|VmHWM' /proc/$broker/status | tr -s ' \t\n' ' ')"
 sleep 1
 echo "keys seen by mosquitto_sub: $(wc -l <"$dir/keys.txt")"
+grep -E 'expired keys|level=(WARN|ERROR)' "$dir/broker.log" | cut -c1-200 || true

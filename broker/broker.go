@@ -53,10 +53,17 @@ type WorkerState struct {
 // Store is the durable state the broker needs. Writes must be on disk when they return.
 type Store interface {
 	PutKey(KeyRecord) error
-	Keys(domain string, since time.Time, fn func(KeyRecord) error) error
+	// KeysPage returns up to limit keys of domain last seen at or after since, starting after the cursor of the
+	// previous page ("" for the first); the cursor it returns is "" after the last page. Each page is read in one
+	// short read, so the caller may publish between pages.
+	// The records carry key, domain, first and last seen (not the gateway).
+	KeysPage(domain string, since time.Time, after KeyCursor, limit int) (keys []KeyRecord, next KeyCursor, err error)
 	PutWorker(WorkerState) error
 	Workers() ([]WorkerState, error)
 }
+
+// KeyCursor marks where a page of Store.KeysPage ended; it is opaque to the broker.
+type KeyCursor string
 
 // Publisher sends MQTT messages (the embedded server's inline client).
 type Publisher interface {

@@ -423,16 +423,27 @@ func (b *Broker) sendCatchup(req wire.CatchupRequest) {
 	}
 	since := time.Unix(req.Since, 0)
 	var err error
+	// Each page is read in one short read transaction and published outside it.
+pages:
 	for _, d := range b.opts.Domains {
-		err = b.st.Keys(d, since, func(k KeyRecord) error {
-			batch.Keys = append(batch.Keys, wire.CatchupKey{Domain: k.Domain, Key: k.Key, FirstSeen: k.FirstSeen.Unix(), LastSeen: k.LastSeen.Unix()})
-			if len(batch.Keys) == catchupBatch {
-				return flush(false)
+		var cursor KeyCursor
+		for {
+			var keys []KeyRecord
+			keys, cursor, err = b.st.KeysPage(d, since, cursor, catchupBatch-len(batch.Keys))
+			if err != nil {
+				break pages
 			}
-			return nil
-		})
-		if err != nil {
-			break
+			for _, k := range keys {
+				batch.Keys = append(batch.Keys, wire.CatchupKey{Domain: k.Domain, Key: k.Key, FirstSeen: k.FirstSeen.Unix(), LastSeen: k.LastSeen.Unix()})
+			}
+			if len(batch.Keys) == catchupBatch {
+				if err = flush(false); err != nil {
+					break pages
+				}
+			}
+			if cursor == "" {
+				break
+			}
 		}
 	}
 	if err == nil {

@@ -133,6 +133,7 @@ func TestReplayWaitsForCatchup(t *testing.T) {
 		{Domain: "ffmuc_welt", Key: key1, FirstSeen: e.now.Unix(), LastSeen: e.now.Unix()},
 	}}))
 	<-done
+	e.b.WaitReplays() // StopReplays drops queued replays
 	if err := e.b.StopCluster(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -3,31 +3,52 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
-// maxConcurrentReplays bounds how many replays read the store and publish at once, so that a fleet reconnecting
-// after a broker restart queues up instead of stalling registrations.
-const maxConcurrentReplays = 2
+const (
+	// replayWorkers is how many replays read the store and publish at once, so that a fleet reconnecting after a
+	// broker restart queues up instead of stalling registrations.
+	replayWorkers = 2
+	// maxQueuedReplays bounds the queue of replays waiting for a worker; requests beyond it are dropped.
+	maxQueuedReplays = 4096
+)
 
-// replayer runs replay jobs, at most maxConcurrentReplays at a time, and coalesces repeated requests for the same
-// worker and domain while one is still waiting.
+// replayJob is one domain to replay to one worker.
+type replayJob struct{ worker, domain string }
+
+// replayer runs replays on a fixed pool of goroutines that take jobs from a queue. A job already waiting in the
+// queue is not queued again (a repeated request is coalesced with it); a request for a job that is running
+// queues it again, since the worker may have lost the replay it is getting.
 type replayer struct {
-	b       *Broker
-	sem     chan struct{}
+	b      *Broker
+	ctx    context.Context // ends when the replays are stopped: a running replay stops after its current batch
+	cancel context.CancelFunc
+
 	mu      sync.Mutex
-	waiting map[[2]string]bool
+	cond    *sync.Cond // signalled when a job is queued, a job ends, or the replays are stopped
+	queue   []replayJob
+	queued  map[replayJob]bool
+	running int
 	stopped bool
-	wg      sync.WaitGroup
+	exited  chan struct{} // closed when every replay goroutine has returned
+	alive   int
 }
 
 func (r *replayer) init(b *Broker) {
 	r.b = b
-	r.sem = make(chan struct{}, maxConcurrentReplays)
-	r.waiting = map[[2]string]bool{}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.cond = sync.NewCond(&r.mu)
+	r.queued = map[replayJob]bool{}
+	r.exited = make(chan struct{})
+	r.alive = replayWorkers
+	for range replayWorkers {
+		go r.work()
+	}
 }
 
 // HandleReplayRequest takes wgkex/replay/{worker}/request and, for each configured domain it names, sends the
@@ -49,84 +70,134 @@ func (b *Broker) HandleReplayRequest(topic string, payload []byte) {
 			b.log.Warn("replay requested for unknown domain", "worker", worker, "domain", d)
 			continue
 		}
-		b.replay.enqueue(worker, d)
+		b.replay.enqueue(replayJob{worker, d})
 	}
 }
 
-func (r *replayer) enqueue(worker, domain string) {
-	k := [2]string{worker, domain}
+func (r *replayer) enqueue(j replayJob) {
 	r.mu.Lock()
-	if r.waiting[k] || r.stopped {
-		r.mu.Unlock()
+	defer r.mu.Unlock()
+	switch {
+	case r.stopped || r.queued[j]:
+		return
+	case len(r.queue) >= maxQueuedReplays:
+		r.b.log.Warn("replay queue full, request dropped", "worker", j.worker, "domain", j.domain)
 		return
 	}
-	r.waiting[k] = true
-	r.wg.Add(1)
-	r.mu.Unlock()
-	go func() {
-		defer r.wg.Done()
-		r.sem <- struct{}{}
-		defer func() { <-r.sem }()
-		r.mu.Lock()
-		delete(r.waiting, k)
-		r.mu.Unlock()
-		r.b.sendReplay(worker, domain)
-	}()
+	r.queued[j] = true
+	r.queue = append(r.queue, j)
+	r.cond.Signal()
 }
 
-// WaitReplays waits for every queued replay to finish (for tests).
-func (b *Broker) WaitReplays() { b.replay.wg.Wait() }
+// work runs queued replays one after the other until the replays are stopped.
+func (r *replayer) work() {
+	defer func() {
+		r.mu.Lock()
+		r.alive--
+		if r.alive == 0 {
+			close(r.exited)
+		}
+		r.mu.Unlock()
+	}()
+	for {
+		r.mu.Lock()
+		for len(r.queue) == 0 && !r.stopped {
+			r.cond.Wait()
+		}
+		if r.stopped {
+			r.mu.Unlock()
+			return
+		}
+		j := r.queue[0]
+		r.queue = r.queue[1:]
+		delete(r.queued, j)
+		r.running++
+		r.mu.Unlock()
 
-// StopReplays stops taking replay requests and waits for the queued and running replays to finish, or returns an
-// error when ctx ends first. Call it before the MQTT server and the store are closed.
+		r.b.sendReplay(r.ctx, j.worker, j.domain)
+
+		r.mu.Lock()
+		r.running--
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	}
+}
+
+// WaitReplays waits until no replay is queued or running (for tests), or until the replays are stopped.
+func (b *Broker) WaitReplays() {
+	r := &b.replay
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for (len(r.queue) > 0 || r.running > 0) && !r.stopped {
+		r.cond.Wait()
+	}
+}
+
+// StopReplays stops the replays for shutdown: queued ones are dropped, running ones stop after the batch they are
+// publishing, and no new request is taken. It returns once no replay reads the store or publishes any more, or
+// with an error when ctx ends first. Call it before the MQTT server and the store are closed. Calling it again
+// is harmless.
 func (b *Broker) StopReplays(ctx context.Context) error {
 	r := &b.replay
 	r.mu.Lock()
 	r.stopped = true
+	r.queue, r.queued = nil, map[replayJob]bool{}
+	r.cond.Broadcast()
 	r.mu.Unlock()
-	done := make(chan struct{})
-	go func() { r.wg.Wait(); close(done) }()
+	r.cancel()
 	select {
-	case <-done:
+	case <-r.exited:
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("replays still running: %w", ctx.Err())
 	}
 }
 
-// sendReplay publishes the domain's keys to the worker in batches; the last batch has Last set.
-func (b *Broker) sendReplay(worker, domain string) {
+// errReplayStopped ends a replay cut short by StopReplays.
+var errReplayStopped = errors.New("replays stopped")
+
+// sendReplay publishes the domain's keys to the worker in batches; the last batch has Last set. Each batch is
+// read from the store in one short read and published after it.
+func (b *Broker) sendReplay(ctx context.Context, worker, domain string) {
 	since := b.opts.Now().Add(-b.opts.ReplayWindow)
 	topic := wire.ReplayKeysTopic(worker)
 	batch := wire.ReplayBatch{Domain: domain, Keys: make([]string, 0, b.opts.ReplayBatch)}
 	sent := 0
-	flush := func(last bool) error {
-		batch.Last = last
-		p, err := json.Marshal(batch)
-		if err != nil {
-			return err
+	var cursor KeyCursor
+	err := func() error {
+		for {
+			if ctx.Err() != nil {
+				return errReplayStopped
+			}
+			keys, next, err := b.st.KeysPage(domain, since, cursor, b.opts.ReplayBatch)
+			if err != nil {
+				return fmt.Errorf("read keys: %w", err)
+			}
+			batch.Keys, batch.Last = batch.Keys[:0], next == ""
+			for _, k := range keys {
+				batch.Keys = append(batch.Keys, k.Key)
+			}
+			p, err := json.Marshal(batch)
+			if err != nil {
+				return err
+			}
+			if err := b.pub.Publish(topic, p, false, 1); err != nil {
+				return err
+			}
+			sent += len(keys)
+			batch.Seq++
+			if batch.Last {
+				return nil
+			}
+			cursor = next
 		}
-		if err := b.pub.Publish(topic, p, false, 1); err != nil {
-			return err
-		}
-		sent += len(batch.Keys)
-		batch.Seq++
-		batch.Keys = batch.Keys[:0]
-		return nil
-	}
-	err := b.st.Keys(domain, since, func(k KeyRecord) error {
-		batch.Keys = append(batch.Keys, k.Key)
-		if len(batch.Keys) == b.opts.ReplayBatch {
-			return flush(false)
-		}
-		return nil
-	})
-	if err == nil {
-		err = flush(true)
-	}
-	if err != nil {
+	}()
+	switch {
+	case errors.Is(err, errReplayStopped):
+		b.log.Info("replay stopped", "worker", worker, "domain", domain, "sent", sent)
+	case err != nil:
 		b.log.Error("replay failed", "worker", worker, "domain", domain, "sent", sent, "err", err)
-		return
+	default:
+		b.log.Info("replayed keys", "worker", worker, "domain", domain, "keys", sent, "batches", batch.Seq)
 	}
-	b.log.Info("replayed keys", "worker", worker, "domain", domain, "keys", sent, "batches", batch.Seq)
 }

@@ -2,17 +2,31 @@
 // the retained MQTT messages of the embedded server. Every write has reached the disk when its call returns.
 //
 // Registrations, the hot path, go first to a write-ahead log beside the file (<state>.wal.<n>): concurrent
-// registrations share one append and one fdatasync. Every 30 s, or once 50,000 registrations wait, the log is handed to a background merge into the
-// bbolt file in one sorted transaction, and the merged segments are deleted; reads see log and file together. Open
-// merges whatever a killed process left in the log (a torn last record was never acknowledged and is dropped).
-// Worker state and retained messages are written to bbolt directly, group-committed the same way.
+// registrations share one append (a group) and one fdatasync. Every 30 s, or once 50,000 registrations wait, the
+// log is handed to a background merge into the bbolt file, in sorted transactions of 1,024 registrations, and the
+// merged segments are deleted; reads see log and file together. Open merges whatever a killed process left in the
+// log: a torn last group (never acknowledged) is dropped; a bad group with data after it is corruption, and Open
+// refuses with a *CorruptError that names the file, the offset and the truncate command that salvages the rest.
+// After a failed write or fdatasync the log goes on in a new segment. Worker state and retained messages are
+// written to bbolt directly, group-committed the same way (BENCHMARKS.md compares this with bbolt's DB.Batch).
 //
-// Bucket layout (schema 1):
+// Every key is also in a time index, kept in the same transactions, so that a replay (KeysPage) reads only the
+// keys of its window and the retention sweep (Sweep, StartRetention) only the expired ones, 1,000 deletions a
+// transaction. A merge costs one lookup, one put and one index move per registration, whatever the file holds.
+// bbolt never shrinks its file: Compact (wgkex-broker compact) rewrites a stopped broker's file.
 //
-//	meta                      "schema" → "1"
+// Bucket layout (schema 2; Open migrates schema 1, which had no bytime bucket, by building the index once):
+//
+//	meta                      "schema" → "2"
 //	keys/<domain>/<key>       key: the 44-character public key; value: first seen (8 bytes, big-endian Unix
 //	                          nanoseconds), last seen (8 bytes, same), then the name of the gateway last assigned
 //	                          (the rest, may be empty)
-//	workers/<name>            JSON of broker.WorkerState
+//	bytime/<domain>/<t><key>  t: the key's last seen (8 bytes, big-endian Unix nanoseconds with the sign bit
+//	                          flipped, so that byte order is time order); value: its first seen (8 bytes, as in
+//	                          keys). Exactly one entry per key.
+//	workers/<name>            JSON of the store's workerRecord: {"online":…,"peers":{domain: n},"data":{domain:
+//	                          {"ExternalAddress","Port","PublicKey","LinkAddress"}},"changed": RFC 3339 time}
 //	retained/<topic>          an opaque retained MQTT message, as the mqttd package encodes it
+//
+// The write-ahead log's format is in wal.go.
 package store

@@ -1,11 +1,11 @@
 package store
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -22,10 +22,14 @@ var ErrClosed = errors.New("store closed")
 var (
 	bucketMeta     = []byte("meta")
 	bucketKeys     = []byte("keys")
+	bucketByTime   = []byte("bytime")
 	bucketWorkers  = []byte("workers")
 	bucketRetained = []byte("retained")
-	schemaVersion  = []byte("1")
+	metaSchema     = []byte("schema")
 )
+
+// schemaVersion is the layout this version writes (doc.go); Open migrates older files.
+const schemaVersion = 2
 
 // maxBatch bounds how many writes share one transaction.
 const maxBatch = 4096
@@ -33,6 +37,7 @@ const maxBatch = 4096
 // Store is the broker's bbolt database.
 type Store struct {
 	db     *bolt.DB
+	path   string
 	log    *slog.Logger
 	writes chan write
 	done   chan struct{}
@@ -50,8 +55,19 @@ type Store struct {
 	merging   overlay // in older segments, being merged
 	pendingN  int
 
-	closeOnce sync.Once
-	closeErr  error
+	// visited counts the index entries replays have read (tests check that a replay reads only its window).
+	visited atomic.Int64
+
+	// closeMu guards closed and writesShut. A sender on keys or flush checks closed, a sender on writes checks
+	// writesShut, each holding closeMu for reading until its send is done; Close sets them before it closes the
+	// channels, so that no send can meet a closed channel.
+	closeMu    sync.RWMutex
+	closed     bool           // Close has begun: registrations and flushes are refused
+	writesShut bool           // the writer is stopping: every write is refused
+	stopBG     chan struct{}  // closed by Close: background jobs (the retention sweep) stop
+	bg         sync.WaitGroup // background jobs
+	closeOnce  sync.Once
+	closeErr   error
 }
 
 type write struct {
@@ -61,38 +77,21 @@ type write struct {
 
 var _ broker.Store = (*Store)(nil)
 
-// Open opens (creating if needed) the database at path, merges what a previous run left in its write-ahead log
-// (path.wal.*) and starts the writers.
+// Open opens (creating if needed) the database at path, migrates an older layout, merges what a previous run left
+// in its write-ahead log (path.wal.*) and starts the writers. A file another process holds open is refused after
+// 5 seconds.
 func Open(path string, log *slog.Logger) (*Store, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return nil, fmt.Errorf("open state file %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		if v := meta.Get([]byte("schema")); v != nil && string(v) != string(schemaVersion) {
-			return fmt.Errorf("schema %s, this version reads %s", v, schemaVersion)
-		}
-		if err := meta.Put([]byte("schema"), schemaVersion); err != nil {
-			return err
-		}
-		for _, b := range [][]byte{bucketKeys, bucketWorkers, bucketRetained} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := db.Update(func(tx *bolt.Tx) error { return initialise(tx, log) }); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("initialise state file %s: %w", path, err)
 	}
-	s := &Store{db: db, log: log, writes: make(chan write, maxBatch), done: make(chan struct{}),
-		walBase: path + ".wal", keys: make(chan keyWrite, maxBatch), keysDone: make(chan struct{}), flush: make(chan chan error),
-		pending: overlay{}}
+	s := &Store{db: db, path: path, log: log, writes: make(chan write, maxBatch), done: make(chan struct{}),
+		walBase: path + ".wal", keys: make(chan keyWrite, maxBatch), keysDone: make(chan struct{}),
+		flush: make(chan chan error), pending: overlay{}, stopBG: make(chan struct{})}
 	if err := s.recoverLog(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("recover %s: %w", path, err)
@@ -105,14 +104,53 @@ func Open(path string, log *slog.Logger) (*Store, error) {
 	return s, nil
 }
 
+// initialise creates the buckets of a new file, or migrates an older schema to the current one.
+func initialise(tx *bolt.Tx, log *slog.Logger) error {
+	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+	if err != nil {
+		return err
+	}
+	schema := schemaVersion
+	if v := meta.Get(metaSchema); v != nil {
+		if _, err := fmt.Sscan(string(v), &schema); err != nil {
+			return fmt.Errorf("schema %q: %w", v, err)
+		}
+	}
+	if schema > schemaVersion {
+		return fmt.Errorf("schema %d, this version reads up to %d", schema, schemaVersion)
+	}
+	for _, b := range [][]byte{bucketKeys, bucketByTime, bucketWorkers, bucketRetained} {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return err
+		}
+	}
+	if schema == 1 {
+		// Schema 2 adds the time index. The worker records of schema 1 already have the layout of workerRecord.
+		n, err := buildIndex(tx)
+		if err != nil {
+			return fmt.Errorf("migrate schema 1: %w", err)
+		}
+		log.Info("state file migrated to schema 2", "keys indexed", n)
+	}
+	return meta.Put(metaSchema, fmt.Append(nil, schemaVersion))
+}
+
 func (s *Store) logf(format string, args ...any) { s.log.Error(fmt.Sprintf(format, args...)) }
 
-// Close merges the write-ahead log, stops the writers and closes the file. Writes still queued are committed
-// first. Closing twice is harmless.
+// Close stops the retention sweep, merges the write-ahead log, stops the writers and closes the file. Writes
+// still queued are committed first; later ones fail with ErrClosed. Closing twice is harmless.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		s.closeMu.Lock()
+		s.closed = true // from now on PutKey and Flush refuse, so nothing sends on keys or flush
+		s.closeMu.Unlock()
+		close(s.stopBG)
+		s.bg.Wait()
 		close(s.keys)
-		<-s.keysDone
+		<-s.keysDone // the last merge writes through s.writes
+		s.closeMu.Lock()
+		s.writesShut = true
+		s.closeMu.Unlock()
 		close(s.writes)
 		<-s.done
 		s.closeErr = s.db.Close()
@@ -120,13 +158,24 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
-// update runs fn in a write transaction shared with concurrent callers and returns once it is on disk.
-func (s *Store) update(fn func(*bolt.Tx) error) (err error) {
-	defer func() {
-		if recover() != nil { // send on the closed channel
-			err = ErrClosed
-		}
-	}()
+// update runs fn in a write transaction shared with concurrent callers and returns once it is on disk, or fails
+// with ErrClosed once Close has stopped the writer.
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	w := write{fn: fn, err: make(chan error, 1)}
+	s.closeMu.RLock()
+	if s.writesShut {
+		s.closeMu.RUnlock()
+		return ErrClosed
+	}
+	s.writes <- w // the writer drains writes until it is closed, which waits for closeMu
+	s.closeMu.RUnlock()
+	return <-w.err
+}
+
+// updateInternal is update for the store's own jobs (merges and the sweep). Close waits for them before it
+// closes s.writes, so they need no lock, and must take none: a Flush holds closeMu while it waits for the key
+// writer, which may wait for a merge.
+func (s *Store) updateInternal(fn func(*bolt.Tx) error) error {
 	w := write{fn: fn, err: make(chan error, 1)}
 	s.writes <- w
 	return <-w.err
@@ -174,55 +223,4 @@ func (s *Store) commit(batch []write) {
 	for _, w := range batch {
 		w.err <- s.db.Update(w.fn)
 	}
-}
-
-// PutWorker stores the state of one worker.
-func (s *Store) PutWorker(w broker.WorkerState) error {
-	v, err := json.Marshal(w)
-	if err != nil {
-		return fmt.Errorf("encode worker %s: %w", w.Name, err)
-	}
-	return s.update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketWorkers).Put([]byte(w.Name), v)
-	})
-}
-
-// Workers returns the stored state of every worker, in name order.
-func (s *Store) Workers() ([]broker.WorkerState, error) {
-	var out []broker.WorkerState
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketWorkers).ForEach(func(k, v []byte) error {
-			var w broker.WorkerState
-			if err := json.Unmarshal(v, &w); err != nil {
-				return fmt.Errorf("decode worker %s: %w", k, err)
-			}
-			w.Name = string(k)
-			out = append(out, w)
-			return nil
-		})
-	})
-	return out, err
-}
-
-// PutRetained stores a retained MQTT message under its topic.
-func (s *Store) PutRetained(topic string, msg []byte) error {
-	return s.update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketRetained).Put([]byte(topic), msg)
-	})
-}
-
-// DeleteRetained removes the retained message of topic; a missing one is not an error.
-func (s *Store) DeleteRetained(topic string) error {
-	return s.update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketRetained).Delete([]byte(topic))
-	})
-}
-
-// Retained calls fn for every stored retained message.
-func (s *Store) Retained(fn func(topic string, msg []byte) error) error {
-	return s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketRetained).ForEach(func(k, v []byte) error {
-			return fn(string(k), append([]byte(nil), v...))
-		})
-	})
 }

@@ -1,11 +1,11 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -20,8 +20,14 @@ import (
 // that arrived meanwhile, instead of a B+tree update per key. Its records are merged into the bbolt file in large
 // batches in the background, and the segments merged are deleted. Segments are files <state>.wal.<n>.
 //
+// Segment: magic "WGKXWAL\x02" | group | group | … (then zeros, where the segment is preallocated)
+// Group (one append, one fdatasync): length of the records (4 bytes) | CRC-32C of the records (4) | records
 // Record: length (4 bytes) | CRC-32C of the payload (4 bytes) | payload
 // Payload: last seen (8, Unix ns) | first seen (8) | len+domain | len+key | len+gateway (one length byte each)
+//
+// A group is written only after the previous one is on disk, so a crash can tear only the last group of a segment,
+// and nothing but zeros follows it. A bad group followed by data is corruption: readSegment refuses it. Segments
+// of the first version (records without magic and groups) are still read, up to their first bad record.
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -90,6 +96,8 @@ type wal struct {
 	f         *os.File
 	off, size int64 // next write offset; allocated size (0: the file system cannot preallocate)
 	buf       []byte
+	// broken is set after a failed write or fdatasync: the segment is not written again.
+	broken bool
 }
 
 func segmentName(base string, n int) string { return fmt.Sprintf("%s.%020d", base, n) }
@@ -111,17 +119,83 @@ func segments(base string) ([]int, error) {
 	return out, nil
 }
 
-// readSegment returns the records of one segment up to the first torn one.
+// segmentMagic starts every segment written by this version.
+var segmentMagic = []byte("WGKXWAL\x02")
+
+// maxGroup is the longest group an append writes: maxBatch records of the longest kind.
+const maxGroup = maxBatch * (8 + 16 + 3 + 3*maxField)
+
+// CorruptError reports a write-ahead log segment with a bad group before its end: registrations that were
+// acknowledged may follow it, so the store refuses to start rather than drop them silently.
+type CorruptError struct {
+	File   string
+	Offset int64
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("write-ahead log %s is corrupt at byte offset %d and data follows; to start anyway, cut it "+
+		"there (the registrations after it are lost): truncate -s %d %s", e.File, e.Offset, e.Offset, e.File)
+}
+
+// readSegment returns the records of one segment. A torn last group (a crash during its write, never
+// acknowledged) is dropped; a bad group followed by data is a *CorruptError.
 func readSegment(path string) ([]broker.KeyRecord, error) {
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return nil, err
+	if !bytes.HasPrefix(b, segmentMagic) {
+		if allZero(b) { // created, but the crash came before its magic reached the disk
+			return nil, nil
+		}
+		return readLegacySegment(b), nil
 	}
+	var out []broker.KeyRecord
+	off := len(segmentMagic)
+	for off < len(b) {
+		rest := b[off:]
+		if allZero(rest) {
+			break // the preallocated end
+		}
+		torn := func(end int) error { // the group is bad; it is a torn tail if nothing but zeros follows end
+			if end < len(rest) && !allZero(rest[end:]) {
+				return &CorruptError{File: path, Offset: int64(off)}
+			}
+			return nil
+		}
+		if len(rest) < 8 {
+			return out, nil // a header cut short by the end of the file
+		}
+		n := int(binary.BigEndian.Uint32(rest))
+		switch {
+		case n == 0 || n > maxGroup:
+			// The header itself is bad (not yet on disk, or garbage), so the group's extent is unknown: it is
+			// torn unless a whole group follows somewhere.
+			if validGroupAfter(rest[1:]) {
+				return out, &CorruptError{File: path, Offset: int64(off)}
+			}
+			return out, nil
+		case 8+n > len(rest):
+			return out, nil // cut short by the end of the file
+		case crc32.Checksum(rest[8:8+n], crcTable) != binary.BigEndian.Uint32(rest[4:]):
+			return out, torn(8 + n)
+		}
+		for p := rest[8 : 8+n]; len(p) > 0; {
+			r, m, err := readRecord(p)
+			if err != nil { // the group's checksum was right: a writer bug, not a crash
+				return out, &CorruptError{File: path, Offset: int64(off)}
+			}
+			out = append(out, r)
+			p = p[m:]
+		}
+		off += 8 + n
+	}
+	return out, nil
+}
+
+// readLegacySegment reads a segment of the first version, whose records were not grouped: up to the first bad
+// record.
+func readLegacySegment(b []byte) []broker.KeyRecord {
 	var out []broker.KeyRecord
 	for len(b) > 0 {
 		r, n, err := readRecord(b)
@@ -131,7 +205,40 @@ func readSegment(path string) ([]broker.KeyRecord, error) {
 		out = append(out, r)
 		b = b[n:]
 	}
-	return out, nil
+	return out
+}
+
+// validGroupAfter reports whether a whole group with a right checksum starts anywhere in b.
+func validGroupAfter(b []byte) bool {
+	for i := 0; i+8 < len(b); i++ {
+		n := int(binary.BigEndian.Uint32(b[i:]))
+		if n > 0 && n <= maxGroup && i+8+n <= len(b) && crc32.Checksum(b[i+8:i+8+n], crcTable) == binary.BigEndian.Uint32(b[i+4:]) &&
+			wholeRecords(b[i+8:i+8+n]) { // a record alone has the shape of a group, but not its content
+			return true
+		}
+	}
+	return false
+}
+
+// wholeRecords reports whether p is a sequence of valid records.
+func wholeRecords(p []byte) bool {
+	for len(p) > 0 {
+		_, n, err := readRecord(p)
+		if err != nil {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // openSegment starts segment n, preallocated where the file system allows it.
@@ -144,6 +251,11 @@ func openSegment(base string, n int) (*wal, error) {
 	if preallocate(f, 0, segmentPrealloc) == nil {
 		w.size = segmentPrealloc
 	}
+	if _, err := f.WriteAt(segmentMagic, 0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("write-ahead log: %w", err)
+	}
+	w.off = int64(len(segmentMagic))
 	if err := fdatasync(f); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("write-ahead log: %w", err)
@@ -155,9 +267,10 @@ func openSegment(base string, n int) (*wal, error) {
 	return w, nil
 }
 
-// append writes the records with one write and one fdatasync.
+// append writes the records as one group with one write and one fdatasync. After a failure the segment is
+// broken and must not be written again.
 func (w *wal) append(recs []broker.KeyRecord) []error {
-	w.buf = w.buf[:0]
+	w.buf = append(w.buf[:0], make([]byte, 8)...)
 	errs := make([]error, len(recs))
 	for i, r := range recs {
 		var err error
@@ -165,18 +278,29 @@ func (w *wal) append(recs []broker.KeyRecord) []error {
 			errs[i] = err
 		}
 	}
+	payload := w.buf[8:]
+	if len(payload) == 0 {
+		return errs
+	}
+	binary.BigEndian.PutUint32(w.buf, uint32(len(payload)))
+	binary.BigEndian.PutUint32(w.buf[4:], crc32.Checksum(payload, crcTable))
 	var err error
-	if w.size > 0 && w.off+int64(len(w.buf)) > w.size {
-		grow := max(segmentPrealloc, int64(len(w.buf)))
-		if preallocate(w.f, w.size, grow) == nil {
-			w.size += grow
+	if w.broken {
+		err = errors.New("segment failed before")
+	} else {
+		if w.size > 0 && w.off+int64(len(w.buf)) > w.size {
+			grow := max(segmentPrealloc, int64(len(w.buf)))
+			if preallocate(w.f, w.size, grow) == nil {
+				w.size += grow
+			}
+		}
+		if _, err = w.f.WriteAt(w.buf, w.off); err == nil {
+			w.off += int64(len(w.buf))
+			err = fdatasync(w.f)
 		}
 	}
-	if _, err = w.f.WriteAt(w.buf, w.off); err == nil {
-		w.off += int64(len(w.buf))
-		err = fdatasync(w.f)
-	}
 	if err != nil {
+		w.broken = true
 		err = fmt.Errorf("write-ahead log: %w", err)
 		for i := range errs {
 			if errs[i] == nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/store"
 )
 
 func main() {
@@ -31,9 +32,26 @@ func main() {
 
 // run serves until ctx ends, logging to logOut.
 func run(ctx context.Context, args []string, logOut io.Writer) error {
+	if len(args) > 0 && args[0] == "compact" {
+		return compact(args[1:], os.Stdout)
+	}
 	cfg, err := config.FromArgs("wgkex-broker", args)
 	if err != nil {
 		return err
 	}
 	return brokerd.Run(ctx, cfg, cfg.Log.Logger(logOut))
+}
+
+// compact is `wgkex-broker compact [--config FILE]`: it shrinks the stopped broker's state file.
+func compact(args []string, out io.Writer) error {
+	cfg, err := config.FromArgs("wgkex-broker compact", args)
+	if err != nil {
+		return err
+	}
+	before, after, err := store.Compact(cfg.Broker.StateFile)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%s: %d bytes, now %d\n", cfg.Broker.StateFile, before, after)
+	return nil
 }

@@ -72,6 +72,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 			st.Close()
 		}
 	}()
+	st.StartRetention(store.Retention{Keep: cfg.Broker.KeyRetention.D()})
 	var (
 		mq        bus
 		embedded  *mqttd.Server

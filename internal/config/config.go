@@ -149,6 +149,8 @@ type Broker struct {
 	// ReconnectGrace is how long after a broker start a worker that was online may take to reconnect before it
 	// is marked offline.
 	ReconnectGrace Duration `koanf:"reconnect_grace"`
+	// KeyRetention is how long a key not registered again is kept; a background sweep deletes older ones.
+	KeyRetention Duration `koanf:"key_retention"`
 	// BlocklistFile names a YAML list of keys that may never register (with optional reasons); reloaded on change.
 	BlocklistFile string `koanf:"blocklist_file"`
 	// AllowlistFile names a YAML mapping of domains to the only keys accepted there; reloaded on change.
@@ -224,6 +226,7 @@ func Defaults() map[string]any {
 			"replay_window":   "3h",
 			"reconnect_grace": "2m",
 			"mqtt_server":     map[string]any{"keepalive": 10},
+			"key_retention":   "720h",
 		},
 		"worker": map[string]any{"metrics_interval": "60s"},
 	}
@@ -412,6 +415,9 @@ func (c *Config) Validate() error {
 		if positive[name] <= 0 {
 			p = append(p, fmt.Sprintf("%s: must be positive", name))
 		}
+	}
+	if c.Broker.KeyRetention < c.Broker.ReplayWindow {
+		p = append(p, fmt.Sprintf("broker.key_retention: %v is shorter than broker.replay_window (%v)", c.Broker.KeyRetention.D(), c.Broker.ReplayWindow.D()))
 	}
 	if _, err := ParseLevel(c.Log.Level); err != nil {
 		p = append(p, "log.level: "+err.Error())

@@ -198,6 +198,7 @@ func TestInvalid(t *testing.T) {
 		{"rate limit", validCfg + "broker_listen: {rate_limit: -1}\n", []string{"rate_limit: must not be negative"}},
 		{"rate burst and clients", validCfg + "broker_listen: {rate_limit: 5, rate_burst: 0, rate_limit_clients: 0}\n",
 			[]string{"rate_burst", "rate_limit_clients"}},
+		{"retention below the replay window", validCfg + "broker: {replay_window: 3h, key_retention: 2h}\n", []string{"broker.key_retention: 2h0m0s is shorter"}},
 		{"bad yaml", "domains: [\n", []string{"YAML"}},
 	}
 	for _, tt := range tests {

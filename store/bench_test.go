@@ -1,0 +1,115 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/freifunkMUC/wgkex-go/broker"
+)
+
+// BenchmarkReplayWindow reads, 1000 keys a page as a replay does, the keys of the last 3 h from a state file
+// made by bench/fillstate (WGKEX_BENCH_STATE; e.g. 20,000 recent keys among 1,000,000).
+func BenchmarkReplayWindow(b *testing.B) {
+	path := os.Getenv("WGKEX_BENCH_STATE")
+	if path == "" {
+		b.Skip("set WGKEX_BENCH_STATE to a file made by go run ./bench/fillstate")
+	}
+	s, err := Open(path, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	since := time.Now().Add(-3 * time.Hour)
+	n := 0
+	s.visited.Store(0)
+	b.ResetTimer()
+	for b.Loop() {
+		n = 0
+		var cur broker.KeyCursor
+		for {
+			keys, next, err := s.KeysPage("ffmuc_welt", since, cur, 1000)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += len(keys)
+			if next == "" {
+				break
+			}
+			cur = next
+		}
+	}
+	b.ReportMetric(float64(n), "keys")
+	b.ReportMetric(float64(s.visited.Load())/float64(b.N), "visited/op")
+}
+
+// BenchmarkWrites compares the store's group-commit writer with bbolt's DB.Batch for the writes that go to bbolt
+// directly (worker state, retained messages): 32 goroutines, each write durable on return.
+func BenchmarkWrites(b *testing.B) {
+	for _, mode := range []string{"group-commit", "db.Batch"} {
+		b.Run(mode, func(b *testing.B) {
+			s, err := Open(b.TempDir()+"/state.db", slog.New(slog.DiscardHandler))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			var i atomic.Int64
+			b.SetParallelism(16) // 32 writers on 2 cores
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					topic := []byte(fmt.Sprint("wireguard-worker/gw", i.Add(1)%500, "/status"))
+					fn := func(tx *bolt.Tx) error { return tx.Bucket(bucketRetained).Put(topic, []byte("1")) }
+					var err error
+					if mode == "db.Batch" {
+						err = s.db.Batch(fn)
+					} else {
+						err = s.update(fn)
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkSweep deletes the expired keys of a copy of WGKEX_BENCH_EXPIRED, a file made by bench/fillstate with
+// -expired (e.g. 900,000 keys last seen 31 to 60 days ago among 1,000,000), with the default 30-day cut.
+func BenchmarkSweep(b *testing.B) {
+	src := os.Getenv("WGKEX_BENCH_EXPIRED")
+	if src == "" {
+		b.Skip("set WGKEX_BENCH_EXPIRED to a file made by go run ./bench/fillstate -expired 900000")
+	}
+	for b.Loop() {
+		b.StopTimer()
+		path := b.TempDir() + "/state.db"
+		if out, err := exec.Command("cp", src, path).CombinedOutput(); err != nil {
+			b.Fatalf("%v: %s", err, out)
+		}
+		s, err := Open(path, slog.New(slog.DiscardHandler))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		t0 := time.Now()
+		n, err := s.Sweep(context.Background(), time.Now().Add(-30*24*time.Hour))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(n), "deleted")
+		b.ReportMetric(time.Since(t0).Seconds(), "sweep-s")
+		b.StopTimer()
+		s.Close()
+		fi, _ := os.Stat(path)
+		b.ReportMetric(float64(fi.Size()>>20), "file-MB")
+		b.StartTimer()
+	}
+}

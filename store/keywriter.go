@@ -1,0 +1,212 @@
+package store
+
+import (
+	"os"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/broker"
+)
+
+const (
+	// mergeInterval is how often registrations are moved from the write-ahead log into the bbolt file.
+	mergeInterval = 30 * time.Second
+	// mergeThreshold starts a merge early when this many registrations are waiting.
+	mergeThreshold = 50000
+)
+
+type keyWrite struct {
+	r   broker.KeyRecord
+	err chan error
+}
+
+// PutKey records a registration. It returns once the registration is on disk: appended to the write-ahead log
+// together with every registration that arrived meanwhile, with one fdatasync.
+func (s *Store) PutKey(r broker.KeyRecord) error {
+	w := keyWrite{r: r, err: make(chan error, 1)}
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		return ErrClosed
+	}
+	s.keys <- w
+	s.closeMu.RUnlock()
+	return <-w.err
+}
+
+// Flush merges every registration waiting in the write-ahead log into the bbolt file now (before a backup, say).
+func (s *Store) Flush() error {
+	reply := make(chan error, 1)
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		return ErrClosed
+	}
+	s.flush <- reply
+	s.closeMu.RUnlock()
+	return <-reply
+}
+
+// keyWriter owns the write-ahead log: it appends registrations in groups and hands the log to a merge every
+// mergeInterval, without waiting for the merge.
+func (s *Store) keyWriter() {
+	defer close(s.keysDone)
+	t := time.NewTicker(mergeInterval)
+	defer t.Stop()
+	batch := make([]keyWrite, 0, maxBatch)
+	recs := make([]broker.KeyRecord, 0, maxBatch)
+	merged := make(chan error, 1)
+	busy := false
+	for {
+		select {
+		case w, ok := <-s.keys:
+			if !ok {
+				s.finish(busy, merged)
+				return
+			}
+			batch, recs = append(batch[:0], w), append(recs[:0], w.r)
+		drain:
+			for len(batch) < maxBatch {
+				select {
+				case w, ok := <-s.keys:
+					if !ok {
+						break drain
+					}
+					batch, recs = append(batch, w), append(recs, w.r)
+				default:
+					break drain
+				}
+			}
+			errs := s.appendLog(recs)
+			s.mu.Lock()
+			for i, r := range recs {
+				if errs[i] == nil {
+					s.pending.add(r)
+					s.pendingN++
+				}
+			}
+			full := s.pendingN >= mergeThreshold
+			s.mu.Unlock()
+			for i, w := range batch {
+				w.err <- errs[i]
+			}
+			if full && !busy {
+				busy = s.startMerge(merged)
+			}
+		case <-t.C:
+			if !busy {
+				busy = s.startMerge(merged)
+			}
+		case reply := <-s.flush:
+			if busy {
+				s.mergeDone(<-merged)
+				busy = false
+			}
+			var err error
+			if s.startMerge(merged) {
+				err = <-merged
+				s.mergeDone(err)
+			}
+			reply <- err
+		case err := <-merged:
+			s.mergeDone(err)
+			busy = false
+		}
+	}
+}
+
+// appendLog appends a group of registrations to the current segment. A segment whose write or fdatasync failed
+// is not written again: what the failure left in it may be garbage, and records after it would then follow
+// garbage. Its group failed (the callers get the error), its earlier records stay in it until they are merged,
+// and the log goes on in a new segment.
+func (s *Store) appendLog(recs []broker.KeyRecord) []error {
+	if s.wal.broken {
+		next, err := openSegment(s.walBase, s.wal.seg+1)
+		if err != nil {
+			errs := make([]error, len(recs))
+			for i := range errs {
+				errs[i] = err
+			}
+			return errs
+		}
+		s.wal.close()
+		s.mu.Lock() // startMerge reads s.wal under mu
+		s.wal = next
+		s.mu.Unlock()
+	}
+	errs := s.wal.append(recs)
+	if s.wal.broken {
+		s.logf("write-ahead log segment %s failed, continuing in a new one: %v", segmentName(s.walBase, s.wal.seg), errs[len(errs)-1])
+	}
+	return errs
+}
+
+// finish ends the key writer at Close: it merges everything and removes the log.
+func (s *Store) finish(busy bool, merged chan error) {
+	if busy {
+		s.mergeDone(<-merged)
+	}
+	clean := true
+	if s.startMerge(merged) {
+		err := <-merged
+		s.mergeDone(err)
+		clean = err == nil
+	}
+	s.wal.close()
+	if clean { // everything is in bbolt: the last, empty segment goes too
+		if err := os.Remove(segmentName(s.walBase, s.wal.seg)); err != nil {
+			s.logf("remove write-ahead log: %v", err)
+		}
+	}
+}
+
+// startMerge starts a new log segment and merges the records of the older ones into bbolt in the background; the
+// result arrives on done. It reports whether a merge started.
+func (s *Store) startMerge(done chan<- error) bool {
+	s.mu.Lock()
+	if s.pendingN == 0 {
+		s.mu.Unlock()
+		return false
+	}
+	next, err := openSegment(s.walBase, s.wal.seg+1)
+	if err != nil {
+		s.mu.Unlock()
+		s.logf("start write-ahead log segment: %v", err)
+		return false
+	}
+	old := s.wal
+	s.wal = next
+	s.merging, s.pending, s.pendingN = s.pending, overlay{}, 0
+	o := s.merging
+	s.mu.Unlock()
+	old.close()
+	s.mergeUpTo = old.seg
+	go func() { done <- s.merge(o) }()
+	return true
+}
+
+// mergeDone deletes the merged segments, or keeps the records waiting if the merge failed.
+func (s *Store) mergeDone(err error) {
+	s.mu.Lock()
+	if err != nil {
+		for _, m := range s.merging {
+			for _, r := range m {
+				s.pending.add(r)
+				s.pendingN++
+			}
+		}
+	}
+	s.merging = nil
+	s.mu.Unlock()
+	if err != nil {
+		s.logf("merge write-ahead log into the state file (will retry): %v", err)
+		return
+	}
+	segs, _ := segments(s.walBase)
+	for _, seg := range segs {
+		if seg <= s.mergeUpTo {
+			if err := os.Remove(segmentName(s.walBase, seg)); err != nil {
+				s.logf("remove merged write-ahead log segment: %v", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,124 @@
+package store
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// mergeChunk is how many registrations one merge transaction writes. A merge is split into transactions over
+// consecutive key ranges (so the pages they rewrite do not overlap and the total work stays the same), with a
+// pause between them, so that a large merge does not hold a core for long while registrations wait.
+const (
+	mergeChunk = 1024
+	mergePause = 10 * time.Millisecond
+)
+
+// indexFill is how full bbolt packs the pages of the time index when it splits them. New entries go to its end
+// (registrations are recent), where bbolt's default of one half would leave every page half empty.
+const indexFill = 0.95
+
+// mergeTx writes registrations into the keys buckets, combining each with what the bucket holds, and moves its
+// entry in the time index. Its cost follows the registrations: one lookup, one put and one index move each.
+func mergeTx(tx *bolt.Tx, entries []mergeEntry) error {
+	var b, idx *bolt.Bucket
+	domain := ""
+	for _, e := range entries {
+		if b == nil || e.domain != domain {
+			var err error
+			if b, err = tx.Bucket(bucketKeys).CreateBucketIfNotExists([]byte(e.domain)); err != nil {
+				return fmt.Errorf("domain bucket %q: %w", e.domain, err)
+			}
+			if idx, err = tx.Bucket(bucketByTime).CreateBucketIfNotExists([]byte(e.domain)); err != nil {
+				return fmt.Errorf("index bucket %q: %w", e.domain, err)
+			}
+			idx.FillPercent = indexFill
+			domain = e.domain
+		}
+		r := e.r
+		if old := b.Get([]byte(r.Key)); old != nil {
+			if err := idx.Delete(indexKey(lastSeenOf(old), r.Key)); err != nil {
+				return err
+			}
+			r = combine(decodeKey(domain, r.Key, old), r)
+		}
+		if err := b.Put([]byte(r.Key), encodeKey(r)); err != nil {
+			return err
+		}
+		if err := idx.Put(indexKey(r.LastSeen.UnixNano(), r.Key), indexValue(r.FirstSeen.UnixNano())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildIndex fills the time index from the keys buckets (the migration from schema 1).
+func buildIndex(tx *bolt.Tx) (int, error) {
+	n := 0
+	keys := tx.Bucket(bucketKeys)
+	err := keys.ForEachBucket(func(domain []byte) error {
+		idx, err := tx.Bucket(bucketByTime).CreateBucketIfNotExists(domain)
+		if err != nil {
+			return err
+		}
+		return keys.Bucket(domain).ForEach(func(k, v []byte) error {
+			n++
+			return idx.Put(indexKey(lastSeenOf(v), string(k)), indexValue(decodeKey("", "", v).FirstSeen.UnixNano()))
+		})
+	})
+	return n, err
+}
+
+// merge writes the overlay into bbolt through the group-commit writer, mergeChunk registrations a transaction.
+// Merging is idempotent: after a failure or a crash half-way the whole overlay is merged again.
+func (s *Store) merge(o overlay) error {
+	entries := o.sorted()
+	for i := 0; i < len(entries); i += mergeChunk {
+		if i > 0 {
+			time.Sleep(mergePause)
+		}
+		chunk := entries[i:min(i+mergeChunk, len(entries))]
+		if err := s.updateInternal(func(tx *bolt.Tx) error { return mergeTx(tx, chunk) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recoverLog merges what earlier runs left in the write-ahead log into the bbolt file, deletes those segments
+// and starts a new one. A segment corrupted before its end stops it (see readSegment).
+func (s *Store) recoverLog() error {
+	segs, err := segments(s.walBase)
+	if err != nil {
+		return err
+	}
+	o := overlay{}
+	n := 0
+	for _, seg := range segs {
+		recs, err := readSegment(segmentName(s.walBase, seg))
+		if err != nil {
+			return fmt.Errorf("read write-ahead log: %w", err)
+		}
+		for _, r := range recs {
+			o.add(r)
+		}
+		n += len(recs)
+	}
+	if n > 0 {
+		if err := s.db.Update(func(tx *bolt.Tx) error { return mergeTx(tx, o.sorted()) }); err != nil {
+			return fmt.Errorf("merge write-ahead log: %w", err)
+		}
+	}
+	next := 0
+	for _, seg := range segs {
+		if err := os.Remove(segmentName(s.walBase, seg)); err != nil {
+			return err
+		}
+		next = seg + 1
+	}
+	s.recovered = n
+	s.wal, err = openSegment(s.walBase, next)
+	return err
+}
