@@ -134,6 +134,7 @@ func (s *Store) appendLog(recs []broker.KeyRecord) []error {
 		s.mu.Unlock()
 	}
 	errs := s.wal.append(recs)
+	s.observeFsync(s.wal.lastSync)
 	if s.wal.broken {
 		s.logf("write-ahead log segment %s failed, continuing in a new one: %v", segmentName(s.walBase, s.wal.seg), errs[len(errs)-1])
 	}

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
@@ -54,6 +55,9 @@ type Store struct {
 	pending   overlay // in the current segment
 	merging   overlay // in older segments, being merged
 	pendingN  int
+
+	// fsyncObserver is the wgkex_wal_fsync_seconds histogram once RegisterMetrics was called.
+	fsyncObserver atomic.Pointer[prometheus.Histogram]
 
 	// visited counts the index entries replays have read (tests check that a replay reads only its window).
 	visited atomic.Int64

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
@@ -226,4 +227,32 @@ func BenchmarkPutKeyParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestMetrics: the store's metrics, read back from a real registry after a registration.
+func TestMetrics(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer s.Close()
+	reg := prometheus.NewRegistry()
+	if err := s.RegisterMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, "d", key1, time.Unix(1_700_000_000, 0))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, mf := range mfs {
+		m := mf.GetMetric()[0]
+		switch mf.GetName() {
+		case "wgkex_wal_fsync_seconds":
+			got[mf.GetName()] = m.GetHistogram().GetSampleCount() == 1
+		case "wgkex_state_file_bytes":
+			got[mf.GetName()] = m.GetGauge().GetValue() > 0
+		}
+	}
+	if diff := cmp.Diff(map[string]bool{"wgkex_wal_fsync_seconds": true, "wgkex_state_file_bytes": true}, got); diff != "" {
+		t.Errorf("metrics with a value (-want +got):\n%s", diff)
+	}
 }

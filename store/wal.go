@@ -96,6 +96,7 @@ type wal struct {
 	f         *os.File
 	off, size int64 // next write offset; allocated size (0: the file system cannot preallocate)
 	buf       []byte
+	lastSync  time.Duration // of the last append's fdatasync
 	// broken is set after a failed write or fdatasync: the segment is not written again.
 	broken bool
 }
@@ -296,7 +297,9 @@ func (w *wal) append(recs []broker.KeyRecord) []error {
 		}
 		if _, err = w.f.WriteAt(w.buf, w.off); err == nil {
 			w.off += int64(len(w.buf))
+			t0 := time.Now()
 			err = fdatasync(w.f)
+			w.lastSync = time.Since(t0)
 		}
 	}
 	if err != nil {
