@@ -1,23 +1,30 @@
-// Package mqttd is the broker's embedded MQTT server (mochi-mqtt v2): its TCP and TLS listeners, the password
-// check, persistence of retained messages, and the inline client through which the broker publishes and
-// subscribes. It is the only package that imports mochi.
+// Package mqttd is the broker's embedded MQTT server (mochi-mqtt v2): its TCP and TLS listeners, who may connect
+// (per-worker passwords and client certificates, the reference's shared password, read-only monitors), what each
+// client may publish and subscribe to, the limits that keep one client from hurting the others, persistence of
+// retained messages, and the inline client through which the broker publishes and subscribes. It is the only
+// package that imports mochi, and every workaround for mochi's behaviour lives here.
 package mqttd
 
 import (
-	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
+	"os"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/crypto/bcrypt"
 
-	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
 // RetainStore keeps retained messages across restarts. The messages are opaque to it.
@@ -27,35 +34,156 @@ type RetainStore interface {
 	Retained(fn func(topic string, msg []byte) error) error
 }
 
+// Listener is one TCP listener of the embedded server, with TLS when CertFile and KeyFile are given.
+type Listener struct {
+	Address           string
+	CertFile, KeyFile string
+	// ClientCAFile, on a TLS listener, is a PEM bundle that client certificates are verified against. A client
+	// certificate is optional (tls.VerifyClientCertIfGiven) so that password-authenticated workers can share the
+	// listener; one that does not verify ends the handshake.
+	ClientCAFile string
+}
+
+// Account is a worker's or monitor's own credential.
+type Account struct {
+	// PasswordHash is a bcrypt hash of the password; empty means no password of its own.
+	PasswordHash string
+}
+
+// Limits bound what one client can cost the server. Zero values take the defaults of DefaultLimits.
+type Limits struct {
+	// MaxPacketSize is the largest packet accepted, checked from the fixed header before the packet is read.
+	MaxPacketSize uint32
+	// MaxClients bounds the open connections, counting those that have not sent CONNECT yet.
+	MaxClients int
+	// ConnectTimeout is how long a new connection has for its TLS handshake and CONNECT packet.
+	ConnectTimeout time.Duration
+	// MaxSessionExpiry bounds how long a disconnected client's session is kept.
+	MaxSessionExpiry time.Duration
+	// MaxPending bounds a client's queued outbound packets and its unacknowledged QoS 1/2 messages; a client
+	// whose queue is full is disconnected as a slow consumer.
+	MaxPending int
+}
+
+// DefaultLimits returns the limits used for zero fields of Options.Limits.
+func DefaultLimits() Limits {
+	return Limits{MaxPacketSize: 64 << 10, MaxClients: 4096, ConnectTimeout: 10 * time.Second,
+		MaxSessionExpiry: time.Hour, MaxPending: 1024}
+}
+
 // Options configure a Server.
 type Options struct {
-	Listeners []config.MQTTListener
-	// Username and Password, when Username is not empty, are the only credentials accepted.
-	Username, Password string
+	Listeners []Listener
+	// Domains are the domains every worker serves: they name the topics a worker may use.
+	Domains []string
+	// Workers are the configured gateways by name. A worker authenticates with its own password (username =
+	// name), a client certificate naming it, or the shared password with its name as client id.
+	Workers map[string]Account
+	// Monitors are read-only accounts: they may subscribe to worker topics (metrics, status, data), never see
+	// keys or replays and never publish.
+	Monitors map[string]Account
+	// SharedUsername and SharedPassword are the reference's one credential for every worker (mqtt.username and
+	// mqtt.password); a client using it acts as the worker its client id names, for names under Workers only.
+	SharedUsername, SharedPassword string
+	// AllowAnonymous accepts clients without credentials on every listener. Without it they are accepted only
+	// when no credential is configured at all, and only on loopback listeners; New refuses a non-loopback
+	// listener then.
+	AllowAnonymous bool
+	Limits         Limits
 	// Retained persists retained messages; nil keeps them in memory only.
 	Retained RetainStore
+	// Metrics, when not nil, registers wgkex_mqtt_clients and wgkex_mqtt_refused_total{reason}.
+	Metrics prometheus.Registerer
 }
 
 // Server is the embedded MQTT server.
 type Server struct {
 	srv       *mqtt.Server
 	log       *slog.Logger
-	listeners []*listeners.TCP
+	opts      Options
+	listeners []*listener
 	subID     int
+	// credentials reports whether any credential is configured (then anonymous clients are refused).
+	credentials bool
+	failures    failures
+	// loginDelay is how long a failed login waits for its refusal (tests shorten it).
+	loginDelay time.Duration
+	refusedVec  *prometheus.CounterVec
+	done        chan struct{}
 	// closing is set before the server disconnects its clients on shutdown, so that their last wills, fired by
 	// our own shutdown, do not mark every worker offline in the broker's state.
 	closing atomic.Bool
 }
 
 // New creates the server and opens its listeners; Serve starts accepting clients.
-func New(log *slog.Logger, opts Options) (*Server, error) {
+func New(log *slog.Logger, opts Options) (_ *Server, err error) {
+	opts.Limits = withDefaults(opts.Limits)
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	lim := opts.Limits
 	caps := mqtt.NewDefaultServerCapabilities()
 	// mochi deletes retained messages older than this (default 24 h), which would drop every worker's endpoint
 	// a day after it connected. 0 means never.
 	caps.MaximumMessageExpiryInterval = 0
+	// mochi checks the remaining length against this in ReadFixedHeader, before it allocates the packet, also
+	// for CONNECT.
+	caps.MaximumPacketSize = lim.MaxPacketSize
+	caps.MaximumClients = int64(lim.MaxClients)
+	caps.MaximumSessionExpiryInterval = uint32(lim.MaxSessionExpiry / time.Second)
+	caps.MaximumClientWritesPending = int32(lim.MaxPending)
+	caps.MaximumInflight = uint16(min(lim.MaxPending, 65535))
+	caps.ReceiveMaximum = 64
+	caps.TopicAliasMaximum = 0
+	caps.SharedSubAvailable = 0
 	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: log, Capabilities: caps})
-	s := &Server{srv: srv, log: log}
-	if err := srv.AddHook(&authHook{user: opts.Username, pass: opts.Password}, nil); err != nil {
+	s := &Server{srv: srv, log: log, opts: opts, done: make(chan struct{}), loginDelay: loginDelay,
+		failures: failures{m: map[netip.Prefix]*failure{}}}
+	s.credentials = opts.SharedUsername != "" || len(opts.Monitors) > 0
+	for _, w := range opts.Workers {
+		s.credentials = s.credentials || w.PasswordHash != ""
+	}
+	defer func() {
+		if err != nil {
+			s.closeListeners()
+		}
+	}()
+	slots := make(chan struct{}, lim.MaxClients)
+	for i, lc := range opts.Listeners {
+		l := &listener{id: "tcp" + strconv.Itoa(i), address: lc.Address, slots: slots,
+			connectTimeout: lim.ConnectTimeout, refused: s.refused, log: log}
+		if lc.CertFile != "" {
+			if l.tls, err = serverTLS(lc); err != nil {
+				return nil, fmt.Errorf("mqtt listener %s: %w", lc.Address, err)
+			}
+			s.credentials = s.credentials || lc.ClientCAFile != ""
+		}
+		if err := l.listen(); err != nil {
+			return nil, fmt.Errorf("mqtt listener %s: %w", lc.Address, err)
+		}
+		s.listeners = append(s.listeners, l)
+	}
+	for _, l := range s.listeners {
+		switch {
+		case s.credentials && !opts.AllowAnonymous:
+		case opts.AllowAnonymous:
+			log.Warn("mqtt accepts clients without credentials (allow_anonymous)", "listener", l.Address())
+		case !l.loopback:
+			return nil, fmt.Errorf("mqtt listener %s: no credentials are configured, so only loopback listeners "+
+				"are allowed (set workers.<name>.password_hash, mqtt.username/password or client_ca_file, or "+
+				"broker.allow_anonymous: true)", l.Address())
+		default:
+			log.Warn("mqtt accepts clients without credentials on loopback: configure credentials for production",
+				"listener", l.Address())
+		}
+		if err := srv.AddListener(l); err != nil {
+			return nil, fmt.Errorf("mqtt listener %s: %w", l.Address(), err)
+		}
+	}
+	if err := s.metrics(opts.Metrics); err != nil {
+		return nil, err
+	}
+	if err := srv.AddHook(&authHook{s: s}, nil); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
 	}
 	if opts.Retained != nil {
@@ -63,28 +191,105 @@ func New(log *slog.Logger, opts Options) (*Server, error) {
 			return nil, fmt.Errorf("add retain hook: %w", err)
 		}
 	}
-	if opts.Username == "" {
-		log.Warn("mqtt accepts clients without password: set mqtt.username and mqtt.password for production")
-	}
-	for i, lc := range opts.Listeners {
-		var tc *tls.Config
-		if lc.CertFile != "" {
-			cert, err := tls.LoadX509KeyPair(lc.CertFile, lc.KeyFile)
-			if err != nil {
-				s.closeListeners()
-				return nil, fmt.Errorf("mqtt listener %s: load certificate: %w", lc.Address, err)
-			}
-			tc = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		}
-		l := listeners.NewTCP(listeners.Config{ID: "tcp" + strconv.Itoa(i), Address: lc.Address, TLSConfig: tc})
-		if err := srv.AddListener(l); err != nil {
-			s.closeListeners()
-			return nil, fmt.Errorf("mqtt listener %s: %w", lc.Address, err)
-		}
-		s.listeners = append(s.listeners, l)
-	}
 	return s, nil
 }
+
+func withDefaults(l Limits) Limits {
+	d := DefaultLimits()
+	if l.MaxPacketSize == 0 {
+		l.MaxPacketSize = d.MaxPacketSize
+	}
+	if l.MaxClients == 0 {
+		l.MaxClients = d.MaxClients
+	}
+	if l.ConnectTimeout == 0 {
+		l.ConnectTimeout = d.ConnectTimeout
+	}
+	if l.MaxSessionExpiry == 0 {
+		l.MaxSessionExpiry = d.MaxSessionExpiry
+	}
+	if l.MaxPending == 0 {
+		l.MaxPending = d.MaxPending
+	}
+	return l
+}
+
+// validate checks names and hashes, all problems at once.
+func (o *Options) validate() error {
+	var errs []error
+	for name, w := range o.Workers {
+		if err := wire.ValidateTopicLevel(name); err != nil || name == mqtt.InlineClientId {
+			errs = append(errs, fmt.Errorf("worker %q: not a possible client id", name))
+		}
+		if _, err := bcrypt.Cost([]byte(w.PasswordHash)); w.PasswordHash != "" && err != nil {
+			errs = append(errs, fmt.Errorf("worker %s: password hash: %w", name, err))
+		}
+	}
+	for name, m := range o.Monitors {
+		if _, dup := o.Workers[name]; dup || name == "" || name == mqtt.InlineClientId {
+			errs = append(errs, fmt.Errorf("monitor %q: empty, reserved or also a worker", name))
+		}
+		if _, err := bcrypt.Cost([]byte(m.PasswordHash)); err != nil {
+			errs = append(errs, fmt.Errorf("monitor %s: password hash: %w", name, err))
+		}
+	}
+	for _, l := range o.Listeners {
+		if l.ClientCAFile != "" && l.CertFile == "" {
+			errs = append(errs, fmt.Errorf("mqtt listener %s: client_ca_file needs cert_file and key_file", l.Address))
+		}
+	}
+	if o.SharedUsername != "" && o.SharedPassword == "" {
+		errs = append(errs, errors.New("mqtt.username without mqtt.password"))
+	}
+	return errors.Join(errs...)
+}
+
+// serverTLS loads a listener's certificate and, if given, the CA its clients' certificates are verified with.
+func serverTLS(lc Listener) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(lc.CertFile, lc.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load certificate: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if lc.ClientCAFile != "" {
+		pem, err := os.ReadFile(lc.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read client CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("client CA %s: no PEM certificate", lc.ClientCAFile)
+		}
+		tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
+	}
+	return tc, nil
+}
+
+// metrics creates the collectors and registers them with reg when it is not nil.
+func (s *Server) metrics(reg prometheus.Registerer) error {
+	s.refusedVec = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wgkex_mqtt_refused_total",
+		Help: "MQTT connections, packets and subscriptions refused, by reason.",
+	}, []string{"reason"})
+	for _, r := range allReasons {
+		s.refusedVec.WithLabelValues(r)
+	}
+	clients := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "wgkex_mqtt_clients",
+		Help: "Connected MQTT clients, without the broker's own.",
+	}, func() float64 { return float64(s.Clients()) })
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{s.refusedVec, clients} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register mqtt metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Server) refused(reason string) { s.refusedVec.WithLabelValues(reason).Inc() }
 
 func (s *Server) closeListeners() {
 	for _, l := range s.listeners {
@@ -104,6 +309,10 @@ func (s *Server) Addrs() []string {
 // Handle subscribes the inline client to filter. fn runs on the publishing client's goroutine; a panic in it is
 // logged and does not reach the server. Call Handle before Serve: state comes from the store, not from retained
 // messages replayed at subscription.
+//
+// The topic ACL guarantees that a message on a worker's topic (wireguard-worker/{name}/..., 
+// wireguard-metrics/{domain}/{name}/..., wgkex/replay/{name}/request) was published by a client authenticated as
+// that worker, or is that client's last will, checked at CONNECT. fn may trust the name in the topic.
 func (s *Server) Handle(filter string, fn func(topic string, payload []byte)) error {
 	s.subID++
 	err := s.srv.Subscribe(filter, s.subID, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
@@ -123,7 +332,8 @@ func (s *Server) Handle(filter string, fn func(topic string, payload []byte)) er
 	return nil
 }
 
-// Publish sends a message from the inline client.
+// Publish sends a message from the inline client. It never waits for a subscriber: one whose queue is full is
+// disconnected.
 func (s *Server) Publish(topic string, payload []byte, retain bool, qos byte) error {
 	if err := s.srv.Publish(topic, payload, retain, qos); err != nil {
 		return fmt.Errorf("publish %s: %w", topic, err)
@@ -159,35 +369,157 @@ func (s *Server) Close() error {
 	if !s.closing.CompareAndSwap(false, true) {
 		return nil
 	}
+	close(s.done)
 	return s.srv.Close()
 }
 
-// authHook accepts the configured username and password, or anyone when no username is configured.
+// authHook authenticates clients (auth.go) and enforces the topic rules (acl.go) and the per-client limits.
 type authHook struct {
 	mqtt.HookBase
-	user, pass string
+	s *Server
 }
 
 func (h *authHook) ID() string { return "wgkex-auth" }
 
 func (h *authHook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+	switch b {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe, mqtt.OnPublishDropped:
+		return true
+	}
+	return false
+}
+
+// OnConnect bounds the keepalive, so that a client asking for none (0) is still dropped when it goes silent.
+func (h *authHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	if cl.State.Keepalive == 0 || cl.State.Keepalive > maxKeepalive {
+		cl.State.Keepalive, cl.State.ServerKeepalive = maxKeepalive, true
+	}
+	return nil
 }
 
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	if h.user == "" {
-		return true
-	}
-	u := subtle.ConstantTimeCompare(pk.Connect.Username, []byte(h.user))
-	p := subtle.ConstantTimeCompare(pk.Connect.Password, []byte(h.pass))
-	if u&p != 1 {
-		h.Log.Warn("mqtt client refused: wrong username or password", "client", cl.ID, "remote", cl.Net.Remote)
+	s := h.s
+	c := connOf(cl.Net.Conn)
+	if c == nil {
 		return false
 	}
+	key, now := addrKey(cl.Net.Remote), time.Now()
+	refuse := func(reason string) bool {
+		s.refused(reason)
+		s.log.Warn("mqtt client refused", "client", cl.ID, "remote", cl.Net.Remote, "username",
+			string(pk.Connect.Username), "reason", reason)
+		if reason == reasonBadLogin || reason == reasonLoginBackoff || reason == reasonAnonymous {
+			s.failures.fail(key, now, s.loginDelay)
+			t := time.NewTimer(s.loginDelay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-s.done:
+			}
+		}
+		return false
+	}
+	if s.failures.locked(key, now) {
+		return refuse(reasonLoginBackoff)
+	}
+	id, reason := s.authenticate(cl, pk)
+	if id == nil {
+		return refuse(reason)
+	}
+	if w := cl.Properties.Will; w.Flag == 1 && !id.canPublish(w.TopicName) {
+		return refuse(reasonWill)
+	}
+	if old, ok := s.srv.Clients.Get(id.name); ok {
+		if oc := connOf(old.Net.Conn); oc != nil && !old.Closed() {
+			if oid := oc.id.Load(); oid != nil && oid.own && !id.own {
+				return refuse(reasonTakeover)
+			}
+			// The same worker reconnects before its old session timed out: mochi disconnects the old one,
+			// whose will ("offline") must not follow the new session's "online".
+			atomic.StoreUint32(&old.Properties.Will.Flag, 0)
+		}
+	}
+	s.failures.succeed(key)
+	c.id.Store(id)
+	s.log.Info("mqtt client authenticated", "client", id.name, "remote", cl.Net.Remote, "via", id.via,
+		"worker", id.worker, "monitor", id.monitor)
 	return true
 }
 
-func (h *authHook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
+// identityOf returns a connected client's identity; nil for the inline client.
+func identityOf(cl *mqtt.Client) *identity {
+	if c := connOf(cl.Net.Conn); c != nil {
+		if id := c.id.Load(); id != nil {
+			return id
+		}
+	}
+	return &identity{}
+}
+
+// OnACLCheck decides publishes (write) and, silently, subscriptions and deliveries (read).
+func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if cl.Net.Inline {
+		return true
+	}
+	id := identityOf(cl)
+	if !write {
+		return id.canSubscribe(topic) && (hasWildcard(topic) || id.canRead(topic))
+	}
+	if id.canPublish(topic) {
+		return true
+	}
+	h.s.refused(reasonPublish)
+	h.s.log.Warn("mqtt publish refused", "client", cl.ID, "topic", topic, "reason", reasonPublish)
+	return false
+}
+
+// OnSubscribe logs and counts the subscriptions OnACLCheck is about to refuse.
+func (h *authHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if cl.Net.Inline {
+		return pk
+	}
+	for _, f := range pk.Filters {
+		if !h.OnACLCheck(cl, f.Filter, false) {
+			h.s.refused(reasonSubscribe)
+			h.s.log.Warn("mqtt subscription refused", "client", cl.ID, "topic", f.Filter, "reason", reasonSubscribe)
+		}
+	}
+	return pk
+}
+
+// OnPublishDropped disconnects a client whose outbound queue is full: it stopped reading. Closing its
+// connection never blocks the publisher.
+func (h *authHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline || cl.Closed() {
+		return
+	}
+	h.s.refused(reasonSlowConsumer)
+	h.s.log.Warn("mqtt client disconnected: not reading", "client", cl.ID, "topic", pk.TopicName,
+		"reason", reasonSlowConsumer)
+	cl.Stop(packets.ErrPendingClientWritesExceeded)
+}
+
+// establishReason maps the error that ended a connection before or during CONNECT to a refusal reason, or ""
+// when the hooks have counted it already or it is an ordinary end.
+func establishReason(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, packets.ErrPacketTooLarge):
+		return reasonPacketTooLarge
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return reasonConnectTimeout
+	case errors.Is(err, packets.ErrServerBusy):
+		return reasonMaxClients
+	case errors.Is(err, packets.ErrProtocolViolationRequireFirstConnect):
+		return reasonProtocol
+	}
+	var re tls.RecordHeaderError
+	var ae tls.AlertError
+	if errors.As(err, &re) || errors.As(err, &ae) {
+		return reasonProtocol
+	}
+	return ""
+}
 
 // retainHook writes retained messages through to the RetainStore and gives them back at start.
 type retainHook struct {

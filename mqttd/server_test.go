@@ -12,20 +12,24 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/store"
 )
 
-func start(t *testing.T, st RetainStore, user, pass string, handlers map[string]func(string, []byte)) *Server {
+// start runs a server on 127.0.0.1:0 unless opts names listeners.
+func start(t *testing.T, opts Options, handlers map[string]func(string, []byte)) *Server {
 	t.Helper()
-	s, err := New(testenv.Logger(t), Options{
-		Listeners: []config.MQTTListener{{Address: "127.0.0.1:0"}},
-		Username:  user, Password: pass, Retained: st,
-	})
+	if len(opts.Listeners) == 0 {
+		opts.Listeners = []Listener{{Address: "127.0.0.1:0"}}
+	}
+	if opts.Domains == nil {
+		opts.Domains = []string{"ffmuc_welt"}
+	}
+	s, err := New(testenv.Logger(t), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.loginDelay = 10 * time.Millisecond
 	for f, h := range handlers {
 		if err := s.Handle(f, h); err != nil {
 			t.Fatal(err)
@@ -62,16 +66,27 @@ func TestRetainedSurviveRestartAndNeverExpire(t *testing.T) {
 	if err := st.PutRetained(old.TopicName, b); err != nil {
 		t.Fatal(err)
 	}
-	s := start(t, st, "", "", nil)
+	s := start(t, Options{Retained: st}, nil)
 	pub := testenv.Connect(t, s.Addrs()[0], "gw05", testenv.ClientOptions{})
 	pub.Publish(t, "wireguard-worker/gw05/status", "1", 1, true)
-	pub.Publish(t, "wireguard-worker/gw06/status", "1", 1, true)
-	pub.Publish(t, "wireguard-worker/gw06/status", "", 1, true) // clears it
-	// mochi sweeps expired retained messages every second; let two sweeps pass.
-	time.Sleep(2500 * time.Millisecond)
+	gw06 := testenv.Connect(t, s.Addrs()[0], "gw06", testenv.ClientOptions{})
+	gw06.Publish(t, "wireguard-worker/gw06/status", "1", 1, true)
+	gw06.Publish(t, "wireguard-worker/gw06/status", "", 1, true) // clears it
+	// A canary that expires after a second: once mochi's sweep has removed it from the store, the sweep has run
+	// and had its chance at the two-day-old message.
+	canary := "wireguard-worker/gw07/ffmuc_welt/data"
+	host, port, _ := strings.Cut(s.Addrs()[0], ":")
+	if out, err := exec.Command(testenv.Tool(t, "mosquitto_pub"), "-h", host, "-p", port, "-i", "gw07", "-V", "mqttv5",
+		"-t", canary, "-m", "canary", "-r", "-q", "1", "-D", "publish", "message-expiry-interval", "1").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_pub: %v %s", err, out)
+	}
+	if !hasRetained(st, canary) {
+		t.Fatal("canary not stored")
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return !hasRetained(st, canary) }, "canary never expired")
 	s.Close()
 
-	s = start(t, st, "", "", nil)
+	s = start(t, Options{Retained: st}, nil)
 	sub := testenv.Connect(t, s.Addrs()[0], "observer", testenv.ClientOptions{})
 	sub.Subscribe(t, "wireguard-worker/#")
 	if m := sub.WaitFor(t, old.TopicName); m.Payload != `{"old": true}` || !m.Retain {
@@ -87,8 +102,17 @@ func TestRetainedSurviveRestartAndNeverExpire(t *testing.T) {
 	}
 }
 
+func hasRetained(st RetainStore, topic string) bool {
+	found := false
+	st.Retained(func(tp string, _ []byte) error {
+		found = found || tp == topic
+		return nil
+	})
+	return found
+}
+
 func TestAuth(t *testing.T) {
-	s := start(t, nil, "wgkex", "s3cret", nil)
+	s := start(t, Options{SharedUsername: "wgkex", SharedPassword: "s3cret", Workers: map[string]Account{"good": {}}}, nil)
 	if _, err := testenv.Dial(s.Addrs()[0], "bad", testenv.ClientOptions{Username: "wgkex", Password: "wrong"}); err == nil {
 		t.Error("wrong password accepted")
 	}
@@ -104,17 +128,17 @@ func TestHandlersAndShutdown(t *testing.T) {
 	st := openStore(t, filepath.Join(t.TempDir(), "state.db"))
 	var mu sync.Mutex
 	var got []string
-	s := start(t, st, "", "", map[string]func(string, []byte){
+	s := start(t, Options{Retained: st}, map[string]func(string, []byte){
 		"wireguard-worker/+/status": func(topic string, p []byte) {
 			mu.Lock()
 			got = append(got, topic+"="+string(p))
 			mu.Unlock()
 		},
-		"boom/#": func(string, []byte) { panic("handler bug") },
+		"wireguard-worker/+/+/data": func(string, []byte) { panic("handler bug") },
 	})
 	c := testenv.Connect(t, s.Addrs()[0], "gw04", testenv.ClientOptions{
 		Will: &paho.WillMessage{Topic: "wireguard-worker/gw04/status", Payload: []byte("0"), QoS: 1, Retain: true}})
-	c.Publish(t, "boom/x", "1", 1, false)
+	c.Publish(t, "wireguard-worker/gw04/ffmuc_welt/data", "1", 1, false)
 	c.Publish(t, "wireguard-worker/gw04/status", "1", 1, true)
 	testenv.Eventually(t, 5*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 1 }, "status not handled")
 	if n := s.Clients(); n != 1 {
@@ -142,7 +166,7 @@ func TestHandlersAndShutdown(t *testing.T) {
 func TestWillOnDrop(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
-	s := start(t, nil, "", "", map[string]func(string, []byte){
+	s := start(t, Options{}, map[string]func(string, []byte){
 		"wireguard-worker/+/status": func(topic string, p []byte) { mu.Lock(); got = append(got, string(p)); mu.Unlock() },
 	})
 	c := testenv.Connect(t, s.Addrs()[0], "gw04", testenv.ClientOptions{
@@ -154,9 +178,9 @@ func TestWillOnDrop(t *testing.T) {
 // TestMosquittoClients checks interoperability with Debian's mosquitto_pub and mosquitto_sub (MQTT 3.1.1).
 func TestMosquittoClients(t *testing.T) {
 	pubBin, subBin := testenv.Tool(t, "mosquitto_pub"), testenv.Tool(t, "mosquitto_sub")
-	s := start(t, nil, "", "", nil)
+	s := start(t, Options{}, nil)
 	host, port, _ := strings.Cut(s.Addrs()[0], ":")
-	if out, err := exec.Command(pubBin, "-h", host, "-p", port, "-t", "wireguard-metrics/ffmuc_welt/gw04/connected_peers", "-m", "20", "-r", "-q", "1").CombinedOutput(); err != nil {
+	if out, err := exec.Command(pubBin, "-h", host, "-p", port, "-i", "gw04", "-t", "wireguard-metrics/ffmuc_welt/gw04/connected_peers", "-m", "20", "-r", "-q", "1").CombinedOutput(); err != nil {
 		t.Fatalf("mosquitto_pub: %v %s", err, out)
 	}
 	out, err := exec.Command(subBin, "-h", host, "-p", port, "-t", "wireguard-metrics/#", "-C", "1", "-W", "5", "-v").CombinedOutput()

@@ -85,12 +85,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		client, id, err = dialServer(cfg.Broker.MQTTServer, log.With("component", "mqtt"), catchUp)
 		mq = client
 	} else {
-		embedded, err = mqttd.New(log.With("component", "mqtt"), mqttd.Options{
-			Listeners: cfg.Broker.MQTTListeners,
-			Username:  cfg.MQTT.Username,
-			Password:  cfg.MQTT.Password,
-			Retained:  st,
-		})
+		embedded, err = mqttd.New(log.With("component", "mqtt"), mqttOptions(cfg, st))
 		mq = embedded
 	}
 	if err != nil {
@@ -215,6 +210,37 @@ func Gateways(workers map[string]config.Worker) map[string]broker.Gateway {
 		out[name] = g
 	}
 	return out
+}
+
+// mqttOptions maps the configuration onto the embedded MQTT server's options.
+func mqttOptions(cfg *config.Config, st *store.Store) mqttd.Options {
+	o := mqttd.Options{
+		Domains:        cfg.Domains,
+		Workers:        map[string]mqttd.Account{},
+		Monitors:       map[string]mqttd.Account{},
+		SharedUsername: cfg.MQTT.Username,
+		SharedPassword: cfg.MQTT.Password,
+		AllowAnonymous: cfg.Broker.AllowAnonymous,
+		Limits: mqttd.Limits{
+			MaxPacketSize:    uint32(cfg.Broker.MQTTLimits.MaxPacketSize),
+			MaxClients:       cfg.Broker.MQTTLimits.MaxClients,
+			ConnectTimeout:   cfg.Broker.MQTTLimits.ConnectTimeout.D(),
+			MaxSessionExpiry: cfg.Broker.MQTTLimits.MaxSessionExpiry.D(),
+			MaxPending:       cfg.Broker.MQTTLimits.MaxPending,
+		},
+		Retained: st,
+	}
+	for _, l := range cfg.Broker.MQTTListeners {
+		o.Listeners = append(o.Listeners, mqttd.Listener{Address: l.Address, CertFile: l.CertFile,
+			KeyFile: l.KeyFile, ClientCAFile: l.ClientCAFile})
+	}
+	for name, w := range cfg.Workers {
+		o.Workers[name] = mqttd.Account{PasswordHash: w.PasswordHash}
+	}
+	for name, m := range cfg.Broker.MQTTMonitors {
+		o.Monitors[name] = mqttd.Account{PasswordHash: m.PasswordHash}
+	}
+	return o
 }
 
 // HTTPAddr is the address the REST API listens on.

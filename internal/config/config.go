@@ -62,6 +62,9 @@ type Worker struct {
 	Weight *int `koanf:"weight"`
 	// Location is an optional free-form place (e.g. MUC) a node may ask for.
 	Location string `koanf:"location"`
+	// PasswordHash is the bcrypt hash of the worker's own MQTT password (username = worker name), made with
+	// wgkex-broker hash-password. A worker with one no longer accepts the shared mqtt.password.
+	PasswordHash string `koanf:"password_hash"`
 }
 
 // MQTT is how clients reach the MQTT server, and the credentials the embedded server accepts.
@@ -76,6 +79,9 @@ type MQTT struct {
 	CAFile string `koanf:"ca_file"`
 	// ServerName overrides the name verified in the server certificate.
 	ServerName string `koanf:"server_name"`
+	// CertFile and KeyFile are the worker's TLS client certificate (CN or a DNS SAN = worker name).
+	CertFile string `koanf:"cert_file"`
+	KeyFile  string `koanf:"key_file"`
 }
 
 // Listen is where the broker's REST API listens (broker_listen), and how it treats its clients.
@@ -158,6 +164,13 @@ type Broker struct {
 	// MQTTServer, when its url is set, is an existing MQTT server the broker connects to as a client instead of
 	// starting its embedded one. Several brokers on the same server share keys, replays and gateway choices.
 	MQTTServer MQTTServer `koanf:"mqtt_server"`
+	// MQTTMonitors are read-only MQTT accounts (subscribe to worker topics, never publish, never see keys).
+	MQTTMonitors map[string]MQTTMonitor `koanf:"mqtt_monitors"`
+	// AllowAnonymous accepts MQTT clients without credentials on every listener (default: only on loopback
+	// listeners, and only while no credential is configured).
+	AllowAnonymous bool `koanf:"allow_anonymous"`
+	// MQTTLimits bound what one MQTT client can cost; zero values take the defaults.
+	MQTTLimits MQTTLimits `koanf:"mqtt_limits"`
 }
 
 // MQTTServer is an external MQTT server (Mosquitto) and how the broker logs in to it: broker.mqtt_server.
@@ -179,11 +192,27 @@ type MQTTServer struct {
 	Keepalive int `koanf:"keepalive"`
 }
 
+// MQTTMonitor is a read-only MQTT account: broker.mqtt_monitors.<name>.
+type MQTTMonitor struct {
+	PasswordHash string `koanf:"password_hash"`
+}
+
+// MQTTLimits are broker.mqtt_limits.
+type MQTTLimits struct {
+	MaxPacketSize    int      `koanf:"max_packet_size"`
+	MaxClients       int      `koanf:"max_clients"`
+	ConnectTimeout   Duration `koanf:"connect_timeout"`
+	MaxSessionExpiry Duration `koanf:"max_session_expiry"`
+	MaxPending       int      `koanf:"max_pending"`
+}
+
 // MQTTListener is one TCP listener of the embedded MQTT server, with TLS when both files are given.
 type MQTTListener struct {
 	Address  string `koanf:"address"`
 	CertFile string `koanf:"cert_file"`
 	KeyFile  string `koanf:"key_file"`
+	// ClientCAFile verifies client certificates (optional for clients; see README, Security).
+	ClientCAFile string `koanf:"client_ca_file"`
 }
 
 // WorkerAgent holds what only wgkex-worker needs.
@@ -398,6 +427,16 @@ func (c *Config) Validate() error {
 		if (l.CertFile == "") != (l.KeyFile == "") {
 			p = append(p, fmt.Sprintf("broker.mqtt_listeners[%d]: cert_file and key_file go together", i))
 		}
+		if l.ClientCAFile != "" && l.CertFile == "" {
+			p = append(p, fmt.Sprintf("broker.mqtt_listeners[%d]: client_ca_file needs cert_file and key_file", i))
+		}
+	}
+	if (c.MQTT.CertFile == "") != (c.MQTT.KeyFile == "") {
+		p = append(p, "mqtt: cert_file and key_file go together")
+	}
+	if ml := c.Broker.MQTTLimits; ml.MaxPacketSize < 0 || ml.MaxClients < 0 || ml.MaxPending < 0 ||
+		ml.ConnectTimeout < 0 || ml.MaxSessionExpiry < 0 {
+		p = append(p, "broker.mqtt_limits: negative limit")
 	}
 	p = append(p, c.Broker.MQTTServer.problems()...)
 	if c.Broker.StateFile == "" {

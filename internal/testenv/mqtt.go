@@ -85,25 +85,37 @@ func Dial(addr, id string, o ClientOptions) (*Client, error) {
 // Subscribe subscribes at QoS 1.
 func (c *Client) Subscribe(t testing.TB, filters ...string) {
 	t.Helper()
+	if err := c.TrySubscribe(filters...); err != nil {
+		t.Fatalf("subscribe %v: %v", filters, err)
+	}
+}
+
+// TrySubscribe subscribes at QoS 1 and returns the error, also a refusal by the server.
+func (c *Client) TrySubscribe(filters ...string) error {
 	s := &paho.Subscribe{}
 	for _, f := range filters {
 		s.Subscriptions = append(s.Subscriptions, paho.SubscribeOptions{Topic: f, QoS: 1, RetainAsPublished: true})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := c.c.Subscribe(ctx, s); err != nil {
-		t.Fatalf("subscribe %v: %v", filters, err)
-	}
+	_, err := c.c.Subscribe(ctx, s)
+	return err
 }
 
 // Publish publishes and waits for the acknowledgement at QoS 1.
 func (c *Client) Publish(t testing.TB, topic, payload string, qos byte, retain bool) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := c.c.Publish(ctx, &paho.Publish{Topic: topic, Payload: []byte(payload), QoS: qos, Retain: retain}); err != nil {
+	if err := c.TryPublish(topic, payload, qos, retain); err != nil {
 		t.Fatalf("publish %s: %v", topic, err)
 	}
+}
+
+// TryPublish publishes, waits for the acknowledgement at QoS 1 and returns the error, also a refusal.
+func (c *Client) TryPublish(topic, payload string, qos byte, retain bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := c.c.Publish(ctx, &paho.Publish{Topic: topic, Payload: []byte(payload), QoS: qos, Retain: retain})
+	return err
 }
 
 // Messages returns what the client has received so far.

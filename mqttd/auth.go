@@ -1,0 +1,257 @@
+package mqttd
+
+import (
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+)
+
+// Reasons for refusing a client or one of its packets; the label values of wgkex_mqtt_refused_total.
+const (
+	reasonBadLogin       = "bad_login"        // wrong or unknown username or password
+	reasonLoginBackoff   = "login_backoff"    // too many failed logins from the address; not checked
+	reasonAnonymous      = "anonymous"        // no credentials where they are required
+	reasonClientID       = "client_id"        // client id is not the authenticated name
+	reasonUnknownWorker  = "unknown_worker"   // shared password or anonymous for a name not under workers:
+	reasonTakeover       = "takeover"         // would take over a session of a stronger credential
+	reasonWill           = "will"             // last will on a topic the client may not publish
+	reasonPublish        = "publish"          // publish outside the client's topics
+	reasonSubscribe      = "subscribe"        // subscription outside the client's topics
+	reasonMaxConnections = "max_connections"  // too many open connections
+	reasonMaxClients     = "max_clients"      // too many connected clients
+	reasonPacketTooLarge = "packet_too_large" // a packet over Limits.MaxPacketSize
+	reasonConnectTimeout = "connect_timeout"  // no CONNECT (or TLS handshake) within Limits.ConnectTimeout
+	reasonProtocol       = "protocol"         // first packet not CONNECT, bad TLS handshake
+	reasonSlowConsumer   = "slow_consumer"    // outbound queue full: the client stopped reading
+)
+
+var allReasons = []string{reasonBadLogin, reasonLoginBackoff, reasonAnonymous, reasonClientID, reasonUnknownWorker,
+	reasonTakeover, reasonWill, reasonPublish, reasonSubscribe, reasonMaxConnections, reasonMaxClients,
+	reasonPacketTooLarge, reasonConnectTimeout, reasonProtocol, reasonSlowConsumer}
+
+// Failed logins: the first failure from an address delays the refusal by loginDelay; every further failure
+// within failureMemory doubles a lockout (up to maxLockout) during which logins from the address are refused
+// without looking at the password. At most maxFailureEntries addresses are remembered.
+const (
+	loginDelay        = time.Second
+	maxLockout        = time.Minute
+	failureMemory     = 15 * time.Minute
+	maxFailureEntries = 10000
+	// maxKeepalive bounds the keepalive a client may ask for (0, "never", included): a silent client is dropped
+	// after 1.5 times this.
+	maxKeepalive = 600
+)
+
+// authenticate decides who the connecting client is. On refusal it returns the reason, counted and logged by
+// the caller.
+func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, string) {
+	clientID := pk.Connect.ClientIdentifier
+	user := string(pk.Connect.Username)
+	if names := verifiedNames(cl.Net.Conn); names != nil {
+		// The certificate proves the name; a username and password the worker also sends are not looked at.
+		if !slices.Contains(names, clientID) {
+			return nil, reasonClientID
+		}
+		return s.account(clientID, "certificate")
+	}
+	if user == "" && !pk.Connect.PasswordFlag {
+		if !s.anonymousOK(cl.Net.Listener) {
+			return nil, reasonAnonymous
+		}
+		id := &identity{name: clientID, monitor: true, via: "anonymous"}
+		if clientID == "" {
+			// The server assigns an id; such a client can only read.
+			id.name = cl.ID
+			return id, ""
+		}
+		if wire.ValidateTopicLevel(clientID) != nil || clientID == mqtt.InlineClientId {
+			return nil, reasonClientID
+		}
+		if _, ok := s.opts.Workers[clientID]; ok || len(s.opts.Workers) == 0 {
+			id.workerRights(s.opts.Domains)
+		}
+		return id, ""
+	}
+	pass := pk.Connect.Password
+	if hash := s.hashOf(user); hash != nil {
+		if bcrypt.CompareHashAndPassword(hash, pass) != nil {
+			return nil, reasonBadLogin
+		}
+		if clientID != user {
+			return nil, reasonClientID
+		}
+		return s.account(user, "password")
+	}
+	if s.opts.SharedUsername != "" &&
+		subtle.ConstantTimeCompare([]byte(user), []byte(s.opts.SharedUsername))&
+			subtle.ConstantTimeCompare(pass, []byte(s.opts.SharedPassword)) == 1 {
+		w, ok := s.opts.Workers[clientID]
+		if !ok || w.PasswordHash != "" {
+			// A worker with its own password no longer accepts the shared one.
+			return nil, reasonUnknownWorker
+		}
+		id := &identity{name: clientID, via: "shared"}
+		id.workerRights(s.opts.Domains)
+		return id, ""
+	}
+	return nil, reasonBadLogin
+}
+
+// account returns the identity of a worker or monitor that proved its name with its own credential.
+func (s *Server) account(name, via string) (*identity, string) {
+	id := &identity{name: name, own: true, via: via}
+	if _, ok := s.opts.Workers[name]; ok {
+		id.workerRights(s.opts.Domains)
+		return id, ""
+	}
+	if _, ok := s.opts.Monitors[name]; ok {
+		id.monitor = true
+		return id, ""
+	}
+	return nil, reasonUnknownWorker
+}
+
+// hashOf returns the bcrypt hash of a worker or monitor, or nil.
+func (s *Server) hashOf(name string) []byte {
+	if w, ok := s.opts.Workers[name]; ok && w.PasswordHash != "" {
+		return []byte(w.PasswordHash)
+	}
+	if m, ok := s.opts.Monitors[name]; ok && m.PasswordHash != "" {
+		return []byte(m.PasswordHash)
+	}
+	return nil
+}
+
+// anonymousOK reports whether clients without credentials may connect on the listener: when allowed
+// explicitly, or when no credentials are configured at all and the listener is on a loopback address.
+func (s *Server) anonymousOK(listenerID string) bool {
+	if s.opts.AllowAnonymous {
+		return true
+	}
+	if s.credentials {
+		return false
+	}
+	for _, l := range s.listeners {
+		if l.id == listenerID {
+			return l.loopback
+		}
+	}
+	return false
+}
+
+// verifiedNames returns the names a verified TLS client certificate proves (its CN and DNS SANs), or nil when
+// the client sent no certificate. The TLS handshake has verified the chain against the listener's client CA.
+func verifiedNames(nc net.Conn) []string {
+	tc, ok := nc.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	st := tc.ConnectionState()
+	if len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
+		return nil
+	}
+	return certNames(st.PeerCertificates[0])
+}
+
+// certNames returns the subject common name and the DNS names of cert, those that are valid worker names.
+func certNames(cert *x509.Certificate) []string {
+	names := []string{}
+	for _, n := range append([]string{cert.Subject.CommonName}, cert.DNSNames...) {
+		if n != "" && wire.ValidateTopicLevel(n) == nil && !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+// failures remembers failed logins per address (IPv4 address or IPv6 /64).
+type failures struct {
+	mu sync.Mutex
+	m  map[netip.Prefix]*failure
+	n  atomic.Int64 // for tests: failures recorded
+}
+
+type failure struct {
+	count int
+	last  time.Time
+	until time.Time // logins are refused unchecked before this
+}
+
+// addrKey maps "ip:port" to the prefix failures are counted under.
+func addrKey(remote string) netip.Prefix {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	a := ap.Addr().Unmap()
+	if a.Is4() {
+		return netip.PrefixFrom(a, 32)
+	}
+	p, _ := a.Prefix(64)
+	return p
+}
+
+// locked reports whether logins from key are refused unchecked at now.
+func (f *failures) locked(key netip.Prefix, now time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e := f.m[key]
+	return e != nil && now.Before(e.until)
+}
+
+// fail records a failed login from key at now.
+func (f *failures) fail(key netip.Prefix, now time.Time, unit time.Duration) {
+	f.n.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e := f.m[key]
+	if e == nil {
+		if len(f.m) >= maxFailureEntries {
+			f.evict(now)
+		}
+		e = &failure{}
+		f.m[key] = e
+	}
+	if now.Sub(e.last) > failureMemory {
+		e.count = 0
+	}
+	e.count++
+	e.last = now
+	if e.count > 1 {
+		e.until = now.Add(min(maxLockout, time.Duration(1<<min(e.count-2, 16))*unit))
+	}
+}
+
+// evict forgets stale entries, or an arbitrary half when none is stale. Callers hold mu.
+func (f *failures) evict(now time.Time) {
+	for k, e := range f.m {
+		if now.Sub(e.last) > failureMemory {
+			delete(f.m, k)
+		}
+	}
+	for k := range f.m {
+		if len(f.m) < maxFailureEntries/2 {
+			break
+		}
+		delete(f.m, k)
+	}
+}
+
+// succeed forgets the failures of key.
+func (f *failures) succeed(key netip.Prefix) {
+	f.mu.Lock()
+	delete(f.m, key)
+	f.mu.Unlock()
+}
