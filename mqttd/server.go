@@ -383,7 +383,8 @@ func (h *authHook) ID() string { return "wgkex-auth" }
 
 func (h *authHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe, mqtt.OnPublishDropped:
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe, mqtt.OnPublishDropped,
+		mqtt.OnQosPublish:
 		return true
 	}
 	return false
@@ -409,7 +410,9 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		s.log.Warn("mqtt client refused", "client", cl.ID, "remote", cl.Net.Remote, "username",
 			string(pk.Connect.Username), "reason", reason)
 		if reason == reasonBadLogin || reason == reasonLoginBackoff || reason == reasonAnonymous {
-			s.failures.fail(key, now, s.loginDelay)
+			if reason != reasonLoginBackoff { // retrying during a lockout does not prolong it
+				s.failures.fail(key, now, s.loginDelay)
+			}
 			t := time.NewTimer(s.loginDelay)
 			defer t.Stop()
 			select {
@@ -485,6 +488,14 @@ func (h *authHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packe
 		}
 	}
 	return pk
+}
+
+// OnQosPublish disconnects a client whose unacknowledged QoS 1/2 messages reached the limit: mochi would drop
+// the next ones without telling anyone.
+func (h *authHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
+	if cl.State.Inflight.Len() >= h.s.opts.Limits.MaxPending {
+		h.OnPublishDropped(cl, pk)
+	}
 }
 
 // OnPublishDropped disconnects a client whose outbound queue is full: it stopped reading. Closing its
