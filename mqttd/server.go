@@ -526,7 +526,8 @@ func establishReason(err error) string {
 	}
 	var re tls.RecordHeaderError
 	var ae tls.AlertError
-	if errors.As(err, &re) || errors.As(err, &ae) {
+	var ce *tls.CertificateVerificationError
+	if errors.As(err, &re) || errors.As(err, &ae) || errors.As(err, &ce) {
 		return reasonProtocol
 	}
 	return ""
