@@ -1,0 +1,134 @@
+package mqttd
+
+import (
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"strings"
+	"testing"
+
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+)
+
+func TestMatches(t *testing.T) {
+	for _, c := range []struct {
+		filter, topic string
+		want          bool
+	}{
+		{"#", "a/b", true},
+		{"#", "$SYS/x", false},
+		{"a/#", "a", true},
+		{"a/#", "a/b/c", true},
+		{"a/+", "a/b", true},
+		{"a/+", "a/b/c", false},
+		{"a/+", "a", false},
+		{"+/+", "a/b", true},
+		{"+", "", true},
+		{"a/b", "a/b", true},
+		{"a/b", "a/b/", false},
+		{"a//b", "a//b", true},
+		{"+/b", "$SYS/b", false},
+		{"wireguard/ffmuc_welt/+", "wireguard/ffmuc_welt/all", true},
+	} {
+		if got := matches(c.filter, c.topic); got != c.want {
+			t.Errorf("matches(%q, %q) = %v, want %v", c.filter, c.topic, got, c.want)
+		}
+	}
+}
+
+func TestWorkerRights(t *testing.T) {
+	id := &identity{name: "gw-a"}
+	id.workerRights([]string{welt})
+	for topic, want := range map[string]bool{
+		"wireguard-metrics/ffmuc_welt/gw-a/connected_peers": true,
+		"wireguard-worker/gw-a/status":                      true,
+		"wireguard-worker/gw-a/ffmuc_welt/data":             true,
+		"wgkex/replay/gw-a/request":                         true,
+		"wireguard-worker/gw-b/status":                      false,
+		"wireguard-metrics/ffmuc_nord/gw-a/connected_peers": false,
+		"wireguard/ffmuc_welt/all":                          false,
+		"wgkex/replay/gw-a/keys":                            false,
+	} {
+		if got := id.canPublish(topic); got != want {
+			t.Errorf("publish %s: %v, want %v", topic, got, want)
+		}
+	}
+	for filter, want := range map[string]bool{
+		"wireguard/ffmuc_welt/+":   true,
+		"wireguard/ffmuc_welt/all": true,
+		"wgkex/replay/gw-a/keys":   true,
+		"wireguard/ffmuc_welt/#":   false,
+		"wireguard/+/+":            false,
+		"wgkex/replay/+/keys":      false,
+		"#":                        false,
+		"wireguard-worker/#":       false,
+	} {
+		if got := id.canSubscribe(filter); got != want {
+			t.Errorf("subscribe %s: %v, want %v", filter, got, want)
+		}
+	}
+}
+
+// refMatches is the MQTT matching rule written level by level, the model matches is checked against.
+func refMatches(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	f, tp := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i, l := range f {
+		if l == "#" {
+			return i == len(f)-1
+		}
+		if i >= len(tp) || l != "+" && l != tp[i] {
+			return false
+		}
+	}
+	return len(f) == len(tp)
+}
+
+func FuzzACL(f *testing.F) {
+	f.Add("gw-a", "wireguard-worker/gw-a/status")
+	f.Add("gw-a", "wgkex/replay/+/keys")
+	f.Add("gw-a", "wireguard/ffmuc_welt/+")
+	f.Add("a", "a/#")
+	f.Add("+", "wireguard-worker/+/status")
+	f.Fuzz(func(t *testing.T, name, s string) {
+		if !hasWildcard(s) && !matches(s, s) {
+			t.Fatalf("topic %q does not match itself", s)
+		}
+		for _, topic := range []string{s, "wgkex/replay/" + name + "/keys", "a/b", "wireguard/ffmuc_welt/all"} {
+			if got, want := matches(s, topic), refMatches(s, topic); got != want {
+				t.Fatalf("matches(%q, %q) = %v, model says %v", s, topic, got, want)
+			}
+		}
+		if wire.ValidateTopicLevel(name) != nil {
+			return
+		}
+		id := &identity{name: name}
+		id.workerRights([]string{welt})
+		if id.canPublish(s) && (hasWildcard(s) || !strings.Contains("/"+s+"/", "/"+name+"/")) {
+			t.Fatalf("%s may publish %q", name, s)
+		}
+		other := "x" + name
+		if id.canSubscribe(s) && (matches(s, wire.ReplayKeysTopic(other)) || matches(s, wire.StatusTopic(other))) {
+			t.Fatalf("%s may subscribe to %q, which reads %s's traffic", name, s, other)
+		}
+		mon := &identity{name: name, monitor: true}
+		if mon.canRead(s) && (strings.HasPrefix(s, "wgkex/") || strings.HasPrefix(s, "wireguard/")) {
+			t.Fatalf("a monitor may read %q", s)
+		}
+	})
+}
+
+func FuzzCertNames(f *testing.F) {
+	f.Add("gw-a", "gw-a.example")
+	f.Add("", "gw/a")
+	f.Add("gw#", "+")
+	f.Fuzz(func(t *testing.T, cn, dns string) {
+		names := certNames(&x509.Certificate{Subject: pkix.Name{CommonName: cn}, DNSNames: []string{dns, cn}})
+		for _, n := range names {
+			if wire.ValidateTopicLevel(n) != nil || n != cn && n != dns {
+				t.Fatalf("name %q from CN %q, SAN %q", n, cn, dns)
+			}
+		}
+	})
+}

@@ -1,0 +1,104 @@
+package mqttd
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+)
+
+// countHandler counts the log records with a given message.
+type countHandler struct {
+	slog.Handler
+	msg string
+	n   *atomic.Int64
+}
+
+func (h countHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.n.Add(1)
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h countHandler) WithAttrs(a []slog.Attr) slog.Handler {
+	return countHandler{h.Handler.WithAttrs(a), h.msg, h.n}
+}
+
+const emfileChild = "WGKEX_MQTTD_EMFILE_CHILD"
+
+// TestAcceptSurvivesFileLimit fills the open-file limit (lowered with setrlimit) so that accept fails with
+// EMFILE, then frees the descriptors: the listener must accept again. mochi's own listener returned on the first
+// accept error and the port stopped accepting for good. The limit is process-wide, so the test runs in a child
+// process of its own.
+func TestAcceptSurvivesFileLimit(t *testing.T) {
+	if os.Getenv(emfileChild) == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestAcceptSurvivesFileLimit$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), emfileChild+"=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestAcceptSurvivesFileLimit") {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		return
+	}
+	var fails atomic.Int64
+	log := slog.New(countHandler{testenv.Logger(t).Handler(), "mqtt accept failed, retrying", &fails})
+	s, err := New(log, Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	fds, _ := os.ReadDir("/proc/self/fd")
+	low := old
+	low.Cur = uint64(len(fds) + 16)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old)
+
+	// Each connection costs a descriptor here and one in the server's accept, until there are none left: the
+	// last connections wait in the backlog while accept fails.
+	var held []net.Conn
+	for fails.Load() == 0 {
+		c, err := net.Dial("tcp", s.Addrs()[0])
+		if errors.Is(err, syscall.EMFILE) {
+			// No descriptor for the client side: give the accept loop a chance to hit the limit too.
+			testenv.Eventually(t, 5*time.Second, func() bool { return fails.Load() > 0 }, "accept never failed")
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		if len(held) > 1000 {
+			t.Fatal("the file limit was never reached")
+		}
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		c, err := testenv.Dial(s.Addrs()[0], "gw04", testenv.ClientOptions{})
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, "the listener did not accept again after descriptors were freed")
+}
