@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -106,10 +107,11 @@ type Server struct {
 	// credentials reports whether any credential is configured (then anonymous clients are refused).
 	credentials bool
 	failures    failures
+	verified    sync.Map // bcrypt hash → SHA-256 of the password that matched it
 	// loginDelay is how long a failed login waits for its refusal (tests shorten it).
 	loginDelay time.Duration
-	refusedVec  *prometheus.CounterVec
-	done        chan struct{}
+	refusedVec *prometheus.CounterVec
+	done       chan struct{}
 	// closing is set before the server disconnects its clients on shutdown, so that their last wills, fired by
 	// our own shutdown, do not mark every worker offline in the broker's state.
 	closing atomic.Bool
@@ -310,7 +312,7 @@ func (s *Server) Addrs() []string {
 // logged and does not reach the server. Call Handle before Serve: state comes from the store, not from retained
 // messages replayed at subscription.
 //
-// The topic ACL guarantees that a message on a worker's topic (wireguard-worker/{name}/..., 
+// The topic ACL guarantees that a message on a worker's topic (wireguard-worker/{name}/...,
 // wireguard-metrics/{domain}/{name}/..., wgkex/replay/{name}/request) was published by a client authenticated as
 // that worker, or is that client's last will, checked at CONNECT. fn may trust the name in the topic.
 func (s *Server) Handle(filter string, fn func(topic string, payload []byte)) error {

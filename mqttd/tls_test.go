@@ -137,8 +137,8 @@ func TestClientCertificates(t *testing.T) {
 	rogue := root.issue(t, "rogue", nil)
 	for _, c := range []struct {
 		name, id string
-		cert *tls.Certificate
-		user string
+		cert     *tls.Certificate
+		user     string
 	}{
 		{"another CA", "gw-d", &foreign, ""},
 		{"another worker's name", "gw-a", &gwD, ""},

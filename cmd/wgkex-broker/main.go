@@ -3,16 +3,21 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/mqttd"
 	"github.com/freifunkMUC/wgkex-go/store"
 )
 
@@ -30,10 +35,13 @@ func main() {
 	}
 }
 
-// run serves until ctx ends, logging to logOut.
+// run serves until ctx ends, logging to logOut; "compact" and "hash-password" do their one job instead.
 func run(ctx context.Context, args []string, logOut io.Writer) error {
 	if len(args) > 0 && args[0] == "compact" {
 		return compact(args[1:], os.Stdout)
+	}
+	if len(args) > 0 && args[0] == "hash-password" {
+		return hashPassword(args[1:], os.Stdin, os.Stdout)
 	}
 	cfg, err := config.FromArgs("wgkex-broker", args)
 	if err != nil {
@@ -54,4 +62,31 @@ func compact(args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "%s: %d bytes, now %d\n", cfg.Broker.StateFile, before, after)
 	return nil
+}
+
+// hashPassword reads a password from the first line of in (not from the command line, where other users could
+// see it) and prints its bcrypt hash for workers.<name>.password_hash or broker.mqtt_monitors.<name>.
+func hashPassword(args []string, in io.Reader, out io.Writer) error {
+	fs := flag.NewFlagSet("wgkex-broker hash-password", flag.ContinueOnError)
+	cost := fs.Int("cost", mqttd.DefaultCost, "bcrypt cost")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("hash-password reads the password from standard input, not from arguments")
+	}
+	line, err := bufio.NewReader(in).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read password: %w", err)
+	}
+	pw := strings.TrimRight(line, "\r\n")
+	if pw == "" {
+		return errors.New("empty password on standard input")
+	}
+	h, err := mqttd.HashPassword([]byte(pw), *cost)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(out, h)
+	return err
 }

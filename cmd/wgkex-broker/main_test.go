@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // startedAddr reads JSON log lines from r until "broker started" and returns its HTTP address. It fails the test
@@ -99,5 +101,22 @@ func TestRunBadConfig(t *testing.T) {
 	t.Setenv("WGKEX_CONFIG_FILE", filepath.Join(t.TempDir(), "missing.yaml"))
 	if err := run(context.Background(), nil, io.Discard); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+func TestHashPassword(t *testing.T) {
+	var out strings.Builder
+	if err := hashPassword([]string{"--cost", "4"}, strings.NewReader("s3cret pass\n"), &out); err != nil {
+		t.Fatal(err)
+	}
+	h := strings.TrimSpace(out.String())
+	if err := bcrypt.CompareHashAndPassword([]byte(h), []byte("s3cret pass")); err != nil {
+		t.Errorf("hash %q does not verify the password: %v", h, err)
+	}
+	if err := hashPassword([]string{"s3cret"}, strings.NewReader(""), &out); err == nil {
+		t.Error("password taken from the command line")
+	}
+	if err := hashPassword(nil, strings.NewReader("\n"), &out); err == nil {
+		t.Error("empty password hashed")
 	}
 }
