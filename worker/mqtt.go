@@ -36,6 +36,8 @@ type MQTT struct {
 	CAFile string
 	// ServerName overrides the name verified in the server certificate.
 	ServerName string
+	// CertFile and KeyFile are the worker's TLS client certificate (its CN or a DNS SAN is the worker name).
+	CertFile, KeyFile string
 }
 
 // RunOptions are the MQTT and timing side of a running worker.
@@ -78,7 +80,8 @@ func ServerURL(m MQTT) (*url.URL, error) {
 	return &url.URL{Scheme: scheme, Host: net.JoinHostPort(host, port)}, nil
 }
 
-// TLSConfig builds the client TLS configuration from mqtt.ca_file and mqtt.server_name.
+// TLSConfig builds the client TLS configuration from mqtt.ca_file, mqtt.server_name and the worker's client
+// certificate mqtt.cert_file and mqtt.key_file (its CN or a DNS SAN is the worker name).
 func TLSConfig(m MQTT) (*tls.Config, error) {
 	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: m.ServerName}
 	if m.CAFile != "" {
@@ -91,6 +94,13 @@ func TLSConfig(m MQTT) (*tls.Config, error) {
 			return nil, fmt.Errorf("mqtt.ca_file %s: no certificate found", m.CAFile)
 		}
 		c.RootCAs = pool
+	}
+	if m.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(m.CertFile, m.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt.cert_file: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
 	}
 	return c, nil
 }

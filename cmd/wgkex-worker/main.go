@@ -98,6 +98,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			Username: cfg.MQTT.Username, Password: cfg.MQTT.Password,
 			Keepalive: cfg.MQTT.Keepalive, TLS: cfg.MQTT.TLS,
 			CAFile: cfg.MQTT.CAFile, ServerName: cfg.MQTT.ServerName,
+			CertFile: cfg.MQTT.CertFile, KeyFile: cfg.MQTT.KeyFile,
 		},
 		MetricsInterval: cfg.Worker.MetricsInterval.D(),
 		CleanupInterval: cfg.Cleanup.Interval.D(),

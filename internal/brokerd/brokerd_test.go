@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -32,6 +33,8 @@ domains: [ffmuc_welt, ffwert_city]
 domain_prefixes: [ffmuc_, ffwert_]
 workers:
   gw04.in.ffmuc.net: {weight: 30, location: MUC}
+  gw05.in.ffmuc.net: {weight: 30, location: MUC}
+mqtt: {username: wgkex, password: shared}
 broker_listen: {host: 127.0.0.1, port: 0}
 broker:
   state_file: %s
@@ -77,6 +80,7 @@ func refWorker(t *testing.T, d *Daemon, worker, domain string, peers int) *exec.
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = t.Output()
+	cmd.Env = append(os.Environ(), "MQTT_USERNAME=wgkex", "MQTT_PASSWORD=shared")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -88,16 +92,18 @@ func refWorker(t *testing.T, d *Daemon, worker, domain string, peers int) *exec.
 	return cmd
 }
 
-// TestBrokerEndToEnd: a reference worker (python paho) reports itself; v2 answers with its endpoint;
-// mosquitto_sub sees every registered key; garbage on every topic the broker reads changes nothing; a restarted
-// broker answers v2 before the worker speaks again.
+// TestBrokerEndToEnd: a mixed fleet on the reference's shared password. A reference worker (python paho)
+// reports itself; v2 answers with its endpoint; mosquitto_sub, as the other gateway, sees every registered key;
+// garbage on every topic the broker reads changes nothing, whether refused (another worker's topics) or parsed
+// (the publisher's own); a restarted broker answers v2 before the worker speaks again.
 func TestBrokerEndToEnd(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "state.db")
 	cfg := testConfig(t, state)
 	d := startDaemon(t, cfg)
 	subBin := testenv.Tool(t, "mosquitto_sub")
 	host, port, _ := strings.Cut(d.MQTTAddr(), ":")
-	sub := exec.Command(subBin, "-h", host, "-p", port, "-t", "wireguard/#", "-v", "-C", "2", "-W", "20")
+	sub := exec.Command(subBin, "-h", host, "-p", port, "-u", "wgkex", "-P", "shared", "-i", "gw05.in.ffmuc.net",
+		"-t", "wireguard/ffmuc_welt/+", "-v", "-C", "2", "-W", "20")
 	subOut, _ := sub.StdoutPipe()
 	if err := sub.Start(); err != nil {
 		t.Fatal(err)
@@ -130,18 +136,35 @@ func TestBrokerEndToEnd(t *testing.T) {
 	before := d.Broker.Workers()
 	pubBin := testenv.Tool(t, "mosquitto_pub")
 	for _, m := range [][2]string{
-		{"wireguard-metrics/ffmuc_welt/gw04.in.ffmuc.net/connected_peers", "many"},
-		{"wireguard-metrics/ffmuc_welt/gw04.in.ffmuc.net/connected_peers", ""},
-		{"wireguard-metrics/nodomain/gw04.in.ffmuc.net/connected_peers", "3"},
+		{"wireguard-metrics/ffmuc_welt/gw04.in.ffmuc.net/connected_peers", "1"},
+		{"wireguard-worker/gw04.in.ffmuc.net/status", "0"},
+		{"wireguard/ffmuc_welt/all", gwKey},
+		{"wireguard-metrics/nodomain/gw05.in.ffmuc.net/connected_peers", "3"},
 		{"wireguard-metrics/x", "3"},
-		{"wireguard-worker/gw04.in.ffmuc.net/status", "yes"},
-		{"wireguard-worker/gw04.in.ffmuc.net/ffmuc_welt/data", "{broken"},
-		{"wireguard-worker/gw04.in.ffmuc.net/ffmuc_welt/data", "[]"},
-		{"wireguard-worker/gw04.in.ffmuc.net/nodomain/data", "{}"},
-		{"wgkex/replay/gw04.in.ffmuc.net/request", "{{"},
-		{"wgkex/replay/gw04.in.ffmuc.net/request", `{"domains":["a/b"]}`},
+		{"wireguard-worker/gw05.in.ffmuc.net/nodomain/data", "{}"},
 	} {
-		args := []string{"-h", host, "-p", port, "-t", m[0], "-q", "1"}
+		// As gw05, outside its topics: refused, and mosquitto_pub (MQTT 3.1.1) is disconnected.
+		exec.Command(pubBin, "-h", host, "-p", port, "-u", "wgkex", "-P", "shared", "-i", "gw05.in.ffmuc.net",
+			"-t", m[0], "-m", m[1], "-q", "1", "-r").Run()
+	}
+	// An unconfigured gateway announcing itself with the shared password is not even let in.
+	for _, topic := range []string{"wireguard-worker/rogue/status", "wireguard-metrics/ffmuc_welt/rogue/connected_peers"} {
+		if exec.Command(pubBin, "-h", host, "-p", port, "-u", "wgkex", "-P", "shared", "-i", "rogue",
+			"-t", topic, "-m", "1", "-q", "1", "-r").Run() == nil {
+			t.Error("rogue got in with the shared password")
+		}
+	}
+	for _, m := range [][2]string{
+		{"wireguard-metrics/ffmuc_welt/gw05.in.ffmuc.net/connected_peers", "many"},
+		{"wireguard-metrics/ffmuc_welt/gw05.in.ffmuc.net/connected_peers", ""},
+		{"wireguard-worker/gw05.in.ffmuc.net/status", "yes"},
+		{"wireguard-worker/gw05.in.ffmuc.net/ffmuc_welt/data", "{broken"},
+		{"wireguard-worker/gw05.in.ffmuc.net/ffmuc_welt/data", "[]"},
+		{"wgkex/replay/gw05.in.ffmuc.net/request", "{{"},
+		{"wgkex/replay/gw05.in.ffmuc.net/request", `{"domains":["a/b"]}`},
+	} {
+		// As gw05, on its own topics: accepted, and dropped by the broker's parsers.
+		args := []string{"-h", host, "-p", port, "-u", "wgkex", "-P", "shared", "-i", "gw05.in.ffmuc.net", "-t", m[0], "-q", "1"}
 		if m[1] == "" {
 			args = append(args, "-n", "-r")
 		} else {

@@ -45,8 +45,9 @@ func mqttOpts(addr string) worker.RunOptions {
 		MetricsInterval: 200 * time.Millisecond, CleanupInterval: time.Hour}
 }
 
-// writeCert makes a CA and a server certificate for mqtt.test, and writes ca.pem, server.pem, server.key.
-func writeCert(t *testing.T, dir string) {
+// writeCert makes a CA and a server certificate for mqtt.test, and writes ca.pem, server.pem, server.key; and
+// for each client name a client certificate with that CN, as NAME.pem and NAME.key.
+func writeCert(t *testing.T, dir string, clients ...string) {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "wgkex test CA"},
@@ -66,27 +67,49 @@ func writeCert(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	keyDER, _ := x509.MarshalECPrivateKey(srvKey)
-	for name, block := range map[string]*pem.Block{
+	files := map[string]*pem.Block{
 		"ca.pem": {Type: "CERTIFICATE", Bytes: caDER}, "server.pem": {Type: "CERTIFICATE", Bytes: srvDER},
 		"server.key": {Type: "EC PRIVATE KEY", Bytes: keyDER},
-	} {
+	}
+	for i, name := range clients {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(10 + i)), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kd, _ := x509.MarshalECPrivateKey(key)
+		files[name+".pem"] = &pem.Block{Type: "CERTIFICATE", Bytes: der}
+		files[name+".key"] = &pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}
+	}
+	for name, block := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(block), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 }
 
-// TestWorkerTLS: the embedded server with a TLS listener and a password; the worker verifies it with
-// mqtt.ca_file and mqtt.server_name (the reference worker ignored mqtt.tls). A worker trusting only the system
-// roots does not get in.
+// TestWorkerTLS: the embedded server with a TLS listener, the shared password and client certificates; the
+// worker verifies it with mqtt.ca_file and mqtt.server_name (the reference worker ignored mqtt.tls). A worker
+// trusting only the system roots does not get in; one with its own client certificate does without a password.
 func TestWorkerTLS(t *testing.T) {
 	dir := t.TempDir()
-	writeCert(t, dir)
-	cfg := brokerConfig(t, filepath.Join(dir, "state.db"), "127.0.0.1:0", "127.0.0.1:0", "")
+	writeCert(t, dir, "gw-cert")
+	cfg := brokerConfig(t, filepath.Join(dir, "state.db"), "127.0.0.1:0", "127.0.0.1:0",
+		"workers: {gw-tls: {}, gw-untrusted: {}, gw-wrongpw: {}, gw-cert: {}}")
 	cfg.Broker.MQTTListeners[0].CertFile = filepath.Join(dir, "server.pem")
 	cfg.Broker.MQTTListeners[0].KeyFile = filepath.Join(dir, "server.key")
+	cfg.Broker.MQTTListeners[0].ClientCAFile = filepath.Join(dir, "ca.pem")
 	cfg.MQTT.Username, cfg.MQTT.Password = "wgkex", "s3cret"
 	d := startBroker(t, cfg)
+
+	withCert := mqttOpts(d.MQTTAddr())
+	withCert.MQTT.TLS, withCert.MQTT.CAFile, withCert.MQTT.ServerName = true, filepath.Join(dir, "ca.pem"), "mqtt.test"
+	withCert.MQTT.CertFile, withCert.MQTT.KeyFile = filepath.Join(dir, "gw-cert.pem"), filepath.Join(dir, "gw-cert.key")
+	startAgent(t, dataplane.NewFake(dataplane.LinkFor("welt")), "gw-cert", map[string]string{"ffmuc_welt": "welt"}, withCert)
+	testenv.Eventually(t, 10*time.Second, func() bool { return online(d, "gw-cert") }, "worker with a client certificate did not connect")
 
 	ro := mqttOpts(d.MQTTAddr())
 	ro.MQTT.TLS, ro.MQTT.Username, ro.MQTT.Password = true, "wgkex", "s3cret"
