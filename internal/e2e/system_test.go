@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
@@ -126,19 +127,36 @@ func newSystem(t *testing.T) *system {
 	s.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) { return s.clientNS.Dial(network, addr) },
 	}}
+	// Production MQTT: gw1 proves its name with a client certificate, gw2 and gw3 (no gateway; it publishes
+	// garbage) with their own passwords, over TLS; the observer is a read-only monitor on the plain listener.
+	writeCert(t, s.dir, "gw1")
+	hash := func(pw string) string {
+		h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(h)
+	}
 	s.brokerCfg = filepath.Join(s.dir, "broker.yaml")
 	os.WriteFile(s.brokerCfg, []byte(fmt.Sprintf(`
 domains: [ffmuc_welt]
 domain_prefixes: [ffmuc_]
 workers:
   gw1: {weight: 2}
-  gw2: {weight: 1}
+  gw2: {weight: 1, password_hash: "%[3]s"}
+  gw3: {weight: 0, password_hash: "%[4]s"}
 broker_listen: {host: %[1]s, port: 5000}
 broker:
   state_file: %[2]s
-  mqtt_listeners: [{address: "%[1]s:1883"}]
+  mqtt_listeners:
+    - address: "%[1]s:1883"
+    - address: "%[1]s:8883"
+      cert_file: %[5]s/server.pem
+      key_file: %[5]s/server.key
+      client_ca_file: %[5]s/ca.pem
+  mqtt_monitors: {observer: {password_hash: "%[6]s"}}
   reconnect_grace: 1m
-`, brokerIP, filepath.Join(s.dir, "broker.db"))), 0o644)
+`, brokerIP, filepath.Join(s.dir, "broker.db"), hash("gw2-secret"), hash("gw3-secret"), s.dir, hash("obs-secret"))), 0o644)
 	s.startBroker()
 	for i, link := range []string{"fe80::1", "fe80::2"} {
 		s.gws = append(s.gws, s.newGateway(fmt.Sprintf("gw%d", i+1), fmt.Sprintf("192.0.2.1%d", i+1), link))
@@ -176,7 +194,8 @@ func (s *system) startBroker() {
 		}
 		return err == nil
 	}, "broker did not start")
-	obs, err := testenv.Dial(brokerIP+":1883", fmt.Sprintf("observer-%d", time.Now().UnixNano()), testenv.ClientOptions{Dial: s.brokerNS.Dial})
+	obs, err := testenv.Dial(brokerIP+":1883", "observer", testenv.ClientOptions{Dial: s.brokerNS.Dial,
+		Username: "observer", Password: "obs-secret"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,13 +223,17 @@ func (s *system) newGateway(name, addr, link string) *gateway {
 		t.Fatalf("gateway helper %s: %q %v", name, l, err)
 	}
 	g.cfg = filepath.Join(s.dir, name+".yaml")
+	cred := fmt.Sprintf("cert_file: %[1]s/%[2]s.pem, key_file: %[1]s/%[2]s.key", s.dir, name)
+	if name != "gw1" {
+		cred = fmt.Sprintf("username: %[1]s, password: %[1]s-secret", name)
+	}
 	os.WriteFile(g.cfg, []byte(fmt.Sprintf(`
 domains: [ffmuc_welt]
 domain_prefixes: [ffmuc_]
 externalName: %s
-mqtt: {broker_url: %s, broker_port: 1883, keepalive: 2}
+mqtt: {broker_url: %s, broker_port: 8883, keepalive: 2, tls: true, ca_file: %s/ca.pem, server_name: mqtt.test, %s}
 worker: {name: %s, metrics_interval: 1s}
-`, addr, brokerIP, name)), 0o644)
+`, addr, brokerIP, s.dir, cred, name)), 0o644)
 	return g
 }
 
@@ -572,14 +595,16 @@ func TestSystem(t *testing.T) {
 			wg, _, _, _ := s.peers(g)
 			before[g.name] = sortedKeys(wg)
 		}
+		// Published by gw3 with its own password: refused outside gw3's topics (mosquitto_pub is disconnected
+		// then), dropped by the broker's parsers on gw3's own.
 		pub := func(topic, payload string) {
-			args := []string{"-h", brokerIP, "-t", topic, "-q", "1"}
+			args := []string{"-h", brokerIP, "-u", "gw3", "-P", "gw3-secret", "-i", "gw3", "-t", topic, "-q", "1"}
 			if payload == "" {
 				args = append(args, "-n")
 			} else {
 				args = append(args, "-m", payload)
 			}
-			s.brokerNS.Run(t, "mosquitto_pub", args...)
+			s.brokerNS.Command("mosquitto_pub", args...).Run()
 		}
 		valid := testenv.NewKey(t).PublicKey().String()
 		for _, m := range [][2]string{
@@ -592,6 +617,8 @@ func TestSystem(t *testing.T) {
 			{"wgkex/replay/gw1/request", "{"}, {"wgkex/replay/gw2/request", `{"domains":["ffmuc_nope"]}`},
 			{"wgkex/replay/gw1/keys", "{"}, {"wgkex/replay/gw2/keys", `{"domain":"ffmuc_welt","seq":0,"last":true,"keys":["bad","` + valid + `x"]}`},
 			{"wgkex/replay/gw1/keys", `{"domain":"ffmuc_nope","seq":0,"last":true,"keys":["` + valid + `"]}`},
+			{"wireguard-worker/gw3/status", "up"}, {"wireguard-worker/gw3/ffmuc_welt/data", "{"},
+			{"wireguard-metrics/ffmuc_welt/gw3/connected_peers", "lots"}, {"wgkex/replay/gw3/request", "{"},
 		} {
 			pub(m[0], m[1])
 		}
