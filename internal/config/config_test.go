@@ -260,3 +260,43 @@ func TestFromArgs(t *testing.T) {
 		t.Error("FromArgs with an unknown flag: want error")
 	}
 }
+
+func TestMQTTSecurityKeys(t *testing.T) {
+	c, err := Parse([]byte(`
+domains: [ffmuc_a]
+domain_prefixes: [ffmuc_]
+workers:
+  gw1: {password_hash: "$2a$08$x"}
+mqtt: {cert_file: /c.pem, key_file: /c.key}
+broker:
+  mqtt_listeners: [{address: "0.0.0.0:8883", cert_file: /s.pem, key_file: /s.key, client_ca_file: /ca.pem}]
+  mqtt_monitors: {grafana: {password_hash: "$2a$08$y"}}
+  allow_anonymous: true
+  mqtt_limits: {max_packet_size: 1024, max_clients: 10, connect_timeout: 2s, max_session_expiry: 5m, max_pending: 8}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := MQTTLimits{MaxPacketSize: 1024, MaxClients: 10, ConnectTimeout: Duration(2 * time.Second),
+		MaxSessionExpiry: Duration(5 * time.Minute), MaxPending: 8}
+	if diff := cmp.Diff(want, c.Broker.MQTTLimits); diff != "" {
+		t.Errorf("mqtt_limits (-want +got):\n%s", diff)
+	}
+	if c.Workers["gw1"].PasswordHash != "$2a$08$x" || c.Broker.MQTTMonitors["grafana"].PasswordHash != "$2a$08$y" ||
+		!c.Broker.AllowAnonymous || c.Broker.MQTTListeners[0].ClientCAFile != "/ca.pem" || c.MQTT.KeyFile != "/c.key" {
+		t.Errorf("security keys not read: %+v", c)
+	}
+	_, err = Parse([]byte(`
+domains: [ffmuc_a]
+domain_prefixes: [ffmuc_]
+mqtt: {cert_file: /c.pem}
+broker:
+  mqtt_listeners: [{address: "0.0.0.0:8883", client_ca_file: /ca.pem}]
+  mqtt_limits: {max_clients: -1}
+`), nil)
+	for _, want := range []string{"client_ca_file needs cert_file", "mqtt: cert_file and key_file", "negative limit"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q: %v", want, err)
+		}
+	}
+}
