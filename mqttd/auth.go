@@ -141,10 +141,10 @@ func HashPassword(password []byte, cost int) (string, error) {
 	return string(h), nil
 }
 
-// DefaultCost is the bcrypt cost of HashPassword: about 20 ms a check on one core, so that 200 gateways
+// DefaultCost is the bcrypt cost of HashPassword: about 10 ms a check on one core, so that 200 gateways
 // connecting at once after a broker restart are through in under 2 s on two cores (BENCHMARKS.md). Gateway
 // passwords are machine-made and long; the cost does not have to make up for weak ones.
-const DefaultCost = 8
+const DefaultCost = 7
 
 // account returns the identity of a worker or monitor that proved its name with its own credential.
 func (s *Server) account(name, via string) (*identity, string) {
