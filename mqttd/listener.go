@@ -124,6 +124,7 @@ type conn struct {
 	net.Conn
 	slots    chan struct{}
 	released atomic.Bool
+	dropped  atomic.Bool // disconnected as a slow consumer
 	id       atomic.Pointer[identity]
 }
 

@@ -11,11 +11,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/google/go-cmp/cmp"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/crypto/bcrypt"
 
@@ -399,8 +402,35 @@ func TestTakeover(t *testing.T) {
 	// The same worker reconnects before its old session timed out: allowed, and the old session's will does
 	// not mark it offline.
 	again := testenv.Connect(t, f.addr, "gw-a", testenv.ClientOptions{Username: "gw-a", Password: "pa", Will: will})
-	testenv.Eventually(t, 5*time.Second, func() bool { return f.s.srv.Info.ClientsConnected == 1 }, "old session not ended")
+	testenv.Eventually(t, 5*time.Second, func() bool { return atomic.LoadInt64(&f.s.srv.Info.ClientsConnected) == 1 }, "old session not ended")
 	again.Publish(t, wire.StatusTopic("gw-a"), "1", 1, true)
 	testenv.Eventually(t, 5*time.Second, func() bool { return len(f.handled()) == 1 }, "status not handled")
 	f.unchanged(t, wire.StatusTopic("gw-a")+"=1")
+}
+
+// TestStaleRetainedDeleted: retained messages left by a version without ACLs (an unconfigured "rogue", another
+// worker's data published by an attacker under a removed name) are deleted at start and never served.
+func TestStaleRetainedDeleted(t *testing.T) {
+	st := openStore(t, filepath.Join(t.TempDir(), "state.db"))
+	for _, topic := range []string{wire.StatusTopic("rogue"), wire.DataTopic("x1", welt), wire.StatusTopic("gw-a")} {
+		m := storage.Message{ID: topic, T: storage.RetainedKey, TopicName: topic, Payload: []byte("1"),
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true}}
+		b, _ := m.MarshalBinary()
+		if err := st.PutRetained(topic, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := newFleet(t, func(o *Options) { o.Retained = st })
+	f.st = st
+	if diff := cmp.Diff([]string{wire.StatusTopic("gw-a")}, f.retained()); diff != "" {
+		t.Errorf("retained after start (-want +got):\n%s", diff)
+	}
+	mon := testenv.Connect(t, f.addr, "mon", testenv.ClientOptions{Username: "mon", Password: "pm"})
+	mon.Subscribe(t, "#")
+	mon.WaitFor(t, wire.StatusTopic("gw-a"))
+	for _, m := range mon.Messages() {
+		if m.Topic != wire.StatusTopic("gw-a") {
+			t.Errorf("stale retained message served: %s", m.Topic)
+		}
+	}
 }

@@ -503,7 +503,8 @@ func (h *authHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ i
 // OnPublishDropped disconnects a client whose outbound queue is full: it stopped reading. Closing its
 // connection never blocks the publisher.
 func (h *authHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
-	if cl.Net.Inline || cl.Closed() {
+	c := connOf(cl.Net.Conn)
+	if c == nil || !c.dropped.CompareAndSwap(false, true) {
 		return
 	}
 	h.s.refused(reasonSlowConsumer)
@@ -577,9 +578,17 @@ func (h *retainHook) OnRetainedExpired(topic string) {
 	}
 }
 
+// StoredRetainedMessages gives mochi the stored retained messages. Those on topics that no configured worker may
+// publish (left by a version without ACLs, or by a worker since removed from the configuration) are deleted.
 func (h *retainHook) StoredRetainedMessages() ([]storage.Message, error) {
+	allowed := h.s.retainable()
 	var out []storage.Message
+	var stale []string
 	err := h.st.Retained(func(topic string, b []byte) error {
+		if allowed != nil && !allowed[topic] {
+			stale = append(stale, topic)
+			return nil
+		}
 		var m storage.Message
 		if err := m.UnmarshalBinary(b); err != nil {
 			h.Log.Warn("skipped unreadable retained message", "topic", topic, "err", err)
@@ -591,5 +600,30 @@ func (h *retainHook) StoredRetainedMessages() ([]storage.Message, error) {
 	if err != nil {
 		return nil, errors.Join(errors.New("load retained messages"), err)
 	}
+	for _, topic := range stale {
+		if err := h.st.DeleteRetained(topic); err != nil {
+			return nil, fmt.Errorf("delete retained message %s: %w", topic, err)
+		}
+	}
+	if len(stale) > 0 {
+		h.Log.Warn("deleted retained messages no configured worker may publish", "count", len(stale))
+	}
 	return out, nil
+}
+
+// retainable returns the topics some configured worker may publish, or nil when no worker is configured (then
+// anonymous clients on loopback may use any name).
+func (s *Server) retainable() map[string]bool {
+	if len(s.opts.Workers) == 0 {
+		return nil
+	}
+	all := map[string]bool{}
+	for name := range s.opts.Workers {
+		id := &identity{name: name}
+		id.workerRights(s.opts.Domains)
+		for t := range id.pub {
+			all[t] = true
+		}
+	}
+	return all
 }
