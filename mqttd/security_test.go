@@ -136,7 +136,7 @@ func TestAttackSpoofOtherWorkers(t *testing.T) {
 			}
 		}
 	}
-	// A person with the shared password and mosquitto_pub (MQTT 3.1.1: the server disconnects it).
+	// A person with the shared password and mosquitto_pub (MQTT 3.1.1: acknowledged, dropped, not retained).
 	host, port, _ := strings.Cut(f.addr, ":")
 	exec.Command(testenv.Tool(t, "mosquitto_pub"), "-h", host, "-p", port, "-u", "wgkex", "-P", "shared", "-i", "gw-c",
 		"-t", wire.DataTopic("gw-b", welt), "-m", data, "-r", "-q", "1").Run()

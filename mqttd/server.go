@@ -386,7 +386,7 @@ func (h *authHook) ID() string { return "wgkex-auth" }
 func (h *authHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe, mqtt.OnPublishDropped,
-		mqtt.OnQosPublish:
+		mqtt.OnQosPublish, mqtt.OnPublish:
 		return true
 	}
 	return false
@@ -470,6 +470,24 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if !write {
 		return id.canSubscribe(topic) && (hasWildcard(topic) || id.canRead(topic))
 	}
+	if cl.Properties.ProtocolVersion < 5 {
+		return true // decided in OnPublish, see there
+	}
+	return h.allowPublish(cl, id, topic)
+}
+
+// OnPublish drops the refused publishes of MQTT 3 clients. MQTT 3 has no negative acknowledgement, so mochi
+// would disconnect a client refused in OnACLCheck; like Mosquitto, the server acknowledges and drops the message
+// instead (neither delivered nor retained), so that a reference worker publishing for a domain the broker does
+// not serve stays connected.
+func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline || cl.Properties.ProtocolVersion >= 5 || h.allowPublish(cl, identityOf(cl), pk.TopicName) {
+		return pk, nil
+	}
+	return pk, packets.CodeSuccessIgnore
+}
+
+func (h *authHook) allowPublish(cl *mqtt.Client, id *identity, topic string) bool {
 	if id.canPublish(topic) {
 		return true
 	}
