@@ -121,7 +121,12 @@ func (s *Server) checkPassword(hash, pass []byte) bool {
 			return true
 		}
 	}
-	if bcrypt.CompareHashAndPassword(hash, pass) != nil {
+	// One check per core at a time: a reconnecting fleet is served first come, first served, instead of every
+	// login finishing at the end of the storm.
+	s.bcryptSlots <- struct{}{}
+	err := bcrypt.CompareHashAndPassword(hash, pass)
+	<-s.bcryptSlots
+	if err != nil {
 		return false
 	}
 	s.verified.Store(string(hash), sum)

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -108,6 +109,7 @@ type Server struct {
 	credentials bool
 	failures    failures
 	verified    sync.Map // bcrypt hash → SHA-256 of the password that matched it
+	bcryptSlots chan struct{}
 	// loginDelay is how long a failed login waits for its refusal (tests shorten it).
 	loginDelay time.Duration
 	refusedVec *prometheus.CounterVec
@@ -140,7 +142,8 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 	caps.SharedSubAvailable = 0
 	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: log, Capabilities: caps})
 	s := &Server{srv: srv, log: log, opts: opts, done: make(chan struct{}), loginDelay: loginDelay,
-		failures: failures{m: map[netip.Prefix]*failure{}}}
+		bcryptSlots: make(chan struct{}, runtime.GOMAXPROCS(0)),
+		failures:    failures{m: map[netip.Prefix]*failure{}}}
 	s.credentials = opts.SharedUsername != "" || len(opts.Monitors) > 0
 	for _, w := range opts.Workers {
 		s.credentials = s.credentials || w.PasswordHash != ""
