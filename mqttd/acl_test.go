@@ -108,6 +108,15 @@ func FuzzACL(f *testing.F) {
 		if id.canPublish(s) && (hasWildcard(s) || !strings.Contains("/"+s+"/", "/"+name+"/")) {
 			t.Fatalf("%s may publish %q", name, s)
 		}
+		if !hasWildcard(s) {
+			want := false
+			for f := range id.sub {
+				want = want || matches(f, s)
+			}
+			if id.covered(s) != want {
+				t.Fatalf("covered(%q) = %v, the filters say %v", s, !want, want)
+			}
+		}
 		other := "x" + name
 		if id.canSubscribe(s) && (matches(s, wire.ReplayKeysTopic(other)) || matches(s, wire.StatusTopic(other))) {
 			t.Fatalf("%s may subscribe to %q, which reads %s's traffic", name, s, other)
@@ -128,6 +137,26 @@ func FuzzCertNames(f *testing.F) {
 		for _, n := range names {
 			if wire.ValidateTopicLevel(n) != nil || n != cn && n != dns {
 				t.Fatalf("name %q from CN %q, SAN %q", n, cn, dns)
+			}
+		}
+	})
+}
+
+// BenchmarkACL is the cost the topic rules add to a key delivered to a worker and to a worker's publish.
+func BenchmarkACL(b *testing.B) {
+	id := &identity{name: "gw04.in.ffmuc.net"}
+	id.workerRights([]string{"ffmuc_muc_cty", "ffmuc_muc_nord", "ffmuc_muc_ost", "ffmuc_muc_sued", "ffmuc_welt"})
+	b.Run("deliver", func(b *testing.B) {
+		for b.Loop() {
+			if !id.canRead("wireguard/ffmuc_welt/all") {
+				b.Fatal("refused")
+			}
+		}
+	})
+	b.Run("publish", func(b *testing.B) {
+		for b.Loop() {
+			if !id.canPublish("wireguard-metrics/ffmuc_welt/gw04.in.ffmuc.net/connected_peers") {
+				b.Fatal("refused")
 			}
 		}
 	})

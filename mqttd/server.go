@@ -471,7 +471,10 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	id := identityOf(cl)
 	if !write {
-		return id.canSubscribe(topic) && (hasWildcard(topic) || id.canRead(topic))
+		if hasWildcard(topic) {
+			return id.canSubscribe(topic) // a subscription; deliveries are checked topic by topic
+		}
+		return id.canRead(topic) // a delivery, or a subscription to a single topic
 	}
 	if cl.Properties.ProtocolVersion < 5 {
 		return true // decided in OnPublish, see there
