@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
+	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 	"github.com/freifunkMUC/wgkex-go/store"
@@ -45,14 +46,18 @@ func TestShutdownWithReplaysRunning(t *testing.T) {
 	}
 
 	// mochi's client goroutines may log after Shutdown has returned, so the daemon logs nowhere.
-	d, err := Start(testConfig(t, state), slog.New(slog.DiscardHandler))
+	cfg := testConfig(t, state)
+	for i := 0; i < nWorkers; i++ {
+		cfg.Workers[fmt.Sprintf("gw%02d", i)] = config.Worker{}
+	}
+	d, err := Start(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var first *testenv.Client
 	for i := 0; i < nWorkers; i++ {
 		name := fmt.Sprintf("gw%02d", i)
-		c := testenv.Connect(t, d.MQTTAddr(), name, testenv.ClientOptions{})
+		c := testenv.Connect(t, d.MQTTAddr(), name, testenv.ClientOptions{Username: "wgkex", Password: "shared"})
 		c.Subscribe(t, wire.ReplayKeysTopic(name))
 		c.Publish(t, wire.ReplayRequestTopic(name), `{"domains":["ffmuc_welt"]}`, 1, false)
 		if first == nil {
