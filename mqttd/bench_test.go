@@ -22,7 +22,9 @@ func BenchmarkConnect200(b *testing.B) {
 		workers[fmt.Sprintf("gw%03d", i)] = Account{PasswordHash: h}
 	}
 	newServer := func() *Server {
-		s, err := New(testenv.Logger(b).With(), Options{Listeners: []Listener{{Address: "127.0.0.1:0"}},
+		log, quiet := quietLogger(b)
+		b.Cleanup(quiet)
+		s, err := New(log, Options{Listeners: []Listener{{Address: "127.0.0.1:0"}},
 			Domains: []string{welt}, Workers: workers})
 		if err != nil {
 			b.Fatal(err)

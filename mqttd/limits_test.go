@@ -51,7 +51,8 @@ func TestAcceptSurvivesFileLimit(t *testing.T) {
 		return
 	}
 	var fails atomic.Int64
-	log := slog.New(countHandler{testenv.Logger(t).Handler(), "mqtt accept failed, retrying", &fails})
+	base, quiet := quietLogger(t)
+	log := slog.New(countHandler{base.Handler(), "mqtt accept failed, retrying", &fails})
 	s, err := New(log, Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +60,7 @@ func TestAcceptSurvivesFileLimit(t *testing.T) {
 	if err := s.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() { s.Close(); quiet() })
 
 	var old syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {

@@ -70,7 +70,7 @@ type Limits struct {
 // DefaultLimits returns the limits used for zero fields of Options.Limits.
 func DefaultLimits() Limits {
 	return Limits{MaxPacketSize: 64 << 10, MaxClients: 4096, ConnectTimeout: 10 * time.Second,
-		MaxSessionExpiry: time.Hour, MaxPending: 1024}
+		MaxSessionExpiry: time.Hour, MaxPending: 8192}
 }
 
 // Options configure a Server.

@@ -1,6 +1,8 @@
 package mqttd
 
 import (
+	"context"
+	"log/slog"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -25,7 +27,8 @@ func start(t *testing.T, opts Options, handlers map[string]func(string, []byte))
 	if opts.Domains == nil {
 		opts.Domains = []string{"ffmuc_welt"}
 	}
-	s, err := New(testenv.Logger(t), opts)
+	log, quiet := quietLogger(t)
+	s, err := New(log, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,8 +41,38 @@ func start(t *testing.T, opts Options, handlers map[string]func(string, []byte))
 	if err := s.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() { s.Close(); quiet() })
 	return s
+}
+
+// quietLogger is the test's logger until quiet is called: mochi's goroutines may still log after Close returns,
+// which must not reach a finished test.
+func quietLogger(t testing.TB) (_ *slog.Logger, quiet func()) {
+	h := &quietHandler{Handler: testenv.Logger(t).Handler(), mu: &sync.RWMutex{}, done: new(bool)}
+	return slog.New(h), func() { h.mu.Lock(); *h.done = true; h.mu.Unlock() }
+}
+
+type quietHandler struct {
+	slog.Handler
+	mu   *sync.RWMutex
+	done *bool
+}
+
+func (h *quietHandler) Handle(ctx context.Context, r slog.Record) error {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if *h.done {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h *quietHandler) WithAttrs(a []slog.Attr) slog.Handler {
+	return &quietHandler{Handler: h.Handler.WithAttrs(a), mu: h.mu, done: h.done}
+}
+
+func (h *quietHandler) WithGroup(name string) slog.Handler {
+	return &quietHandler{Handler: h.Handler.WithGroup(name), mu: h.mu, done: h.done}
 }
 
 func openStore(t *testing.T, path string) *store.Store {
