@@ -279,6 +279,9 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	}
 	if opts.MQTT.Username != "" {
 		cfg.ConnectUsername, cfg.ConnectPassword = opts.MQTT.Username, []byte(opts.MQTT.Password)
+	} else if opts.MQTT.Password != "" {
+		// A password of the worker's own: its username is its name.
+		cfg.ConnectUsername, cfg.ConnectPassword = a.opts.Name, []byte(opts.MQTT.Password)
 	}
 	cfg.WillMessage = &paho.WillMessage{Topic: wire.StatusTopic(a.opts.Name), Payload: []byte("0"), QoS: 1, Retain: true}
 

@@ -225,7 +225,7 @@ func (s *system) newGateway(name, addr, link string) *gateway {
 	g.cfg = filepath.Join(s.dir, name+".yaml")
 	cred := fmt.Sprintf("cert_file: %[1]s/%[2]s.pem, key_file: %[1]s/%[2]s.key", s.dir, name)
 	if name != "gw1" {
-		cred = fmt.Sprintf("username: %[1]s, password: %[1]s-secret", name)
+		cred = fmt.Sprintf("password: %s-secret", name) // username: the worker name
 	}
 	os.WriteFile(g.cfg, []byte(fmt.Sprintf(`
 domains: [ffmuc_welt]
