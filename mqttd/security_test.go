@@ -216,6 +216,10 @@ func TestAnonymousRule(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "allow_anonymous") {
 		t.Errorf("non-loopback listener without credentials: %v", err)
 	}
+	// A password without a username (WGKEX_MQTT_PASSWORD alone) is not a login: an error, not an open server.
+	if _, err := New(testenv.Logger(t), Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, SharedPassword: "x"}); err == nil {
+		t.Error("mqtt.password without mqtt.username accepted")
+	}
 	s := start(t, Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, AllowAnonymous: true}, nil)
 	_, port, _ := net.SplitHostPort(s.Addrs()[0])
 	testenv.Connect(t, "127.0.0.1:"+port, "gw-x", testenv.ClientOptions{})

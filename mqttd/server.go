@@ -243,8 +243,9 @@ func (o *Options) validate() error {
 			errs = append(errs, fmt.Errorf("mqtt listener %s: client_ca_file needs cert_file and key_file", l.Address))
 		}
 	}
-	if o.SharedUsername != "" && o.SharedPassword == "" {
-		errs = append(errs, errors.New("mqtt.username without mqtt.password"))
+	if (o.SharedUsername == "") != (o.SharedPassword == "") {
+		errs = append(errs, errors.New("the shared MQTT login needs both mqtt.username and mqtt.password "+
+			"(a worker's own password goes into workers.<name>.password_hash as a hash)"))
 	}
 	return errors.Join(errs...)
 }
