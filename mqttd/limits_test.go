@@ -1,9 +1,13 @@
 package mqttd
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +16,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
@@ -102,4 +110,55 @@ func TestAcceptSurvivesFileLimit(t *testing.T) {
 		}
 		return err == nil
 	}, "the listener did not accept again after descriptors were freed")
+}
+
+// TestSessionAndKeepaliveBounded: a raw MQTT 5 CONNECT asking for a session kept forever and no keepalive gets
+// both bounded in its CONNACK; the refusal metrics and the client gauge are registered.
+func TestSessionAndKeepaliveBounded(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := start(t, Options{Metrics: reg, Limits: Limits{MaxSessionExpiry: 90 * time.Second}}, nil)
+	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+		Connect:    packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 0, ClientIdentifier: "gw04"},
+		Properties: packets.Properties{SessionExpiryInterval: math.MaxUint32, SessionExpiryIntervalFlag: true}}
+	var buf bytes.Buffer
+	if err := connect.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	c := rawConnect(t, s.Addrs()[0], buf.Bytes())
+	r := bufio.NewReader(c)
+	var fh packets.FixedHeader
+	b, err := r.ReadByte()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fh.Decode(b); err != nil || fh.Type != packets.Connack {
+		t.Fatalf("first packet %+v: %v", fh, err)
+	}
+	n, _, err := packets.DecodeLength(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		t.Fatal(err)
+	}
+	ack := packets.Packet{FixedHeader: fh, ProtocolVersion: 5}
+	if err := ack.ConnackDecode(body); err != nil {
+		t.Fatal(err)
+	}
+	if ack.ReasonCode != 0 || ack.Properties.SessionExpiryInterval != 90 || ack.Properties.ServerKeepAlive != maxKeepalive {
+		t.Errorf("CONNACK: reason %d, session expiry %d (want 90), server keepalive %d (want %d)", ack.ReasonCode,
+			ack.Properties.SessionExpiryInterval, ack.Properties.ServerKeepAlive, maxKeepalive)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, mf := range mfs {
+		names = append(names, mf.GetName())
+	}
+	if diff := cmp.Diff([]string{"wgkex_mqtt_clients", "wgkex_mqtt_refused_total"}, names); diff != "" {
+		t.Errorf("metrics (-want +got):\n%s", diff)
+	}
 }
