@@ -12,9 +12,10 @@ import (
 // unknown transfer encoding, 505. net/http writes each of them as text in one Write to the connection, ending its
 // header with "Content-Type: text/plain; charset=utf-8", "Connection: close" and a blank line, then closes the
 // connection; nothing else is written in that form (a handler's headers come sorted, Connection before
-// Content-Type). The wrapper recognises that Write and writes the same status with a JSON body instead. The
-// alternative, a larger MaxHeaderBytes plus a middleware that counts header bytes, still leaves net/http's text
-// 431 above the larger limit, and its 400s untouched. TestServerErrorsAreJSON pins the form against the Go in use.
+// Content-Type). The wrapper recognises that Write and writes the same status with a JSON body instead; likewise
+// net/http's empty 417 for an unknown Expect header. The alternative, a larger MaxHeaderBytes plus a middleware
+// that counts header bytes, still leaves net/http's text 431 above the larger limit, and its 400s untouched.
+// TestServerErrorsAreJSON pins the form against the Go in use.
 func Listener(ln net.Listener) net.Listener { return jsonErrorListener{ln} }
 
 type jsonErrorListener struct{ net.Listener }
@@ -53,8 +54,13 @@ func (c *jsonErrorConn) CloseWrite() error {
 	return nil
 }
 
-// textError reports whether p is a whole answer written by net/http itself, and its status code.
+// textError reports whether p is a whole answer written by net/http itself, and its status code. Besides the text
+// answers, that is 417 for an Expect header other than 100-continue, which net/http sends with an empty body
+// before any handler runs; no handler answers 417.
 func textError(p []byte) (int, bool) {
+	if bytes.HasPrefix(p, []byte("HTTP/1.1 417 ")) {
+		return http.StatusExpectationFailed, true
+	}
 	end := bytes.Index(p, []byte(textErrorHeaders))
 	if end < 0 || bytes.Contains(p[:end], []byte("\r\n")) {
 		return 0, false

@@ -223,6 +223,9 @@ func TestServerErrorsAreJSON(t *testing.T) {
 		{"unknown transfer encoding", "POST /api/v1/wg/key/exchange HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
 			"HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\nContent-Length: 40\r\nConnection: close\r\n\r\n" +
 				`{"error":{"message":"Not Implemented"}}` + "\n"},
+		{"unknown expectation", "POST /api/v1/wg/key/exchange HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\n{}",
+			"HTTP/1.1 417 Expectation Failed\r\nContent-Type: application/json\r\nContent-Length: 43\r\nConnection: close\r\n\r\n" +
+				`{"error":{"message":"Expectation Failed"}}` + "\n"},
 	}
 	for _, tt := range tests {
 		if got := raw(t, addr, tt.request); got != tt.want {
@@ -271,5 +274,26 @@ func TestHeadAndBOM(t *testing.T) {
 		if got := send(t, c, "POST", base+"/api/v1/wg/key/exchange", tt.body, nil); got.code != tt.code {
 			t.Errorf("%s: %+v, want %d", tt.name, got, tt.code)
 		}
+	}
+}
+
+// TestBrokenBodyIs400 sends bodies that cannot be read to the end: the client's fault, answered 400 like net/http's
+// own refusals, not 500 with an error logged for every such request.
+func TestBrokenBodyIs400(t *testing.T) {
+	var logs syncBuffer
+	s, _, _ := newServer(t)
+	s = New(s.b, slog.New(slog.NewTextHandler(io.MultiWriter(&logs, t.Output()), nil)), Options{})
+	addr := serve(t, s)
+	for _, tt := range []struct{ name, request string }{
+		{"malformed chunk", "POST /api/v1/wg/key/exchange HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"},
+		{"chunk without its end", "POST /api/v2/wg/key/exchange HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX\r\n"},
+	} {
+		got := raw(t, addr, tt.request)
+		if !strings.HasPrefix(got, "HTTP/1.1 400 Bad Request\r\n") || !strings.HasSuffix(got, `{"error":{"message":"Bad Request"}}`+"\n") {
+			t.Errorf("%s: %q, want 400 with a JSON body", tt.name, got)
+		}
+	}
+	if strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("a client's broken body logged as an error:\n%s", logs.String())
 	}
 }

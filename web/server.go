@@ -8,6 +8,7 @@ import (
 	"bytes"
 	_ "embed"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -145,7 +146,12 @@ func (s *Server) request(c echo.Context) (broker.Request, error) {
 	defer bodies.Put(buf)
 	buf.Reset()
 	if _, err := buf.ReadFrom(c.Request().Body); err != nil {
-		return broker.Request{}, err
+		var he *echo.HTTPError
+		if errors.As(err, &he) { // 413 from the body limit
+			return broker.Request{}, err
+		}
+		// A malformed chunk, a body cut short or too slow: the client's fault, like net/http's own 400s.
+		return broker.Request{}, echo.ErrBadRequest.WithInternal(fmt.Errorf("read body: %w", err))
 	}
 	body := buf.Bytes()
 	if len(body) >= len(utf8BOM) && string(body[:len(utf8BOM)]) == utf8BOM {
