@@ -135,6 +135,52 @@ func TestSweepDeletesExactlyExpired(t *testing.T) {
 	}
 }
 
+// TestSweepWhileRegistering: keys registered again while a sweep deletes their expired records, some merged
+// during the sweep, some still in the log when it ends, all survive with their new time, and index and keys agree.
+func TestSweepWhileRegistering(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := open(t, path)
+	defer s.Close()
+	t0 := time.Unix(1_700_000_000, 0)
+	const n = 12000
+	var recs []broker.KeyRecord
+	for i := range n {
+		at := t0.Add(time.Duration(i) * time.Millisecond)
+		recs = append(recs, broker.KeyRecord{Key: fakeKey(i), Domain: "d", FirstSeen: at, LastSeen: at})
+	}
+	if err := s.Import(recs); err != nil {
+		t.Fatal(err)
+	}
+	swept := make(chan error, 1)
+	go func() {
+		_, err := s.Sweep(context.Background(), t0.Add(time.Hour))
+		swept <- err
+	}()
+	again := t0.Add(48 * time.Hour)
+	var want []string
+	for i := n - 1; i >= 0; i -= 7 { // from the end, so that most come while the sweep is under way
+		put(t, s, "d", fakeKey(i), again)
+		want = append(want, fakeKey(i))
+		if len(want)%100 == 0 {
+			if err := s.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := <-swept; err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range want {
+		r, err := s.Key("d", k)
+		if err != nil || !r.LastSeen.Equal(again) {
+			t.Errorf("key %s registered again during the sweep: %v, last seen %v, want %v", k, err, r.LastSeen, again)
+		}
+	}
+	if diff := cmp.Diff(map[string]int{"d": len(want)}, countKeys(t, s)); diff != "" {
+		t.Errorf("keys in bbolt (-want +got):\n%s", diff)
+	}
+}
+
 // TestMigrateSchema1: a file of schema 1, written here with bbolt as the first version wrote it, opens with its
 // keys indexed and its worker records read.
 func TestMigrateSchema1(t *testing.T) {
