@@ -44,6 +44,13 @@ func (r *recorder) note(m string) {
 	r.msg = append(r.msg, m)
 }
 
+// msgs returns what was published so far and keeps it.
+func (r *recorder) msgs() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.msg...)
+}
+
 func (r *recorder) take() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()

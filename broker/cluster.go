@@ -40,6 +40,8 @@ const (
 	peerWait = 2 * time.Second
 	// replayWaitMax bounds how long a replay waits for the catch-up.
 	replayWaitMax = time.Minute
+	// maxCatchupWaiting bounds the brokers whose catch-up answer waits for its turn.
+	maxCatchupWaiting = 64
 )
 
 // Syncer is implemented by an MQTT side on which other brokers may publish: Sync returns once every message the
@@ -58,7 +60,8 @@ type cluster struct {
 
 	mu      sync.Mutex
 	alive   map[string]bool
-	stopped bool // set by StopCluster: no new background work
+	stopped bool             // set by StopCluster: no new background work
+	waiting map[string]int64 // asking broker → earliest time asked for, while its answer waits for its turn
 
 	caughtUp     chan struct{} // closed after the first catch-up
 	caughtUpOnce sync.Once
@@ -74,6 +77,7 @@ func (c *cluster) init(b *Broker) {
 	c.sem = make(chan struct{}, maxRecording)
 	c.answering = make(chan struct{}, 1)
 	c.alive = map[string]bool{}
+	c.waiting = map[string]int64{}
 	c.caughtUp = make(chan struct{})
 	c.stop = make(chan struct{})
 	c.progress = make(chan struct{}, 1)
@@ -380,20 +384,41 @@ func (b *Broker) HandleCatchupBatch(topic string, payload []byte) {
 }
 
 // HandleCatchupRequest takes wgkex/broker/{id}/catchup and sends the asking broker every key seen since the time
-// it names, in batches, one answer at a time.
+// it names, in batches, one answer at a time. Requests of a broker whose answer still waits for its turn join it
+// (from the earliest time asked for), so a peer asking again and again gets one more answer, not one each.
 func (b *Broker) HandleCatchupRequest(topic string, payload []byte) {
 	req, err := wire.ParseCatchupRequest(payload)
 	if err != nil {
 		b.log.Warn("dropped catch-up request", "topic", topic, "err", err)
 		return
 	}
-	if !b.cluster.begin(&b.cluster.answers) {
+	c := &b.cluster
+	c.mu.Lock()
+	since, ok := c.waiting[req.From]
+	switch {
+	case c.stopped:
+		c.mu.Unlock()
+		return
+	case ok:
+		c.waiting[req.From] = min(since, req.Since)
+		c.mu.Unlock()
+		return
+	case len(c.waiting) >= maxCatchupWaiting:
+		c.mu.Unlock()
+		b.log.Warn("too many catch-up requests waiting, dropped", "broker", req.From)
 		return
 	}
+	c.waiting[req.From] = req.Since
+	c.answers.Add(1)
+	c.mu.Unlock()
 	go func() {
-		defer b.cluster.answers.Done()
-		b.cluster.answering <- struct{}{}
-		defer func() { <-b.cluster.answering }()
+		defer c.answers.Done()
+		c.answering <- struct{}{}
+		defer func() { <-c.answering }()
+		c.mu.Lock()
+		req.Since = c.waiting[req.From]
+		delete(c.waiting, req.From)
+		c.mu.Unlock()
 		b.sendCatchup(req)
 	}()
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -181,5 +183,47 @@ func TestCatchupSince(t *testing.T) {
 		}
 		e.b.HandleCatchupBatch(wire.CatchupKeysTopic("broker-a"), []byte(`{"seq":0,"last":true,"keys":[]}`))
 		<-done
+	}
+}
+
+// TestCatchupRequestsCoalesced: a peer that asks again and again (a buggy or crash-looping broker) while its
+// answer waits gets one more answer, from the earliest time it asked for, not one full dump per request.
+func TestCatchupRequestsCoalesced(t *testing.T) {
+	e := newEnv(t, "", clustered)
+	release := make(chan struct{})
+	var once sync.Once
+	e.pub.deliver = func(topic string, _ []byte) {
+		if topic == wire.CatchupKeysTopic("broker-b") {
+			once.Do(func() { <-release }) // the first answer is being sent
+		}
+	}
+	ask := func(from string, since int64) {
+		e.b.HandleCatchupRequest(wire.CatchupRequestTopic("broker-a"), mustJSON(t, wire.CatchupRequest{From: from, Since: since}))
+	}
+	ask("broker-b", 100)
+	testenv.Eventually(t, 5*time.Second, func() bool { return len(e.pub.msgs()) > 0 }, "first answer not started")
+	for i := range 50 {
+		ask("broker-b", int64(200-i))
+	}
+	ask("broker-c", 300)
+	close(release)
+	answers := map[string]int{}
+	count := func() {
+		clear(answers)
+		for _, m := range e.pub.msgs() {
+			answers[strings.Fields(m)[0]]++
+		}
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		count()
+		return answers[wire.CatchupKeysTopic("broker-b")] >= 2 && answers[wire.CatchupKeysTopic("broker-c")] >= 1
+	}, "answers missing: %v", answers)
+	if err := e.b.StopCluster(context.Background()); err != nil { // drops answers still queued
+		t.Fatal(err)
+	}
+	count()
+	want := map[string]int{wire.CatchupKeysTopic("broker-b"): 2, wire.CatchupKeysTopic("broker-c"): 1}
+	if diff := cmp.Diff(want, answers); diff != "" {
+		t.Errorf("catch-up answers (-want +got):\n%s", diff)
 	}
 }

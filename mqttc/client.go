@@ -28,6 +28,10 @@ const publishTimeout = 5 * time.Second
 // closeTimeout bounds the farewell and the disconnect at Close.
 const closeTimeout = 2 * time.Second
 
+// maxPacket is the maximum packet size the client announces: ten times the largest message wgkex sends (a
+// catch-up batch of 1000 keys). The server drops larger messages instead of sending them.
+const maxPacket = 1 << 20
+
 // maxQueued bounds the QoS 1 messages kept while the connection is down.
 const maxQueued = 100_000
 
@@ -132,6 +136,13 @@ func New(log *slog.Logger, opts Options) (*Client, error) {
 			return true
 		},
 		OnConnectError: func(err error) { c.log.Warn("mqtt connect failed, retrying", "server", c.url.String(), "err", err) },
+		ConnectPacketBuilder: func(p *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+			if p.Properties == nil {
+				p.Properties = &paho.ConnectProperties{}
+			}
+			p.Properties.MaximumPacketSize = new(uint32(maxPacket))
+			return p, nil
+		},
 		ClientConfig: paho.ClientConfig{
 			ClientID: s.ClientID,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {

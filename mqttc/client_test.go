@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -167,5 +168,23 @@ func TestSyncDeniedByACL(t *testing.T) {
 	}
 	if err := a.Sync(context.Background()); !errors.Is(err, ErrSyncFailing) {
 		t.Errorf("Sync with a denied topic: %v, want ErrSyncFailing", err)
+	}
+}
+
+// TestOversizedDropped: a message far beyond anything wgkex sends (a gateway may publish megabytes on its own
+// topics, which the broker subscribes to) never reaches the broker: it announces a maximum packet size, and
+// Mosquitto drops larger messages for it.
+func TestOversizedDropped(t *testing.T) {
+	mq := testenv.Mosquitto(t, testenv.MosquittoOptions{})
+	in := &inbox{}
+	dial(t, mq.Addr, "broker-a", "", map[string]*inbox{"t/#": in})
+	gw := testenv.Connect(t, mq.Addr, "gw", testenv.ClientOptions{})
+	gw.Publish(t, "t/big", strings.Repeat("x", 2<<20), 1, false)
+	gw.Publish(t, "t/small", "ok", 1, false)
+	testenv.Eventually(t, 10*time.Second, func() bool { return len(in.list()) > 0 && in.list()[len(in.list())-1] == "t/small ok" }, "small message not received")
+	for _, m := range in.list() {
+		if strings.HasPrefix(m, "t/big") {
+			t.Errorf("received a message of %d bytes", len(m))
+		}
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -124,6 +126,7 @@ func (a *Agent) HandleMessage(topic string, payload []byte) {
 			a.log.Warn("dropped invalid keys from replay", "domain", b.Domain, "count", bad)
 		}
 		a.log.Debug("replay batch", "domain", b.Domain, "seq", b.Seq, "keys", len(b.Keys), "last", b.Last)
+		a.replays.batch(b.Domain, b.Last)
 		if b.Last {
 			a.log.Info("replay received", "domain", b.Domain, "batches", b.Seq+1)
 		}
@@ -174,6 +177,7 @@ func (s *session) next() (uint64, context.Context) {
 		s.cancel()
 	}
 	s.gen++
+	s.a.replays.reset()
 	ctx, cancel := context.WithTimeout(s.base, 30*time.Second)
 	s.cancel = cancel
 	s.up, s.ready = false, map[string]bool{}
@@ -386,6 +390,7 @@ func (s *session) requestReplay(ctx context.Context, domains []string) {
 	if len(domains) == 0 {
 		return
 	}
+	s.a.replays.asked(domains)
 	p, _ := json.Marshal(wire.ReplayRequest{Domains: domains})
 	if err := s.publish(ctx, wire.ReplayRequestTopic(s.a.opts.Name), p, 1, false); err != nil {
 		s.a.log.Warn("request replay", "err", err)
@@ -397,8 +402,67 @@ func (s *session) publish(ctx context.Context, topic string, payload []byte, qos
 	return err
 }
 
-// metricsLoop publishes the connected-peer counts every interval and retries domains whose interfaces were
-// missing: once one works, its data is published, its device read and its keys replayed.
+// maxReplayAsks bounds the replay requests per domain and connection: a broker without replays (the reference)
+// never answers.
+const maxReplayAsks = 5
+
+// replayWait counts, per domain, the replay requests of the current connection that no last batch answered yet.
+// A request can be lost: MQTT drops it while no broker is subscribed (brokers reconnecting after a restart of
+// the server), and on Mosquitto any client may join the brokers' shared subscription, whose share of the
+// requests it then swallows (Mosquitto does not check subscriptions against its ACL).
+type replayWait struct {
+	mu   sync.Mutex
+	open map[string]int
+	busy map[string]bool // a batch arrived since the last unanswered: the answer is under way
+}
+
+func (r *replayWait) reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.open, r.busy = nil, nil
+}
+
+func (r *replayWait) asked(domains []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.open == nil {
+		r.open = map[string]int{}
+	}
+	for _, d := range domains {
+		r.open[d]++
+	}
+}
+
+func (r *replayWait) batch(domain string, last bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.busy == nil {
+		r.busy = map[string]bool{}
+	}
+	r.busy[domain] = true
+	if _, ok := r.open[domain]; ok && last {
+		r.open[domain] = maxReplayAsks // answered: never asked again on this connection
+	}
+}
+
+// unanswered returns the ready domains, other than skip, to ask again.
+func (r *replayWait) unanswered(ready map[string]bool, skip []string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for d, n := range r.open {
+		if ready[d] && n < maxReplayAsks && !r.busy[d] && !slices.Contains(skip, d) {
+			out = append(out, d)
+		}
+	}
+	r.busy = nil
+	sort.Strings(out)
+	return out
+}
+
+// metricsLoop publishes the connected-peer counts every interval, asks again for replays not answered yet and
+// retries domains whose interfaces were missing: once one works, its data is published, its device read and its
+// keys replayed.
 func (s *session) metricsLoop(done <-chan struct{}) {
 	t := time.NewTicker(s.opts.MetricsInterval)
 	defer t.Stop()
@@ -420,7 +484,7 @@ func (s *session) metricsLoop(done <-chan struct{}) {
 				s.a.Sync(d, false)
 			}
 		}
-		s.requestReplay(ctx, late)
+		s.requestReplay(ctx, append(late, s.a.replays.unanswered(ready, late)...))
 		s.publishMetrics(ctx)
 		cancel()
 	}

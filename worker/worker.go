@@ -61,6 +61,8 @@ type Agent struct {
 
 	in *inbox
 
+	replays replayWait // replay requests not answered yet
+
 	// Owned by the loop (pass); tests call pass directly instead of running the loop.
 	domains map[string]*domainState
 

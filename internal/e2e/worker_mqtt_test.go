@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -246,4 +247,34 @@ func TestFailingKeyRetried(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, func() bool { return a.Stats().Failed >= 2 }, "key not retried")
 	broken.Store(false)
 	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey+" peer route fdb") }, "failed key not retried: %s", fake.String())
+}
+
+// TestReplayRequestRetried: a replay request that no broker receives is lost (MQTT drops a message nobody
+// subscribes to; on Mosquitto any user may also join the brokers' shared subscription and swallow its share). The
+// worker asks again until a last batch arrives, and then stops asking.
+func TestReplayRequestRetried(t *testing.T) {
+	mq := testenv.Mosquitto(t, testenv.MosquittoOptions{})
+	fake := dataplane.NewFake(dataplane.LinkFor("welt"))
+	startAgent(t, fake, "gw-retry", map[string]string{"ffmuc_welt": "welt"}, mqttOpts(mq.Addr))
+	obs := testenv.Connect(t, mq.Addr, "observer", testenv.ClientOptions{})
+	obs.Subscribe(t, "wireguard-worker/gw-retry/status")
+	obs.WaitFor(t, "wireguard-worker/gw-retry/status") // its first request went to no one
+
+	b := testenv.Connect(t, mq.Addr, "late-broker", testenv.ClientOptions{})
+	b.Subscribe(t, "$share/wgkex/"+wire.ReplayRequestFilter)
+	b.WaitFor(t, wire.ReplayRequestTopic("gw-retry"))
+	batch, _ := json.Marshal(wire.ReplayBatch{Domain: "ffmuc_welt", Last: true, Keys: []string{nodeKey}})
+	b.Publish(t, wire.ReplayKeysTopic("gw-retry"), string(batch), 1, false)
+	testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey+" peer route fdb") }, "replayed key not applied")
+
+	// Answered: no more requests, whatever the metrics interval (200 ms here) brings.
+	n := len(b.Messages())
+	obs.Subscribe(t, "wireguard-metrics/#")
+	for range 3 {
+		before := len(obs.Messages())
+		testenv.Eventually(t, 10*time.Second, func() bool { return len(obs.Messages()) > before }, "no metrics")
+	}
+	if got := len(b.Messages()); got > n+1 {
+		t.Errorf("%d replay requests after the answer", got-n)
+	}
 }

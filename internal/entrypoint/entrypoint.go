@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -61,9 +62,9 @@ func ReferenceYAML(getenv func(string) string) ([]byte, error) {
 	fmt.Fprintf(&b, "mqtt:\n  broker_url: %s\n  broker_port: %s\n  username: %s\n  password: %s\n  keepalive: %s\n  tls: %t\n",
 		strconv.Quote(v("MQTT_BROKER_URL")), number(v("MQTT_BROKER_PORT")), strconv.Quote(v("MQTT_USERNAME")),
 		strconv.Quote(v("MQTT_PASSWORD")), number(v("MQTT_KEEPALIVE")), tls)
-	fmt.Fprintf(&b, "broker:\n  mqtt_server:\n    url: %s\n    username: %s\n    password: %s\n",
+	fmt.Fprintf(&b, "broker:\n  mqtt_server:\n    url: %s\n    username: %s\n    password: %s\n    keepalive: %s\n",
 		strconv.Quote(serverURL(v("MQTT_BROKER_URL"), strings.TrimSpace(v("MQTT_BROKER_PORT")), tls)),
-		strconv.Quote(v("MQTT_USERNAME")), strconv.Quote(v("MQTT_PASSWORD")))
+		strconv.Quote(v("MQTT_USERNAME")), strconv.Quote(v("MQTT_PASSWORD")), number(v("MQTT_KEEPALIVE")))
 	return []byte(b.String()), nil
 }
 
@@ -76,14 +77,20 @@ func number(s string) string {
 	return strconv.Quote(s)
 }
 
-// parseBool reads MQTT_TLS as Python's yaml would read the reference's file: True/true/yes/on are true.
+// parseBool reads MQTT_TLS as the reference does: bool() of the value PyYAML (YAML 1.1) makes of it. False, no
+// and off in the spellings YAML knows, null and zero are false; anything else (True, yes, 1, but also 2 or
+// enabled) is true.
 func parseBool(s string) bool {
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "true", "yes", "on", "1", "y":
-		return true
+	s = strings.TrimSpace(s)
+	switch s {
+	case "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", "", "~", "null", "Null", "NULL":
+		return false
 	}
-	return false
+	return !yamlZero.MatchString(s)
 }
+
+// yamlZero matches the YAML 1.1 spellings of the integer and float zero.
+var yamlZero = regexp.MustCompile(`^[-+]?(0[0_]*|0b[0_]+|0x[0_]+|0[0_]*\.[0_]*([eE][-+][0-9]+)?|\.[0_]+([eE][-+][0-9]+)?)$`)
 
 // serverURL builds broker.mqtt_server.url from the reference's host (or URL), port and TLS flag.
 func serverURL(host, port string, tls bool) string {

@@ -46,6 +46,7 @@ broker:
     url: "mqtt://mqtt:1883"
     username: ""
     password: ""
+    keepalive: 5
 `},
 		{"set", map[string]string{"WGKEX_DOMAINS": "ffa_x,ffa_y  ffb_z", "WGKEX_DOMAIN_PREFIXES": "ffa_,ffb_", "WGKEX_DEBUG": "INFO",
 			"MQTT_BROKER_URL": "mqtt.example.org", "MQTT_BROKER_PORT": "8883", "MQTT_USERNAME": "broker", "MQTT_PASSWORD": "p#ss: word",
@@ -69,6 +70,7 @@ broker:
     url: "tls://mqtt.example.org:8883"
     username: "broker"
     password: "p#ss: word"
+    keepalive: 30
 `},
 		{"url with scheme, bad port", map[string]string{"MQTT_BROKER_URL": "ssl://m:9000", "MQTT_BROKER_PORT": "1883\nworkers: {}"}, ""},
 	} {
@@ -88,6 +90,24 @@ broker:
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestTLSFlag: MQTT_TLS means what bool() of PyYAML's value means in the reference: false, no, off (in the
+// spellings YAML 1.1 knows), null and zero are false; anything else, e.g. 2 or enabled, is true.
+func TestTLSFlag(t *testing.T) {
+	for s, want := range map[string]bool{
+		"False": false, "false": false, "FALSE": false, "no": false, "Off": false, "0": false, "-0": false, "0.0": false,
+		"~": false, "null": false, " False ": false,
+		"True": true, "true": true, "yes": true, "On": true, "1": true, "y": true, "2": true, "enabled": true, "fAlse": true,
+	} {
+		b, err := ReferenceYAML(envFunc(map[string]string{"MQTT_TLS": s}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(string(b), "tls: true"); got != want {
+			t.Errorf("MQTT_TLS=%q: tls %v, want %v", s, got, want)
+		}
 	}
 }
 
@@ -156,7 +176,7 @@ func TestReferenceEnvironment(t *testing.T) {
 	if diff := cmp.Diff([]string{"ffmuc_muc_cty", "ffmuc_muc_nord", "ffmuc_muc_ost", "ffmuc_muc_sued", "ffmuc_muc_west", "ffmuc_welt", "ffwert_city"}, cfg.Domains); diff != "" {
 		t.Errorf("domains (-want +got):\n%s", diff)
 	}
-	if cfg.Broker.MQTTServer.URL != "mqtt://mqtt:1883" || cfg.MQTT.BrokerURL != "mqtt" || cfg.MQTT.Keepalive != 5 || cfg.MQTT.TLS || cfg.Log.Level != "debug" {
+	if cfg.Broker.MQTTServer.URL != "mqtt://mqtt:1883" || cfg.MQTT.BrokerURL != "mqtt" || cfg.MQTT.Keepalive != 5 || cfg.Broker.MQTTServer.Keepalive != 5 || cfg.MQTT.TLS || cfg.Log.Level != "debug" {
 		t.Errorf("config from the environment: %+v, %+v, log %s", cfg.Broker.MQTTServer, cfg.MQTT, cfg.Log.Level)
 	}
 	if diff := cmp.Diff([]string{"/wgkex-broker"}, p.Argv); diff != "" {
