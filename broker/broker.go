@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/freifunkMUC/wgkex-go/broker/selection"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
@@ -48,6 +50,8 @@ type WorkerState struct {
 	Data map[string]wire.WorkerData `json:"data"`
 	// Changed is when the worker last reported anything.
 	Changed time.Time `json:"changed"`
+	// Since is when the worker last went online or offline.
+	Since time.Time `json:"since,omitzero"`
 }
 
 // Store is the durable state the broker needs. Writes must be on disk when they return.
@@ -103,6 +107,8 @@ type Options struct {
 	Keys KeyFilter
 	// ID names this broker among several on one MQTT server (cluster.go); empty: it is alone.
 	ID string
+	// Metrics registers the broker's Prometheus collectors; nil means none.
+	Metrics prometheus.Registerer
 }
 
 // Broker is the key exchange and gateway choice. It is safe for concurrent use.
@@ -125,6 +131,7 @@ type Broker struct {
 
 	replay  replayer
 	cluster cluster
+	meters  *meters
 }
 
 // New creates a Broker and loads the worker state from st.
@@ -142,6 +149,10 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, erro
 		awaiting: map[string]bool{},
 		records:  map[string]*record{},
 		dirty:    true,
+		meters:   newMeters(),
+	}
+	if err := b.registerMetrics(opts.Metrics); err != nil {
+		return nil, err
 	}
 	for _, d := range opts.Domains {
 		b.domain[d] = true
@@ -269,7 +280,8 @@ func (b *Broker) validate(r Request) error {
 }
 
 // ExchangeV1 records the key and publishes it to the domain's workers.
-func (b *Broker) ExchangeV1(r Request) error {
+func (b *Broker) ExchangeV1(r Request) (err error) {
+	defer func() { b.observeExchange(APIv1, r, "", err) }()
 	if err := b.validate(r); err != nil {
 		return err
 	}
@@ -278,7 +290,9 @@ func (b *Broker) ExchangeV1(r Request) error {
 
 // ExchangeV2 records and publishes the key like ExchangeV1, then chooses the gateway for the node and returns its
 // endpoint. Like the reference, the key is published even when no gateway can be chosen.
-func (b *Broker) ExchangeV2(r Request) (wire.WorkerData, error) {
+func (b *Broker) ExchangeV2(r Request) (_ wire.WorkerData, err error) {
+	var name string
+	defer func() { b.observeExchange(APIv2, r, name, err) }()
 	if err := b.validate(r); err != nil {
 		return wire.WorkerData{}, err
 	}

@@ -70,6 +70,7 @@ func (b *Broker) HandleReplayRequest(topic string, payload []byte) {
 			b.log.Warn("replay requested for unknown domain", "worker", worker, "domain", d)
 			continue
 		}
+		b.meters.replayRequests.Inc()
 		b.replay.enqueue(replayJob{worker, d})
 	}
 }
@@ -185,6 +186,7 @@ func (b *Broker) sendReplay(ctx context.Context, worker, domain string) {
 				return err
 			}
 			sent += len(keys)
+			b.meters.replayedKeys.Add(float64(len(keys)))
 			batch.Seq++
 			if batch.Last {
 				return nil

@@ -77,6 +77,7 @@ func (b *Broker) setStatus(worker string, n int) {
 			return false
 		}
 		w.Online = online
+		w.Since = b.opts.Now()
 		b.log.Info("worker status changed", "worker", worker, "online", online)
 		return true
 	})

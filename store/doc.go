@@ -27,6 +27,8 @@
 //	workers/<name>            JSON of the store's workerRecord: {"online":…,"peers":{domain: n},"data":{domain:
 //	                          {"ExternalAddress","Port","PublicKey","LinkAddress"}},"changed": RFC 3339 time}
 //	retained/<topic>          an opaque retained MQTT message, as the mqttd package encodes it
+//	samples/<worker>/<slot>   the status page's chart: a ring of SampleSlots slots (2 bytes, big-endian) per
+//	                          worker; value: time (8 bytes, big-endian Unix nanoseconds), connected peers (4 bytes)
 //
 // The write-ahead log's format is in wal.go.
 package store
