@@ -6,7 +6,6 @@ package web
 
 import (
 	"bytes"
-	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,9 +20,6 @@ import (
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 )
-
-//go:embed static/index.html
-var indexHTML []byte
 
 // Messages of the reference broker's error bodies (SPEC §1.4).
 const (
@@ -54,6 +50,8 @@ type Server struct {
 	log   *slog.Logger
 	limit *limiter // nil: no rate limit
 	bufs  sync.Pool
+
+	dash dashboard // the status page (status.go)
 }
 
 // New builds the router.
@@ -75,7 +73,7 @@ func New(b *broker.Broker, log *slog.Logger, opts Options) *Server {
 
 // routes registers every path. Every GET route answers HEAD too (Handler).
 func (s *Server) routes() {
-	s.e.GET("/", s.index)
+	s.statusRoutes()
 	s.e.POST("/api/v1/wg/key/exchange", s.exchangeV1, s.rateLimit)
 	s.e.POST("/api/v2/wg/key/exchange", s.exchangeV2, s.rateLimit)
 	s.e.GET("/api/v1/locations", s.locations)
@@ -131,10 +129,6 @@ func (s *Server) rateLimit(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-func (s *Server) index(c echo.Context) error {
-	return c.HTMLBlob(http.StatusOK, indexHTML)
-}
-
 // bodies recycles request body buffers: registrations are small and many.
 var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
@@ -163,7 +157,7 @@ func (s *Server) request(c echo.Context) (broker.Request, error) {
 func (s *Server) exchangeV1(c echo.Context) error {
 	r, err := s.request(c)
 	if err != nil {
-		return err
+		return s.b.Malformed(broker.APIv1, err)
 	}
 	if err := s.b.ExchangeV1(r); err != nil {
 		return err
@@ -174,7 +168,7 @@ func (s *Server) exchangeV1(c echo.Context) error {
 func (s *Server) exchangeV2(c echo.Context) error {
 	r, err := s.request(c)
 	if err != nil {
-		return err
+		return s.b.Malformed(broker.APIv2, err)
 	}
 	d, err := s.b.ExchangeV2(r)
 	if err != nil {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/freifunkMUC/wgkex-go/broker"
 	"github.com/freifunkMUC/wgkex-go/broker/keylist"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
@@ -47,6 +49,8 @@ type Daemon struct {
 	// Client is the connection to broker.mqtt_server; nil with the embedded server.
 	Client *mqttc.Client
 	bus    bus
+	// Metrics is the registry GET /metrics serves.
+	Metrics *prometheus.Registry
 
 	http   *http.Server
 	httpLn net.Listener
@@ -59,10 +63,16 @@ type Daemon struct {
 	httpsLn   net.Listener
 	storeOnce sync.Once
 	storeErr  error
+
+	web     *web.Server
+	started time.Time
+	sampled chan struct{}
 }
 
 // Start opens the state file, starts the MQTT server and the REST API, and returns once both accept connections.
 func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
+	started := time.Now()
+	reg := newRegistry()
 	st, err := store.Open(cfg.Broker.StateFile, log.With("component", "store"))
 	if err != nil {
 		return nil, err
@@ -112,6 +122,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		ReconnectGrace: cfg.Broker.ReconnectGrace.D(),
 		Keys:           keys,
 		ID:             id,
+		Metrics:        reg,
 	})
 	if err != nil {
 		mq.Close()
@@ -151,7 +162,9 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		RateLimitClients: cfg.BrokerListen.RateLimitClients,
 	})
 	d := &Daemon{Broker: b, Store: st, MQTT: embedded, Client: client, bus: mq, http: ws.HTTPServer(ln.Addr().String()), httpLn: ln, log: log,
-		served: make(chan error, 2), ran: make(chan struct{})}
+		served: make(chan error, 2), ran: make(chan struct{}),
+		Metrics: reg, web: ws, started: started, sampled: make(chan struct{})}
+	ws.SetDashboard(d.dashboard(cfg))
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
 	if err := d.listenTLS(ctx, cfg.BrokerListen, ws); err != nil {
@@ -161,6 +174,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		return nil, err
 	}
 	go keys.Run(ctx)
+	go func() { d.sample(ctx, cfg.Broker.Dashboard.SampleInterval.D()); close(d.sampled) }()
 	go func() { d.served <- d.http.Serve(web.Listener(ln)) }()
 	go func() { b.Run(ctx); close(d.ran) }()
 	if clusterOn {
@@ -272,6 +286,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	replays := d.Broker.StopReplays(ctx)
 	d.cancel()
 	<-d.ran
+	<-d.sampled
 	if err := d.bus.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("mqtt shutdown: %w", err))
 	}

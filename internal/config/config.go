@@ -23,6 +23,7 @@ import (
 	"github.com/knadh/koanf/providers/confmap"
 	"github.com/knadh/koanf/providers/rawbytes"
 	"github.com/knadh/koanf/v2"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
@@ -171,6 +172,8 @@ type Broker struct {
 	AllowAnonymous bool `koanf:"allow_anonymous"`
 	// MQTTLimits bound what one MQTT client can cost; zero values take the defaults.
 	MQTTLimits MQTTLimits `koanf:"mqtt_limits"`
+	// Dashboard protects the status page and chooses how often its chart is sampled.
+	Dashboard Dashboard `koanf:"dashboard"`
 }
 
 // MQTTServer is an external MQTT server (Mosquitto) and how the broker logs in to it: broker.mqtt_server.
@@ -204,6 +207,16 @@ type MQTTLimits struct {
 	ConnectTimeout   Duration `koanf:"connect_timeout"`
 	MaxSessionExpiry Duration `koanf:"max_session_expiry"`
 	MaxPending       int      `koanf:"max_pending"`
+}
+
+// Dashboard is broker.dashboard: optional basic-auth for GET /, its assets and GET /api/v1/status (off when
+// Username is empty), and the sampling of the connected-peers chart.
+type Dashboard struct {
+	Username string `koanf:"username"`
+	// PasswordHash is a bcrypt hash of the password (wgkex-broker hash-password, or htpasswd -nB).
+	PasswordHash string `koanf:"password_hash"`
+	// SampleInterval is how often the broker records each worker's connected peers for the chart.
+	SampleInterval Duration `koanf:"sample_interval"`
 }
 
 // MQTTListener is one TCP listener of the embedded MQTT server, with TLS when both files are given.
@@ -256,6 +269,7 @@ func Defaults() map[string]any {
 			"reconnect_grace": "2m",
 			"mqtt_server":     map[string]any{"keepalive": 10},
 			"key_retention":   "720h",
+			"dashboard":       map[string]any{"sample_interval": "1m"},
 		},
 		"worker": map[string]any{"metrics_interval": "60s"},
 	}
@@ -442,13 +456,19 @@ func (c *Config) Validate() error {
 	if c.Broker.StateFile == "" {
 		p = append(p, "broker.state_file: empty")
 	}
+	if (c.Broker.Dashboard.Username == "") != (c.Broker.Dashboard.PasswordHash == "") {
+		p = append(p, "broker.dashboard: username and password_hash go together")
+	} else if _, err := bcrypt.Cost([]byte(c.Broker.Dashboard.PasswordHash)); c.Broker.Dashboard.PasswordHash != "" && err != nil {
+		p = append(p, fmt.Sprintf("broker.dashboard.password_hash: not a bcrypt hash: %v", err))
+	}
 	positive := map[string]Duration{
-		"cleanup.interval":                c.Cleanup.Interval,
-		"cleanup.legacy_stale_timeout":    c.Cleanup.LegacyStaleTimeout,
-		"worker.metrics_interval":         c.Worker.MetricsInterval,
-		"broker.replay_window":            c.Broker.ReplayWindow,
-		"cleanup.initial_handshake_grace": c.Cleanup.InitialHandshakeGrace + 1, // 0 is allowed
-		"broker.reconnect_grace":          c.Broker.ReconnectGrace + 1,
+		"cleanup.interval":                 c.Cleanup.Interval,
+		"cleanup.legacy_stale_timeout":     c.Cleanup.LegacyStaleTimeout,
+		"worker.metrics_interval":          c.Worker.MetricsInterval,
+		"broker.replay_window":             c.Broker.ReplayWindow,
+		"cleanup.initial_handshake_grace":  c.Cleanup.InitialHandshakeGrace + 1, // 0 is allowed
+		"broker.reconnect_grace":           c.Broker.ReconnectGrace + 1,
+		"broker.dashboard.sample_interval": c.Broker.Dashboard.SampleInterval,
 	}
 	for _, name := range sortedKeys(positive) {
 		if positive[name] <= 0 {

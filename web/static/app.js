@@ -1,0 +1,204 @@
+// The wgkex status page: polls /api/v1/status and redraws. Every value from the broker goes into the page as
+// text (textContent), never as markup: worker names come from MQTT clients.
+"use strict";
+
+(function () {
+	const POLL_MS = 2000;
+	const palette = ["#2463c7", "#d9480f", "#2b8a3e", "#862e9c", "#c92a2a", "#0b7285", "#e67700", "#5c940d", "#364fc7", "#a61e4d"];
+	const reasons = {
+		malformed: "malformed request",
+		invalid_key: "invalid key",
+		unknown_domain: "unknown domain",
+		no_gateway: "no gateway online",
+		no_gateway_data: "gateway without endpoint",
+		store_error: "state store failed",
+	};
+	let peerPlot = null, peerKey = "";
+	let regPlot = null;
+
+	function $(id) { return document.getElementById(id); }
+
+	function el(tag, cls, text) {
+		const e = document.createElement(tag);
+		if (cls) e.className = cls;
+		if (text !== undefined) e.textContent = String(text);
+		return e;
+	}
+
+	function bytes(n) {
+		const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+		let i = 0;
+		while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+		return (i ? n.toFixed(1) : n) + " " + units[i];
+	}
+
+	function duration(s) {
+		s = Math.max(0, Math.floor(s));
+		const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);
+		if (d) return d + "d " + h + "h";
+		if (h) return h + "h " + m + "m";
+		if (m) return m + "m " + (s % 60) + "s";
+		return s + "s";
+	}
+
+	function fixed(x, digits) { return Number(x).toFixed(digits); }
+
+	function cell(tr, label, cls, text) {
+		const td = el("td", cls, text);
+		td.setAttribute("data-label", label);
+		tr.appendChild(td);
+		return td;
+	}
+
+	function renderBroker(st) {
+		const b = st.broker;
+		$("version").textContent = b.version || "unknown";
+		$("uptime").textContent = duration(b.uptime_seconds);
+		$("uptime").title = "since " + new Date(b.started).toLocaleString();
+		$("mqtt-clients").textContent = b.mqtt_clients < 0 ? "external" : b.mqtt_clients;
+		$("state-size").textContent = bytes(b.state_file_bytes);
+		const gws = st.gateways || [];
+		$("gateways-online").textContent = gws.filter(g => g.online).length + " / " + gws.length;
+		$("updated").textContent = "updated " + new Date(b.now).toLocaleTimeString();
+	}
+
+	function renderActivity(st) {
+		const a = st.activity;
+		const v1 = a.registrations.v1 || [], v2 = a.registrations.v2 || [];
+		// The last entry is the running minute; the one before is the last full minute.
+		const last = arr => arr.length > 1 ? arr[arr.length - 2] : 0;
+		const sum = arr => arr.reduce((x, y) => x + y, 0);
+		$("rate-v1").textContent = last(v1);
+		$("rate-v2").textContent = last(v2);
+		$("reg-hour").textContent = sum(v1) + sum(v2);
+		const tbody = $("refused").tBodies[0];
+		tbody.replaceChildren();
+		const rs = Object.keys(a.refused || {}).sort();
+		for (const r of rs) {
+			const tr = el("tr");
+			tr.setAttribute("data-reason", r);
+			cell(tr, "Reason", "", reasons[r] || r);
+			cell(tr, "Count", "num", a.refused[r]);
+			tbody.appendChild(tr);
+		}
+		$("refused").hidden = rs.length === 0;
+		$("refused-none").hidden = rs.length !== 0;
+		const xs = v1.map((_, i) => a.start + i * 60);
+		const data = [xs, v1, v2];
+		if (typeof uPlot === "undefined") return;
+		if (!regPlot) {
+			regPlot = new uPlot({
+				width: chartWidth("reg-chart"), height: 160,
+				scales: { x: { time: true } },
+				series: [{}, { label: "v1", stroke: palette[0], width: 2 }, { label: "v2", stroke: palette[1], width: 2 }],
+				axes: [{}, { label: "per minute" }],
+			}, data, $("reg-chart"));
+		} else {
+			regPlot.setData(data);
+		}
+	}
+
+	function renderDomains(st) {
+		const gws = {};
+		for (const g of st.gateways || []) gws[g.name] = g;
+		const box = $("domains");
+		box.replaceChildren();
+		for (const d of st.domains || []) {
+			const sec = el("section", "card domain");
+			sec.setAttribute("data-domain", d.name);
+			const h = el("h2", "", d.name + " ");
+			h.appendChild(el("span", "peers-total", d.peers + " peers"));
+			sec.appendChild(h);
+			if (!d.gateways.length) {
+				sec.appendChild(el("p", "muted", "no gateway serves this domain"));
+				box.appendChild(sec);
+				continue;
+			}
+			const wrap = el("div", "table-wrap");
+			const table = el("table", "gateways");
+			const head = el("tr");
+			for (const [t, c] of [["Gateway", ""], ["Location", ""], ["Weight", "num"], ["Status", ""], ["Peers", "num"],
+				["Share", "num"], ["Target", "num"], ["Distance", "num"], ["Assigned 1h", "num"], ["Endpoint", ""]]) {
+				head.appendChild(el("th", c, t));
+			}
+			const thead = el("thead");
+			thead.appendChild(head);
+			table.appendChild(thead);
+			const tbody = el("tbody");
+			for (const dg of d.gateways) {
+				const g = gws[dg.name] || { name: dg.name };
+				const tr = el("tr", g.online ? "online" : "offline");
+				tr.setAttribute("data-gateway", dg.name);
+				cell(tr, "Gateway", "name", dg.name);
+				cell(tr, "Location", "location", g.location || "–");
+				cell(tr, "Weight", "num weight", g.weight);
+				const s = cell(tr, "Status", "status", g.online ? "online" : "offline");
+				if (g.since) {
+					const since = new Date(g.since);
+					const sp = el("span", "since", "since " + since.toLocaleString());
+					s.appendChild(sp);
+				}
+				cell(tr, "Peers", "num peers", dg.peers < 0 ? "–" : dg.peers);
+				cell(tr, "Share", "num share", fixed(g.share * 100, 1) + " %");
+				cell(tr, "Target", "num target", g.online ? fixed(g.target, 1) : "–");
+				const dist = cell(tr, "Distance", "num distance", g.online ? (g.distance > 0 ? "+" : "") + fixed(g.distance, 1) : "–");
+				if (g.online) dist.classList.add(g.distance < 0 ? "below" : "above");
+				cell(tr, "Assigned 1h", "num assigned", dg.assigned_last_hour);
+				cell(tr, "Endpoint", "endpoint", dg.endpoint || "–");
+				tbody.appendChild(tr);
+			}
+			table.appendChild(tbody);
+			wrap.appendChild(table);
+			sec.appendChild(wrap);
+			box.appendChild(sec);
+		}
+	}
+
+	function chartWidth(id) { return Math.max(240, $(id).clientWidth || 600); }
+
+	function renderHistory(st) {
+		const h = st.peer_history;
+		const names = Object.keys(h.workers).sort();
+		$("history-empty").hidden = h.times.length > 0;
+		if (typeof uPlot === "undefined" || h.times.length === 0) return;
+		const data = [h.times].concat(names.map(n => h.workers[n]));
+		const key = names.join("\n");
+		if (peerPlot && key === peerKey) {
+			peerPlot.setData(data);
+			return;
+		}
+		if (peerPlot) peerPlot.destroy();
+		peerKey = key;
+		peerPlot = new uPlot({
+			width: chartWidth("peer-chart"), height: 260,
+			scales: { x: { time: true } },
+			series: [{}].concat(names.map((n, i) => ({ label: n, stroke: palette[i % palette.length], width: 2, spanGaps: false }))),
+			axes: [{}, { label: "peers" }],
+		}, data, $("peer-chart"));
+	}
+
+	function render(st) {
+		renderBroker(st);
+		renderActivity(st);
+		renderDomains(st);
+		renderHistory(st);
+	}
+
+	async function poll() {
+		try {
+			const resp = await fetch("/api/v1/status", { cache: "no-store", credentials: "same-origin" });
+			if (!resp.ok) throw new Error("status " + resp.status);
+			render(await resp.json());
+			$("error").hidden = true;
+		} catch (e) {
+			$("error").hidden = false;
+		}
+		setTimeout(poll, POLL_MS);
+	}
+
+	window.addEventListener("resize", function () {
+		if (peerPlot) peerPlot.setSize({ width: chartWidth("peer-chart"), height: 260 });
+		if (regPlot) regPlot.setSize({ width: chartWidth("reg-chart"), height: 160 });
+	});
+	poll();
+})();

@@ -1,0 +1,236 @@
+package web
+
+import (
+	"crypto/subtle"
+	"embed"
+	"encoding/json"
+	"io/fs"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/freifunkMUC/wgkex-go/broker"
+)
+
+// static holds the status page: index.html, its script and stylesheet, and the vendored uPlot.
+//
+//go:embed static
+var static embed.FS
+
+// contentSecurityPolicy allows nothing but the page's own embedded files: no inline script or style, no frames.
+const contentSecurityPolicy = "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+// historyWindow is how far back the connected-peers chart reaches.
+const historyWindow = 24 * time.Hour
+
+// historyCacheTTL is how long a read of the peer samples serves status requests: many open pages poll every
+// few seconds, the samples change once a sample interval.
+const historyCacheTTL = 5 * time.Second
+
+// Dashboard is what the status page shows beyond the broker's own state, and who may see it. brokerd fills it in;
+// SetDashboard may replace it while the server runs (configuration reload).
+type Dashboard struct {
+	// Version is the broker's version.
+	Version string
+	// Started is when the broker started.
+	Started time.Time
+	// MQTTClients counts the connected MQTT clients (-1: unknown, with an external MQTT server).
+	MQTTClients func() int
+	// StateFileBytes is the size of the state file.
+	StateFileBytes func() int64
+	// PeerHistory returns every worker's connected-peer samples since a time, oldest first.
+	PeerHistory func(since time.Time) (map[string][]Sample, error)
+	// Metrics serves GET /metrics; nil: not served.
+	Metrics http.Handler
+	// Username and PasswordHash (bcrypt), when Username is not empty, protect the page, its files and
+	// GET /api/v1/status with basic-auth. /metrics and the key exchange stay open.
+	Username     string
+	PasswordHash []byte
+}
+
+// Sample is a worker's connected peers at a time.
+type Sample struct {
+	Time  time.Time
+	Peers int
+}
+
+// dashboard is the status page's state on a Server.
+type dashboard struct {
+	mu   sync.Mutex
+	d    Dashboard
+	hist peerHistory
+	at   time.Time // when hist was read
+}
+
+// SetDashboard sets what the status page shows and who may see it. It may be called while the server runs.
+func (s *Server) SetDashboard(d Dashboard) {
+	s.dash.mu.Lock()
+	s.dash.d = d
+	s.dash.at = time.Time{}
+	s.dash.mu.Unlock()
+}
+
+func (s *Server) dashboardOptions() Dashboard {
+	s.dash.mu.Lock()
+	defer s.dash.mu.Unlock()
+	return s.dash.d
+}
+
+// statusRoutes adds the status page, its files, GET /api/v1/status and GET /metrics to the router.
+func (s *Server) statusRoutes() {
+	sub, _ := fs.Sub(static, "static") // cannot fail: the directory is embedded
+	files := http.StripPrefix("/static/", http.FileServer(http.FS(sub)))
+	// Per route, not as a group: a group's middleware would answer every unknown path and method with 404.
+	mw := []echo.MiddlewareFunc{s.securityHeaders, middleware.BasicAuthWithConfig(middleware.BasicAuthConfig{
+		Skipper:   func(echo.Context) bool { return s.dashboardOptions().Username == "" },
+		Validator: s.checkPassword,
+		Realm:     "wgkex",
+	})}
+	s.e.Match([]string{http.MethodGet, http.MethodHead}, "/", s.index, mw...)
+	s.e.Match([]string{http.MethodGet, http.MethodHead}, "/static/*", echo.WrapHandler(files), mw...)
+	s.e.GET("/api/v1/status", s.status, mw...)
+	s.e.GET("/metrics", func(c echo.Context) error {
+		h := s.dashboardOptions().Metrics
+		if h == nil {
+			return echo.ErrNotFound
+		}
+		h.ServeHTTP(c.Response(), c.Request())
+		return nil
+	})
+}
+
+// securityHeaders forbids inline code, framing and content sniffing on the status page.
+func (s *Server) securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h := c.Response().Header()
+		h.Set("Content-Security-Policy", contentSecurityPolicy)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Cache-Control", "no-cache")
+		return next(c)
+	}
+}
+
+// checkPassword compares the username in constant time and the password against its bcrypt hash.
+func (s *Server) checkPassword(user, pass string, _ echo.Context) (bool, error) {
+	d := s.dashboardOptions()
+	userOK := subtle.ConstantTimeCompare([]byte(user), []byte(d.Username)) == 1
+	passOK := bcrypt.CompareHashAndPassword(d.PasswordHash, []byte(pass)) == nil
+	return userOK && passOK, nil
+}
+
+func (s *Server) index(c echo.Context) error {
+	b, err := static.ReadFile("static/index.html")
+	if err != nil {
+		return err
+	}
+	return c.HTMLBlob(http.StatusOK, b)
+}
+
+// StatusBody is the JSON of GET /api/v1/status (documented in README.md).
+type StatusBody struct {
+	Broker BrokerInfo `json:"broker"`
+	broker.Status
+	PeerHistory peerHistory `json:"peer_history"`
+}
+
+// BrokerInfo describes the broker process.
+type BrokerInfo struct {
+	Version        string    `json:"version"`
+	Now            time.Time `json:"now"`
+	Started        time.Time `json:"started"`
+	UptimeSeconds  float64   `json:"uptime_seconds"`
+	MQTTClients    int       `json:"mqtt_clients"`
+	StateFileBytes int64     `json:"state_file_bytes"`
+}
+
+// peerHistory is the chart's data as uPlot takes it: one time axis, one series per worker (null: no sample).
+type peerHistory struct {
+	Times   []int64           `json:"times"`
+	Workers map[string][]*int `json:"workers"`
+}
+
+func (s *Server) status(c echo.Context) error {
+	d := s.dashboardOptions()
+	now := time.Now()
+	body := StatusBody{
+		Broker: BrokerInfo{Version: d.Version, Now: now.UTC(), Started: d.Started.UTC()},
+		Status: s.b.Status(),
+	}
+	if !d.Started.IsZero() {
+		body.Broker.UptimeSeconds = now.Sub(d.Started).Seconds()
+	}
+	if d.MQTTClients != nil {
+		body.Broker.MQTTClients = d.MQTTClients()
+	}
+	if d.StateFileBytes != nil {
+		body.Broker.StateFileBytes = d.StateFileBytes()
+	}
+	h, err := s.peerHistory(now)
+	if err != nil {
+		return err
+	}
+	body.PeerHistory = h
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(b, '\n'))
+}
+
+// peerHistory reads the samples of the last 24 hours, or returns the last read if it is recent.
+func (s *Server) peerHistory(now time.Time) (peerHistory, error) {
+	s.dash.mu.Lock()
+	defer s.dash.mu.Unlock()
+	if !s.dash.at.IsZero() && now.Sub(s.dash.at) < historyCacheTTL {
+		return s.dash.hist, nil
+	}
+	h := peerHistory{Times: []int64{}, Workers: map[string][]*int{}}
+	if s.dash.d.PeerHistory == nil {
+		return h, nil
+	}
+	samples, err := s.dash.d.PeerHistory(now.Add(-historyWindow))
+	if err != nil {
+		return peerHistory{}, err
+	}
+	h = alignSamples(samples)
+	s.dash.hist, s.dash.at = h, now
+	return h, nil
+}
+
+// alignSamples puts every worker's samples on one time axis (whole seconds), with nil where a worker has none.
+func alignSamples(samples map[string][]Sample) peerHistory {
+	index := map[int64]int{}
+	var times []int64
+	for _, ss := range samples {
+		for _, x := range ss {
+			t := x.Time.Unix()
+			if _, ok := index[t]; !ok {
+				index[t] = 0
+				times = append(times, t)
+			}
+		}
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	for i, t := range times {
+		index[t] = i
+	}
+	h := peerHistory{Times: times, Workers: make(map[string][]*int, len(samples))}
+	if h.Times == nil {
+		h.Times = []int64{}
+	}
+	for w, ss := range samples {
+		series := make([]*int, len(times))
+		for _, x := range ss {
+			n := x.Peers
+			series[index[x.Time.Unix()]] = &n
+		}
+		h.Workers[w] = series
+	}
+	return h
+}
