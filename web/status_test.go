@@ -1,0 +1,223 @@
+package web
+
+import (
+	"encoding/json"
+	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/freifunkMUC/wgkex-go/broker"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+)
+
+func get(s *Server, method, path string, header http.Header) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(method, path, nil)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, req)
+	return rec
+}
+
+// TestStatusJSON: after known worker reports and registrations, GET /api/v1/status shows each gateway's numbers,
+// its share and distance, the keys assigned to it, the registrations per API version and the refusals by reason.
+func TestStatusJSON(t *testing.T) {
+	s, b, _ := newServer(t)
+	started := time.Now().Add(-time.Hour)
+	s.SetDashboard(Dashboard{
+		Version: "v9.9.9", Started: started,
+		MQTTClients:    func() int { return 3 },
+		StateFileBytes: func() int64 { return 32768 },
+		PeerHistory: func(time.Time) (map[string][]Sample, error) {
+			return map[string][]Sample{
+				"gw04": {{time.Unix(100, 0), 5}, {time.Unix(160, 0), 6}},
+				"gw05": {{time.Unix(160, 0), 7}},
+			}, nil
+		},
+	})
+	for _, w := range []struct {
+		name  string
+		peers string
+	}{{"gw04", "10"}, {"gw05", "30"}} {
+		d := wire.WorkerData{ExternalAddress: w.name + ".ext", Port: 51820, PublicKey: gwKey, LinkAddress: "fe80::1"}
+		b.HandleData(wire.DataTopic(w.name, "ffmuc_welt"), d.Marshal())
+		b.HandleStatus(wire.StatusTopic(w.name), []byte("1"))
+		b.HandleMetric(wire.MetricTopic("ffmuc_welt", w.name), []byte(w.peers))
+	}
+	b.HandleStatus(wire.StatusTopic("gw05"), []byte("0"))
+	good := `{"domain":"ffmuc_welt","public_key":"` + key1 + `"}`
+	for range 3 {
+		do(s, "POST", "/api/v2/wg/key/exchange", "", good)
+	}
+	do(s, "POST", "/api/v1/wg/key/exchange", "", good)
+	do(s, "POST", "/api/v1/wg/key/exchange", "", `{"domain":"ffmuc_nope","public_key":"`+key1+`"}`)
+	do(s, "POST", "/api/v2/wg/key/exchange", "", `{"domain":"ffmuc_welt","public_key":"short"}`)
+	do(s, "POST", "/api/v2/wg/key/exchange", "", `[`)
+
+	rec := get(s, "GET", "/api/v1/status", nil)
+	if rec.Code != 200 || rec.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("status: %d %s %s", rec.Code, rec.Header().Get("Content-Type"), rec.Body)
+	}
+	var got StatusBody
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Broker.Version != "v9.9.9" || got.Broker.MQTTClients != 3 || got.Broker.StateFileBytes != 32768 ||
+		got.Broker.UptimeSeconds < 3600 || !got.Broker.Started.Equal(started) {
+		t.Errorf("broker: %+v", got.Broker)
+	}
+	// Four configured workers of weight 1; gw05 is offline, so only gw04's 10+3 peers are online.
+	wantGW := []broker.GatewayStatus{
+		{Name: "gw04", Location: "MUC", Weight: 1, Configured: true, Online: true, Peers: 13, Share: 0.25,
+			Target: 3.25, Distance: 9.75, AssignedLastHour: 3},
+		{Name: "gw05", Location: "Vienna", Weight: 1, Configured: true, Peers: 30, Share: 0.25},
+		{Name: "gw06", Location: "MUC", Weight: 1, Configured: true, Share: 0.25},
+		{Name: "gw07", Weight: 1, Configured: true, Share: 0.25},
+	}
+	if d := cmp.Diff(wantGW, got.Gateways, cmpopts.IgnoreFields(broker.GatewayStatus{}, "Since", "LastReport")); d != "" {
+		t.Errorf("gateways (-want +got):\n%s", d)
+	}
+	if got.Gateways[0].Since.IsZero() || got.Gateways[1].Since.IsZero() || !got.Gateways[2].Since.IsZero() {
+		t.Errorf("since: %v", got.Gateways)
+	}
+	wantDomains := []broker.DomainStatus{{Name: "ffmuc_welt", Peers: 13, Gateways: []broker.DomainGateway{
+		{Name: "gw04", Peers: 13, Endpoint: "gw04.ext:51820", AssignedLastHour: 3},
+		{Name: "gw05", Peers: 30, Endpoint: "gw05.ext:51820"},
+		{Name: "gw06", Peers: -1},
+		{Name: "gw07", Peers: -1},
+	}}}
+	if d := cmp.Diff(wantDomains, got.Domains); d != "" {
+		t.Errorf("domains (-want +got):\n%s", d)
+	}
+	sum := func(xs []int) (n int) {
+		for _, x := range xs {
+			n += x
+		}
+		return n
+	}
+	a := got.Activity
+	if len(a.Registrations["v1"]) != 60 || sum(a.Registrations["v1"]) != 1 || sum(a.Registrations["v2"]) != 3 ||
+		a.Registrations["v2"][59] != 3 && a.Registrations["v2"][58] != 3 {
+		t.Errorf("registrations: %v", a.Registrations)
+	}
+	wantRefused := map[string]int{"unknown_domain": 1, "invalid_key": 1, "malformed": 1}
+	if d := cmp.Diff(wantRefused, a.Refused); d != "" {
+		t.Errorf("refused (-want +got):\n%s", d)
+	}
+	five, six, seven := 5, 6, 7
+	wantHist := peerHistory{Times: []int64{100, 160}, Workers: map[string][]*int{"gw04": {&five, &six}, "gw05": {nil, &seven}}}
+	if d := cmp.Diff(wantHist, got.PeerHistory); d != "" {
+		t.Errorf("peer history (-want +got):\n%s", d)
+	}
+}
+
+// TestDashboardAuth: with broker.dashboard credentials the page, its files and the JSON need them (wrong user,
+// wrong password, no header: 401 with a challenge); the key exchange and /metrics stay open. Off by default.
+func TestDashboardAuth(t *testing.T) {
+	s, _, _ := newServer(t)
+	for _, p := range []string{"/", "/api/v1/status", "/static/app.js"} {
+		if rec := get(s, "GET", p, nil); rec.Code != 200 {
+			t.Errorf("no auth configured: GET %s: %d", p, rec.Code)
+		}
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetDashboard(Dashboard{Username: "ops", PasswordHash: hash, Metrics: http.NotFoundHandler()})
+	basic := func(u, p string) http.Header {
+		req, _ := http.NewRequest("GET", "/", nil)
+		req.SetBasicAuth(u, p)
+		return req.Header
+	}
+	for _, p := range []string{"/", "/api/v1/status", "/static/app.js", "/static/vendor/uPlot.iife.min.js"} {
+		for name, h := range map[string]http.Header{"none": nil, "wrong password": basic("ops", "s3cre"),
+			"wrong user": basic("op", "s3cret"), "empty": basic("", "")} {
+			rec := get(s, "GET", p, h)
+			if rec.Code != 401 || !strings.HasPrefix(strings.ToLower(rec.Header().Get("WWW-Authenticate")), "basic realm=") {
+				t.Errorf("GET %s with %s credentials: %d %q", p, name, rec.Code, rec.Header().Get("WWW-Authenticate"))
+			}
+		}
+		if rec := get(s, "GET", p, basic("ops", "s3cret")); rec.Code != 200 {
+			t.Errorf("GET %s with the right credentials: %d", p, rec.Code)
+		}
+	}
+	if code, _, _ := do(s, "POST", "/api/v1/wg/key/exchange", "", `{"domain":"ffmuc_welt","public_key":"`+key1+`"}`); code != 200 {
+		t.Errorf("key exchange behind dashboard auth: %d", code)
+	}
+	if rec := get(s, "GET", "/metrics", nil); rec.Code == 401 {
+		t.Errorf("/metrics behind dashboard auth")
+	}
+}
+
+// TestDashboardPage: GET and HEAD / answer text/html (the reference's health checks) with the strict CSP; the
+// page and every asset it names are embedded and served with their types; no embedded HTML has inline script or
+// style, and no asset comes from another origin.
+func TestDashboardPage(t *testing.T) {
+	s, _, _ := newServer(t)
+	for _, m := range []string{"GET", "HEAD"} {
+		rec := get(s, m, "/", nil)
+		if rec.Code != 200 || !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/html") {
+			t.Errorf("%s /: %d %q", m, rec.Code, rec.Header().Get("Content-Type"))
+		}
+		if csp := rec.Header().Get("Content-Security-Policy"); !strings.HasPrefix(csp, "default-src 'self'") {
+			t.Errorf("%s /: CSP %q", m, csp)
+		}
+	}
+	page := get(s, "GET", "/", nil).Body.String()
+	if !strings.Contains(page, "<h1>WGKEX</h1>") {
+		t.Errorf("the page lost the reference's heading")
+	}
+	refs := regexp.MustCompile(`(?:src|href)="([^"]*)"`).FindAllStringSubmatch(page, -1)
+	types := map[string]string{".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+	for _, r := range refs {
+		u := r[1]
+		if u == "/api/v1/status" {
+			continue
+		}
+		if !strings.HasPrefix(u, "/static/") {
+			t.Errorf("asset %q is not embedded", u)
+			continue
+		}
+		rec := get(s, "GET", u, nil)
+		ct := rec.Header().Get("Content-Type")
+		if rec.Code != 200 || !strings.HasPrefix(ct, types[u[strings.LastIndex(u, "."):]]) || rec.Body.Len() == 0 {
+			t.Errorf("GET %s: %d %q", u, rec.Code, ct)
+		}
+		if rec.Header().Get("Content-Security-Policy") == "" {
+			t.Errorf("GET %s: no CSP", u)
+		}
+	}
+	if len(refs) < 5 {
+		t.Errorf("page names %d assets: %v", len(refs), refs)
+	}
+	inline := regexp.MustCompile(`(?i)<script(?:\s[^>]*)?>\s*[^<\s]|<style|\sstyle=|\son[a-z]+=|javascript:`)
+	err := fs.WalkDir(static, "static", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !strings.HasSuffix(p, ".html") {
+			return err
+		}
+		b, _ := static.ReadFile(p)
+		if m := inline.Find(b); m != nil {
+			t.Errorf("%s has inline code or style: %q", p, m)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec := get(s, "GET", "/static/../server.go", nil); rec.Code == 200 {
+		t.Errorf("path traversal served a file")
+	}
+	if rec := get(s, "GET", "/metrics", nil); rec.Code != 404 {
+		t.Errorf("/metrics without a registry: %d", rec.Code)
+	}
+}
