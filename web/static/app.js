@@ -90,7 +90,8 @@
 			regPlot = new uPlot({
 				width: chartWidth("reg-chart"), height: 160,
 				scales: { x: { time: true } },
-				series: [{}, { label: "v1", stroke: palette[0], width: 2 }, { label: "v2", stroke: palette[1], width: 2 }],
+				series: [{}, { label: "v1", stroke: palette[0], width: 2, points: { show: false } },
+					{ label: "v2", stroke: palette[1], width: 2, points: { show: false } }],
 				axes: [{}, { label: "per minute" }],
 			}, data, $("reg-chart"));
 		} else {
