@@ -47,7 +47,13 @@ func run(ctx context.Context, args []string, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return brokerd.Run(ctx, cfg, cfg.Log.Logger(logOut))
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return brokerd.Run(ctx, cfg, cfg.Log.Logger(logOut), brokerd.Reloads{
+		Signals: hup,
+		Load:    func() (*config.Config, error) { return config.FromArgs("wgkex-broker", args) },
+	})
 }
 
 // compact is `wgkex-broker compact [--config FILE]`: it shrinks the stopped broker's state file.

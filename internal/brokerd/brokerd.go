@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"os"
 	"sync"
 	"time"
 
@@ -67,6 +68,9 @@ type Daemon struct {
 	web     *web.Server
 	started time.Time
 	sampled chan struct{}
+
+	reloadMu sync.Mutex
+	cfg      *config.Config // the configuration in effect (Reload)
 }
 
 // Start opens the state file, starts the MQTT server and the REST API, and returns once both accept connections.
@@ -163,7 +167,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 	})
 	d := &Daemon{Broker: b, Store: st, MQTT: embedded, Client: client, bus: mq, http: ws.HTTPServer(ln.Addr().String()), httpLn: ln, log: log,
 		served: make(chan error, 2), ran: make(chan struct{}),
-		Metrics: reg, web: ws, started: started, sampled: make(chan struct{})}
+		Metrics: reg, web: ws, started: started, sampled: make(chan struct{}), cfg: cfg}
 	ws.SetDashboard(d.dashboard(cfg))
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
@@ -303,18 +307,35 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Run starts the broker and serves until ctx ends, then shuts down within 10 seconds.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+// Reloads tell Run when and how to re-read the configuration.
+type Reloads struct {
+	// Signals asks for a reload with each value (SIGHUP); nil: never.
+	Signals <-chan os.Signal
+	// Load reads the configuration again.
+	Load func() (*config.Config, error)
+}
+
+// Run starts the broker and serves until ctx ends, then shuts down within 10 seconds. On each of
+// reloads.Signals it re-reads the configuration and applies it (Reload); a file that does not load, or a change
+// that needs a restart, is logged and the configuration in effect stays.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads Reloads) error {
 	d, err := Start(cfg, log)
 	if err != nil {
 		return err
 	}
 	var serveErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case serveErr = <-d.Wait():
-		serveErr = fmt.Errorf("http server: %w", serveErr)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down")
+			break wait
+		case serveErr = <-d.Wait():
+			serveErr = fmt.Errorf("http server: %w", serveErr)
+			break wait
+		case <-reloads.Signals:
+			d.reload(reloads.Load)
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -1,0 +1,84 @@
+package brokerd
+
+import (
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+
+	"github.com/freifunkMUC/wgkex-go/internal/config"
+)
+
+// restartOnly names the configuration keys the broker reads only at start, with their values in cfg. A reload
+// that changes any of them is refused.
+func restartOnly(cfg *config.Config) map[string]any {
+	return map[string]any{
+		"domains":                          cfg.Domains,
+		"domain_prefixes":                  cfg.DomainPrefixes,
+		"broker_listen":                    cfg.BrokerListen,
+		"broker.state_file":                cfg.Broker.StateFile,
+		"broker.mqtt_listeners":            cfg.Broker.MQTTListeners,
+		"broker.replay_window":             cfg.Broker.ReplayWindow,
+		"broker.reconnect_grace":           cfg.Broker.ReconnectGrace,
+		"broker.dashboard.sample_interval": cfg.Broker.Dashboard.SampleInterval,
+		"log":                              cfg.Log,
+		// The embedded server takes its credentials at start.
+		"mqtt.username": cfg.MQTT.Username,
+		"mqtt.password": cfg.MQTT.Password,
+	}
+}
+
+// RestartError refuses a reload that changes keys the broker reads only at start.
+type RestartError struct {
+	// Keys are the changed keys, sorted.
+	Keys []string
+}
+
+func (e *RestartError) Error() string {
+	return fmt.Sprintf("%s changed, which needs a restart", strings.Join(e.Keys, ", "))
+}
+
+// Reload applies a new configuration to the running broker without dropping a connection: the gateways' weights
+// and locations, and the status page's credentials. It refuses the whole configuration, keeping the old one, if
+// it changes a key that needs a restart (a *RestartError names them). Keys only the worker reads are ignored.
+func (d *Daemon) Reload(cfg *config.Config) error {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	old, cur := restartOnly(d.cfg), restartOnly(cfg)
+	var changed []string
+	for _, k := range sortedKeys(cur) {
+		if !reflect.DeepEqual(old[k], cur[k]) {
+			changed = append(changed, k)
+		}
+	}
+	if len(changed) > 0 {
+		return &RestartError{Keys: changed}
+	}
+	d.Broker.SetGateways(Gateways(cfg.Workers))
+	d.web.SetDashboard(d.dashboard(cfg))
+	d.cfg = cfg
+	return nil
+}
+
+func sortedKeys(m map[string]any) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// reload loads the configuration and applies it, logging the outcome.
+func (d *Daemon) reload(load func() (*config.Config, error)) {
+	cfg, err := load()
+	if err != nil {
+		d.log.Error("configuration reload failed, keeping the configuration in effect", "err", err)
+		return
+	}
+	if err := d.Reload(cfg); err != nil {
+		d.log.Error("configuration reload refused, keeping the configuration in effect", "err", err)
+		return
+	}
+	d.log.Info("configuration reloaded", "gateways", len(cfg.Workers))
+}
