@@ -136,7 +136,9 @@ func (s *Server) index(c echo.Context) error {
 type StatusBody struct {
 	Broker BrokerInfo `json:"broker"`
 	broker.Status
-	PeerHistory peerHistory `json:"peer_history"`
+	// PeerHistory is left out (null) with ?history=0: it changes once a sample interval and is the bulk of the
+	// answer, so the page fetches it less often.
+	PeerHistory *peerHistory `json:"peer_history"`
 }
 
 // BrokerInfo describes the broker process.
@@ -171,11 +173,13 @@ func (s *Server) status(c echo.Context) error {
 	if d.StateFileBytes != nil {
 		body.Broker.StateFileBytes = d.StateFileBytes()
 	}
-	h, err := s.peerHistory(now)
-	if err != nil {
-		return err
+	if c.QueryParam("history") != "0" {
+		h, err := s.peerHistory(now)
+		if err != nil {
+			return err
+		}
+		body.PeerHistory = &h
 	}
-	body.PeerHistory = h
 	b, err := json.Marshal(body)
 	if err != nil {
 		return err

@@ -115,8 +115,11 @@ func TestStatusJSON(t *testing.T) {
 	}
 	five, six, seven := 5, 6, 7
 	wantHist := peerHistory{Times: []int64{100, 160}, Workers: map[string][]*int{"gw04": {&five, &six}, "gw05": {nil, &seven}}}
-	if d := cmp.Diff(wantHist, got.PeerHistory); d != "" {
+	if d := cmp.Diff(&wantHist, got.PeerHistory); d != "" {
 		t.Errorf("peer history (-want +got):\n%s", d)
+	}
+	if rec := get(s, "GET", "/api/v1/status?history=0", nil); !strings.HasSuffix(rec.Body.String(), `"peer_history":null}`+"\n") {
+		t.Errorf("history=0 still sends the history: %s", rec.Body.String()[max(0, rec.Body.Len()-80):])
 	}
 }
 

@@ -4,6 +4,8 @@
 
 (function () {
 	const POLL_MS = 2000;
+	const HISTORY_EVERY = 15; // polls: the chart's samples change once a sample interval
+	let polls = 0, haveHistory = false;
 	const palette = ["#2463c7", "#d9480f", "#2b8a3e", "#862e9c", "#c92a2a", "#0b7285", "#e67700", "#5c940d", "#364fc7", "#a61e4d"];
 	const reasons = {
 		malformed: "malformed request",
@@ -159,8 +161,10 @@
 
 	function renderHistory(st) {
 		const h = st.peer_history;
+		if (!h) return; // not asked for this time
 		const names = Object.keys(h.workers).sort();
-		$("history-empty").hidden = h.times.length > 0;
+		haveHistory = h.times.length > 0;
+		$("history-empty").hidden = haveHistory;
 		if (typeof uPlot === "undefined" || h.times.length === 0) return;
 		const data = [h.times].concat(names.map(n => h.workers[n]));
 		const key = names.join("\n");
@@ -187,7 +191,9 @@
 
 	async function poll() {
 		try {
-			const resp = await fetch("/api/v1/status", { cache: "no-store", credentials: "same-origin" });
+			const full = polls++ % HISTORY_EVERY === 0 || !haveHistory;
+			const url = full ? "/api/v1/status" : "/api/v1/status?history=0";
+			const resp = await fetch(url, { cache: "no-store", credentials: "same-origin" });
 			if (!resp.ok) throw new Error("status " + resp.status);
 			render(await resp.json());
 			$("error").hidden = true;
