@@ -63,7 +63,7 @@ type Sample struct {
 type dashboard struct {
 	mu   sync.Mutex
 	d    Dashboard
-	hist peerHistory
+	hist PeerHistory
 	at   time.Time // when hist was read
 }
 
@@ -138,7 +138,7 @@ type StatusBody struct {
 	broker.Status
 	// PeerHistory is left out (null) with ?history=0: it changes once a sample interval and is the bulk of the
 	// answer, so the page fetches it less often.
-	PeerHistory *peerHistory `json:"peer_history"`
+	PeerHistory *PeerHistory `json:"peer_history"`
 }
 
 // BrokerInfo describes the broker process.
@@ -151,8 +151,8 @@ type BrokerInfo struct {
 	StateFileBytes int64     `json:"state_file_bytes"`
 }
 
-// peerHistory is the chart's data as uPlot takes it: one time axis, one series per worker (null: no sample).
-type peerHistory struct {
+// PeerHistory is the chart's data as uPlot takes it: one time axis, one series per worker (null: no sample).
+type PeerHistory struct {
 	Times   []int64           `json:"times"`
 	Workers map[string][]*int `json:"workers"`
 }
@@ -188,19 +188,19 @@ func (s *Server) status(c echo.Context) error {
 }
 
 // peerHistory reads the samples of the last 24 hours, or returns the last read if it is recent.
-func (s *Server) peerHistory(now time.Time) (peerHistory, error) {
+func (s *Server) peerHistory(now time.Time) (PeerHistory, error) {
 	s.dash.mu.Lock()
 	defer s.dash.mu.Unlock()
 	if !s.dash.at.IsZero() && now.Sub(s.dash.at) < historyCacheTTL {
 		return s.dash.hist, nil
 	}
-	h := peerHistory{Times: []int64{}, Workers: map[string][]*int{}}
+	h := PeerHistory{Times: []int64{}, Workers: map[string][]*int{}}
 	if s.dash.d.PeerHistory == nil {
 		return h, nil
 	}
 	samples, err := s.dash.d.PeerHistory(now.Add(-historyWindow))
 	if err != nil {
-		return peerHistory{}, err
+		return PeerHistory{}, err
 	}
 	h = alignSamples(samples)
 	s.dash.hist, s.dash.at = h, now
@@ -208,7 +208,7 @@ func (s *Server) peerHistory(now time.Time) (peerHistory, error) {
 }
 
 // alignSamples puts every worker's samples on one time axis (whole seconds), with nil where a worker has none.
-func alignSamples(samples map[string][]Sample) peerHistory {
+func alignSamples(samples map[string][]Sample) PeerHistory {
 	index := map[int64]int{}
 	var times []int64
 	for _, ss := range samples {
@@ -224,7 +224,7 @@ func alignSamples(samples map[string][]Sample) peerHistory {
 	for i, t := range times {
 		index[t] = i
 	}
-	h := peerHistory{Times: times, Workers: make(map[string][]*int, len(samples))}
+	h := PeerHistory{Times: times, Workers: make(map[string][]*int, len(samples))}
 	if h.Times == nil {
 		h.Times = []int64{}
 	}

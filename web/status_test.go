@@ -114,7 +114,7 @@ func TestStatusJSON(t *testing.T) {
 		t.Errorf("refused (-want +got):\n%s", d)
 	}
 	five, six, seven := 5, 6, 7
-	wantHist := peerHistory{Times: []int64{100, 160}, Workers: map[string][]*int{"gw04": {&five, &six}, "gw05": {nil, &seven}}}
+	wantHist := PeerHistory{Times: []int64{100, 160}, Workers: map[string][]*int{"gw04": {&five, &six}, "gw05": {nil, &seven}}}
 	if d := cmp.Diff(&wantHist, got.PeerHistory); d != "" {
 		t.Errorf("peer history (-want +got):\n%s", d)
 	}

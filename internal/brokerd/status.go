@@ -88,6 +88,7 @@ func (d *Daemon) sample(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		now := time.Now() // before the state is read: a sample never predates what it shows
 		peers := map[string]int{}
 		for _, w := range d.Broker.Workers() {
 			if !w.Online {
@@ -100,7 +101,7 @@ func (d *Daemon) sample(ctx context.Context, interval time.Duration) {
 			peers[w.Name] = n
 		}
 		if len(peers) > 0 {
-			if err := d.Store.PutPeerSamples(time.Now(), interval, peers); err != nil {
+			if err := d.Store.PutPeerSamples(now, interval, peers); err != nil {
 				d.log.Warn("peer samples not recorded", "err", err)
 			}
 		}

@@ -1,0 +1,63 @@
+package brokerd
+
+import (
+	"encoding/json"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+	"github.com/freifunkMUC/wgkex-go/web"
+)
+
+// TestStatusFromDaemon: the daemon fills in what the status page cannot learn from the broker (version, uptime,
+// MQTT clients, state file size) and samples every online gateway's peers into the state file for the chart,
+// leaving a gap while a gateway is offline.
+func TestStatusFromDaemon(t *testing.T) {
+	d := startDaemon(t, dashConfig(t, filepath.Join(t.TempDir(), "state.db")))
+	gw4, gw5 := connectGateway(t, d, "gw04.in.ffmuc.net"), connectGateway(t, d, "gw05.in.ffmuc.net")
+	gw4.up(t, "ffmuc_welt", 51820, 25)
+	gw5.up(t, "ffmuc_welt", 51821, 5)
+	gw5.up(t, "ffwert_city", 51822, 2)
+	// latest returns each gateway's newest sample taken at or after since.
+	latest := func(since time.Time) map[string]int {
+		ss, err := d.Store.PeerSamples(since)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int{}
+		for w, l := range ss {
+			out[w] = l[len(l)-1].Peers
+		}
+		return out
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return cmp.Equal(latest(time.Time{}), map[string]int{"gw04.in.ffmuc.net": 25, "gw05.in.ffmuc.net": 7})
+	}, "samples: %v, want gw04 25 and gw05 5+2", latest(time.Time{}))
+	gw5.down(t)
+	testenv.Eventually(t, 10*time.Second, func() bool { return !d.Broker.Workers()[1].Online }, "gw05 still online")
+	offline := time.Now()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return cmp.Equal(latest(offline), map[string]int{"gw04.in.ffmuc.net": 25})
+	}, "samples after gw05 went offline: %v, want gw04 only", latest(offline))
+
+	resp, err := http.Get("http://" + d.HTTPAddr() + "/api/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st web.StatusBody
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	b := st.Broker
+	if b.Version == "" || b.MQTTClients != 2 || b.StateFileBytes < 4096 || b.UptimeSeconds <= 0 || b.Started.IsZero() {
+		t.Errorf("broker facts: %+v", b)
+	}
+	if st.PeerHistory == nil || len(st.PeerHistory.Times) == 0 || len(st.PeerHistory.Workers) != 2 {
+		t.Errorf("peer history: %+v", st.PeerHistory)
+	}
+}
