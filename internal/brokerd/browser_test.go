@@ -123,7 +123,7 @@ func TestDashboardInChromium(t *testing.T) {
 	gw5.up(t, "ffwert_city", 51822, 2)
 	testenv.Eventually(t, 5*time.Second, func() bool {
 		ws := d.Broker.Workers()
-		return len(ws) == 2 && ws[0].Online && ws[1].Online && ws[1].Peers["ffwert_city"] == 2
+		return len(ws) == 2 && ws[0].Online && ws[1].Online && ws[0].Peers["ffmuc_welt"] == 25 && ws[1].Peers["ffwert_city"] == 2
 	}, "gateways not reported")
 	for range 3 {
 		post(t, d, "v2", `{"domain":"ffmuc_welt","public_key":"`+testenv.NewKey(t).PublicKey().String()+`"}`)

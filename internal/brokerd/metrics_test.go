@@ -230,8 +230,13 @@ func TestMetricsDocumented(t *testing.T) {
 	d := startDaemon(t, dashConfig(t, filepath.Join(t.TempDir(), "state.db")))
 	gw := connectGateway(t, d, "gw04.in.ffmuc.net")
 	gw.up(t, "ffmuc_welt", 51820, 1)
-	testenv.Eventually(t, 5*time.Second, func() bool { ws := d.Broker.Workers(); return len(ws) == 1 && ws[0].Online }, "gateway not reported")
-	post(t, d, "v2", `{"domain":"ffmuc_welt","public_key":"`+nodeKey+`"}`)
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		ws := d.Broker.Workers()
+		return len(ws) == 1 && ws[0].Online && ws[0].Peers["ffmuc_welt"] == 1
+	}, "gateway not reported")
+	if code, body := post(t, d, "v2", `{"domain":"ffmuc_welt","public_key":"`+nodeKey+`"}`); code != 200 {
+		t.Fatalf("v2: %d %s", code, body)
+	}
 	gw.client.Publish(t, wire.ReplayRequestTopic(gw.name), `{"domains":["ffmuc_welt"]}`, 1, false)
 	testenv.Eventually(t, 5*time.Second, func() bool {
 		_, ok := value(scrape(t, d), "wgkex_broker_replayed_keys_total")
