@@ -9,8 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
