@@ -22,9 +22,17 @@ import (
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
-// dashConfig has two gateways of different weights in two locations and samples peers quickly.
+// blockedKey is on dashConfig's blocklist.
+const blockedKey = "PcKkakZcTEx3LKh+G06Opb8/esg08aWK33A5/Ff1YXE="
+
+// dashConfig has two gateways of different weights in two locations, a blocklist beside the state file, and
+// samples peers quickly.
 func dashConfig(t testing.TB, state string) *config.Config {
 	t.Helper()
+	blocklist := filepath.Join(filepath.Dir(state), "blocklist.yaml")
+	if err := os.WriteFile(blocklist, []byte("- "+blockedKey+": stolen\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`
 domains: [ffmuc_welt, ffwert_city]
 domain_prefixes: [ffmuc_, ffwert_]
@@ -37,7 +45,8 @@ broker:
   mqtt_listeners: [{address: "127.0.0.1:0"}]
   reconnect_grace: 1h
   dashboard: {sample_interval: 200ms}
-`, state)), nil)
+  blocklist_file: %s
+`, state, blocklist)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,6 +160,7 @@ func TestMetrics(t *testing.T) {
 		post(t, d, "v2", fmt.Sprintf(`{"domain":"evil_%d","public_key":"%s"}`, i, keys[0]))
 	}
 	post(t, d, "v2", `{"domain":`)
+	post(t, d, "v1", `{"domain":"ffmuc_welt","public_key":"`+blockedKey+`"}`)
 	gw4.client.Publish(t, wire.ReplayRequestTopic(gw4.name), `{"domains":["ffmuc_welt","nodomain"]}`, 1, false)
 	testenv.Eventually(t, 5*time.Second, func() bool {
 		v, _ := value(scrape(t, d), "wgkex_broker_replayed_keys_total")
@@ -168,6 +178,7 @@ func TestMetrics(t *testing.T) {
 		{"wgkex_broker_key_exchanges_total", []string{"api=v1", "domain=ffmuc_welt", "result=invalid_key"}, 1},
 		{"wgkex_broker_key_exchanges_total", []string{"api=v2", "domain=", "result=unknown_domain"}, 5},
 		{"wgkex_broker_key_exchanges_total", []string{"api=v2", "domain=", "result=malformed"}, 1},
+		{"wgkex_broker_key_exchanges_total", []string{"api=v1", "domain=ffmuc_welt", "result=key_refused"}, 1},
 		// gw04 carries 25 of 32 peers, one above its 3/4; gw05 carries 5+2, one below its 1/4: gw05 is chosen,
 		// and counting each choice at once keeps it below (8 of 33 against 8.25).
 		{"wgkex_broker_gateway_choices_total", []string{"worker=gw04.in.ffmuc.net"}, 0},

@@ -21,7 +21,10 @@ func restartOnly(cfg *config.Config) map[string]any {
 		"broker.replay_window":             cfg.Broker.ReplayWindow,
 		"broker.reconnect_grace":           cfg.Broker.ReconnectGrace,
 		"broker.dashboard.sample_interval": cfg.Broker.Dashboard.SampleInterval,
-		"log":                              cfg.Log,
+		// The lists' contents are reloaded whenever their files change; their names are read at start.
+		"broker.blocklist_file": cfg.Broker.BlocklistFile,
+		"broker.allowlist_file": cfg.Broker.AllowlistFile,
+		"log":                   cfg.Log,
 		// The embedded server takes its credentials at start.
 		"mqtt.username": cfg.MQTT.Username,
 		"mqtt.password": cfg.MQTT.Password,

@@ -11,6 +11,7 @@
 		malformed: "malformed request",
 		invalid_key: "invalid key",
 		unknown_domain: "unknown domain",
+		key_refused: "key on a key list",
 		no_gateway: "no gateway online",
 		no_gateway_data: "gateway without endpoint",
 		store_error: "state store failed",
