@@ -107,8 +107,8 @@ const rowsJS = `(() => {
 	return out;
 })()`
 
-// TestDashboardInChromium loads the status page of a real broker, fed by two gateways over real MQTT, in headless
-// Chromium: both gateways show with their numbers; a new metric and a gateway going offline show up without a
+// TestDashboardInChromium loads the status page of a real broker in headless Chromium before any gateway speaks,
+// then feeds it two gateways over real MQTT: both show up with their numbers without a reload; a new metric and a gateway going offline show up without a
 // reload; a worker whose name is HTML is shown as text; the page fits a phone's width. Any console error,
 // exception, CSP violation or failed request fails the test. Screenshots at desktop and phone width are saved
 // (WGKEX_UPDATE_DOCS=1 also copies the desktop one to docs/dashboard.png).
@@ -117,20 +117,6 @@ func TestDashboardInChromium(t *testing.T) {
 		testenv.Skip(t, "chromium not installed (apt-get install chromium)")
 	}
 	d := startDaemon(t, dashConfig(t, filepath.Join(t.TempDir(), "state.db")))
-	gw4, gw5 := connectGateway(t, d, "gw04.in.ffmuc.net"), connectGateway(t, d, "gw05.in.ffmuc.net")
-	gw4.up(t, "ffmuc_welt", 51820, 25)
-	gw5.up(t, "ffmuc_welt", 51821, 5)
-	gw5.up(t, "ffwert_city", 51822, 2)
-	testenv.Eventually(t, 5*time.Second, func() bool {
-		ws := d.Broker.Workers()
-		return len(ws) == 2 && ws[0].Online && ws[1].Online && ws[0].Peers["ffmuc_welt"] == 25 && ws[1].Peers["ffwert_city"] == 2
-	}, "gateways not reported")
-	for range 3 {
-		post(t, d, "v2", `{"domain":"ffmuc_welt","public_key":"`+testenv.NewKey(t).PublicKey().String()+`"}`)
-	}
-	post(t, d, "v1", `{"domain":"ffwert_city","public_key":"`+nodeKey+`"}`)
-	post(t, d, "v1", `{"domain":"ffmuc_nowhere","public_key":"`+nodeKey+`"}`)
-
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx,
@@ -180,8 +166,32 @@ func TestDashboardInChromium(t *testing.T) {
 		return s
 	}
 
+	// First the page of a broker no gateway has spoken to yet; a marker set in it survives only if the page is
+	// never reloaded.
 	run("load", chromedp.Navigate("http://"+d.HTTPAddr()+"/"))
-	waitFor("both gateways shown", `document.querySelectorAll('[data-domain="ffmuc_welt"] tr[data-gateway]').length === 2`)
+	waitFor("empty domains shown", `document.querySelectorAll('[data-domain="ffmuc_welt"] tr[data-gateway]').length === 2 &&
+		[...document.querySelectorAll('[data-domain="ffmuc_welt"] .status')].every(s => s.textContent === "offline")`)
+	run("mark", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := chromedp.Evaluate[chromedp.Void](`window.wgkexNoReload = true`)(ctx, tg)
+		return err
+	}))
+
+	gw4, gw5 := connectGateway(t, d, "gw04.in.ffmuc.net"), connectGateway(t, d, "gw05.in.ffmuc.net")
+	gw4.up(t, "ffmuc_welt", 51820, 25)
+	gw5.up(t, "ffmuc_welt", 51821, 5)
+	gw5.up(t, "ffwert_city", 51822, 2)
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		ws := d.Broker.Workers()
+		return len(ws) == 2 && ws[0].Online && ws[1].Online && ws[0].Peers["ffmuc_welt"] == 25 && ws[1].Peers["ffwert_city"] == 2
+	}, "gateways not reported")
+	for range 3 {
+		post(t, d, "v2", `{"domain":"ffmuc_welt","public_key":"`+testenv.NewKey(t).PublicKey().String()+`"}`)
+	}
+	post(t, d, "v1", `{"domain":"ffwert_city","public_key":"`+nodeKey+`"}`)
+	post(t, d, "v1", `{"domain":"ffmuc_nowhere","public_key":"`+nodeKey+`"}`)
+
+	waitFor("both gateways shown", `window.wgkexNoReload && document.querySelectorAll('[data-domain="ffmuc_welt"] tr.online').length === 2 &&
+		document.querySelector("#reg-hour").textContent === "4"`)
 	// Weights 30 and 10: shares of 75 % and 25 %. The first two v2 nodes go to gw05 (see TestMetrics); the third
 	// finds both half a peer below their targets (25 of 25.5, 8 of 8.5) and goes to the lower name.
 	want := map[string]gatewayRow{
@@ -203,11 +213,6 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Errorf("refused unknown domain: %q", got)
 	}
 
-	// Live updates: a marker set now survives only if the page is never reloaded.
-	run("mark", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-		_, err := chromedp.Evaluate[chromedp.Void](`window.wgkexNoReload = true`)(ctx, tg)
-		return err
-	}))
 	gw4.peers(t, "ffmuc_welt", 40)
 	waitFor("new metric shown", `window.wgkexNoReload && document.querySelector('[data-domain="ffmuc_welt"] tr[data-gateway="gw04.in.ffmuc.net"] .peers').textContent === "40"`)
 	gw5.down(t)
