@@ -18,6 +18,7 @@ func restartOnly(cfg *config.Config) map[string]any {
 		"broker_listen":                    cfg.BrokerListen,
 		"broker.state_file":                cfg.Broker.StateFile,
 		"broker.mqtt_listeners":            cfg.Broker.MQTTListeners,
+		"broker.mqtt_server":               cfg.Broker.MQTTServer,
 		"broker.replay_window":             cfg.Broker.ReplayWindow,
 		"broker.reconnect_grace":           cfg.Broker.ReconnectGrace,
 		"broker.dashboard.sample_interval": cfg.Broker.Dashboard.SampleInterval,
