@@ -61,3 +61,27 @@ func TestStatusFromDaemon(t *testing.T) {
 		t.Errorf("peer history: %+v", st.PeerHistory)
 	}
 }
+
+// TestStatusOnExternalMQTT: with broker.mqtt_server the status page and /metrics work too; the MQTT client count
+// is unknown there (-1).
+func TestStatusOnExternalMQTT(t *testing.T) {
+	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL}).Addr
+	gateway(t, addr, "gw1")
+	d := startDaemon(t, clusterConfig(t, filepath.Join(t.TempDir(), "state.db"), addr, "broker-a"))
+	testenv.Eventually(t, 10*time.Second, func() bool { ws := d.Broker.Workers(); return len(ws) == 1 && ws[0].Online }, "gw1 not seen")
+	resp, err := http.Get("http://" + d.HTTPAddr() + "/api/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st web.StatusBody
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Broker.MQTTClients != -1 || len(st.Gateways) != 2 || !st.Gateways[0].Online || st.Gateways[0].Name != "gw1" {
+		t.Errorf("status: %+v %+v", st.Broker, st.Gateways)
+	}
+	if v, ok := value(scrape(t, d), "wgkex_broker_workers_online"); !ok || v != 1 {
+		t.Errorf("workers online: %v %v", v, ok)
+	}
+}
