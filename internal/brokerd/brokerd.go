@@ -86,6 +86,9 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 			st.Close()
 		}
 	}()
+	if err := st.RegisterMetrics(reg); err != nil {
+		return nil, fmt.Errorf("register store metrics: %w", err)
+	}
 	st.StartRetention(store.Retention{Keep: cfg.Broker.KeyRetention.D()})
 	var (
 		mq        bus
