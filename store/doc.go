@@ -25,7 +25,8 @@
 //	                          flipped, so that byte order is time order); value: its first seen (8 bytes, as in
 //	                          keys). Exactly one entry per key.
 //	workers/<name>            JSON of the store's workerRecord: {"online":…,"peers":{domain: n},"data":{domain:
-//	                          {"ExternalAddress","Port","PublicKey","LinkAddress"}},"changed": RFC 3339 time}
+//	                          {"ExternalAddress","Port","PublicKey","LinkAddress"}},"changed": RFC 3339 time,
+//	                          "since": RFC 3339 time, optional}
 //	retained/<topic>          an opaque retained MQTT message, as the mqttd package encodes it
 //	samples/<worker>/<slot>   the status page's chart: a ring of SampleSlots slots (2 bytes, big-endian) per
 //	                          worker; value: time (8 bytes, big-endian Unix nanoseconds), connected peers (4 bytes)

@@ -170,7 +170,7 @@ func TestWorkersAndRetained(t *testing.T) {
 	s := open(t, path)
 	w := broker.WorkerState{Name: "gw04.in.ffmuc.net", Online: true, Peers: map[string]int{"ffmuc_welt": 20},
 		Data:    map[string]wire.WorkerData{"ffmuc_welt": {ExternalAddress: "gw04.ext", Port: 51820, PublicKey: key1, LinkAddress: "fe80::1"}},
-		Changed: time.Unix(5, 0).UTC()}
+		Changed: time.Unix(5, 0).UTC(), Since: time.Unix(4, 0).UTC()}
 	if err := s.PutWorker(w); err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,8 @@ type workerRecord struct {
 	Peers   map[string]int            `json:"peers"`
 	Data    map[string]endpointRecord `json:"data"`
 	Changed time.Time                 `json:"changed"`
+	// Since is when the worker last went online or offline; absent in records written before it was kept.
+	Since time.Time `json:"since,omitzero"`
 }
 
 // endpointRecord is a worker's endpoint in one domain.
@@ -30,7 +32,7 @@ type endpointRecord struct {
 }
 
 func toRecord(w broker.WorkerState) workerRecord {
-	r := workerRecord{Online: w.Online, Peers: w.Peers, Changed: w.Changed}
+	r := workerRecord{Online: w.Online, Peers: w.Peers, Changed: w.Changed, Since: w.Since}
 	if w.Data != nil {
 		r.Data = make(map[string]endpointRecord, len(w.Data))
 		for d, e := range w.Data {
@@ -41,7 +43,7 @@ func toRecord(w broker.WorkerState) workerRecord {
 }
 
 func (r workerRecord) state(name string) broker.WorkerState {
-	w := broker.WorkerState{Name: name, Online: r.Online, Peers: r.Peers, Changed: r.Changed}
+	w := broker.WorkerState{Name: name, Online: r.Online, Peers: r.Peers, Changed: r.Changed, Since: r.Since}
 	if r.Data != nil {
 		w.Data = make(map[string]wire.WorkerData, len(r.Data))
 		for d, e := range r.Data {
