@@ -102,7 +102,9 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		client, id, err = dialServer(cfg.Broker.MQTTServer, log.With("component", "mqtt"), catchUp)
 		mq = client
 	} else {
-		embedded, err = mqttd.New(log.With("component", "mqtt"), mqttOptions(cfg, st))
+		opts := mqttOptions(cfg, st)
+		opts.Metrics = reg
+		embedded, err = mqttd.New(log.With("component", "mqtt"), opts)
 		mq = embedded
 	}
 	if err != nil {

@@ -26,10 +26,29 @@ func restartOnly(cfg *config.Config) map[string]any {
 		"broker.blocklist_file": cfg.Broker.BlocklistFile,
 		"broker.allowlist_file": cfg.Broker.AllowlistFile,
 		"log":                   cfg.Log,
-		// The embedded server takes its credentials at start.
-		"mqtt.username": cfg.MQTT.Username,
-		"mqtt.password": cfg.MQTT.Password,
+		"broker.key_retention":  cfg.Broker.KeyRetention,
+		// The embedded MQTT server takes its identities, ACL and limits at start: which workers exist and
+		// their passwords among them.
+		"mqtt.username":                  cfg.MQTT.Username,
+		"mqtt.password":                  cfg.MQTT.Password,
+		"workers (names, password_hash)": workerAccounts(cfg),
+		"broker.mqtt_monitors":           cfg.Broker.MQTTMonitors,
+		"broker.allow_anonymous":         cfg.Broker.AllowAnonymous,
+		"broker.mqtt_limits":             cfg.Broker.MQTTLimits,
 	}
+}
+
+// workerAccounts maps each configured worker to its password hash: what the embedded MQTT server knows of it.
+// With an external MQTT server (broker.mqtt_server), that server checks the workers: nil.
+func workerAccounts(cfg *config.Config) map[string]string {
+	if cfg.Broker.MQTTServer.URL != "" {
+		return nil
+	}
+	m := make(map[string]string, len(cfg.Workers))
+	for name, w := range cfg.Workers {
+		m[name] = w.PasswordHash
+	}
+	return m
 }
 
 // RestartError refuses a reload that changes keys the broker reads only at start.
@@ -43,7 +62,7 @@ func (e *RestartError) Error() string {
 }
 
 // Reload applies a new configuration to the running broker without dropping a connection: the gateways' weights
-// and locations, and the status page's credentials. It refuses the whole configuration, keeping the old one, if
+// and locations (with an external MQTT server also which gateways exist), and the status page's credentials. It refuses the whole configuration, keeping the old one, if
 // it changes a key that needs a restart (a *RestartError names them). Keys only the worker reads are ignored.
 func (d *Daemon) Reload(cfg *config.Config) error {
 	d.reloadMu.Lock()

@@ -85,6 +85,21 @@ func TestReload(t *testing.T) {
 		t.Errorf("after a refused reload: %s chosen, want gw04", gw)
 	}
 
+	// A new gateway, or a new password for one, is for the embedded MQTT server's ACL, which it takes at start.
+	for name, mod := range map[string]func(*config.Config){
+		"new gateway":  func(c *config.Config) { c.Workers["gw06.in.ffmuc.net"] = config.Worker{} },
+		"new password": func(c *config.Config) { w := c.Workers["gw05.in.ffmuc.net"]; w.PasswordHash = "$2a$07$x"; c.Workers["gw05.in.ffmuc.net"] = w },
+	} {
+		c := reloadConfig(t, state, 0, 1, "")
+		mod(c)
+		if err := d.Reload(c); !errors.As(err, &re) || !cmp.Equal(re.Keys, []string{"workers (names, password_hash)"}) {
+			t.Errorf("reload with a %s: %v", name, err)
+		}
+	}
+	if gw := chosen(t, d); gw != "gw04" {
+		t.Errorf("after refused reloads: %s chosen, want gw04", gw)
+	}
+
 	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
 	if err := d.Reload(reloadConfig(t, state, 0, 1, "  dashboard: {username: ops, password_hash: '"+string(hash)+"'}")); err != nil {
 		t.Fatalf("reload: %v", err)
