@@ -297,4 +297,3 @@ func TestMetricsDocumented(t *testing.T) {
 		}
 	}
 }
-

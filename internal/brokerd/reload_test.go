@@ -87,8 +87,12 @@ func TestReload(t *testing.T) {
 
 	// A new gateway, or a new password for one, is for the embedded MQTT server's ACL, which it takes at start.
 	for name, mod := range map[string]func(*config.Config){
-		"new gateway":  func(c *config.Config) { c.Workers["gw06.in.ffmuc.net"] = config.Worker{} },
-		"new password": func(c *config.Config) { w := c.Workers["gw05.in.ffmuc.net"]; w.PasswordHash = "$2a$07$x"; c.Workers["gw05.in.ffmuc.net"] = w },
+		"new gateway": func(c *config.Config) { c.Workers["gw06.in.ffmuc.net"] = config.Worker{} },
+		"new password": func(c *config.Config) {
+			w := c.Workers["gw05.in.ffmuc.net"]
+			w.PasswordHash = "$2a$07$x"
+			c.Workers["gw05.in.ffmuc.net"] = w
+		},
 	} {
 		c := reloadConfig(t, state, 0, 1, "")
 		mod(c)
