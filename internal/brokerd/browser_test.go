@@ -109,7 +109,7 @@ const rowsJS = `(() => {
 
 // TestDashboardInChromium loads the status page of a real broker in headless Chromium before any gateway speaks,
 // then feeds it two gateways over real MQTT: both show up with their numbers without a reload; a new metric and a gateway going offline show up without a
-// reload; a worker whose name is HTML is shown as text; the page fits a phone's width. Any console error,
+// reload; an endpoint that is HTML is shown as text; the page fits a phone's width. Any console error,
 // exception, CSP violation or failed request fails the test. Screenshots at desktop and phone width are saved
 // (WGKEX_UPDATE_DOCS=1 also copies the desktop one to docs/dashboard.png).
 func TestDashboardInChromium(t *testing.T) {
@@ -254,15 +254,16 @@ func TestDashboardInChromium(t *testing.T) {
 		}
 	}
 
-	// A worker whose name is markup: shown as text, no element made of it, no request for its image.
+	// A gateway (compromised, or just careless) whose endpoint is markup: shown as text, no element made of it,
+	// no request for its image. (Worker names cannot carry it any more: the MQTT server accepts configured
+	// workers only.)
 	evil := `<img src=x onerror=alert(1)>`
-	attacker := testenv.Connect(t, d.MQTTAddr(), "evil", testenv.ClientOptions{})
-	attacker.Publish(t, wire.MetricTopic("ffmuc_welt", evil), "1", 1, false)
-	attacker.Publish(t, wire.StatusTopic(evil), "1", 1, false)
-	waitFor("markup worker shown", fmt.Sprintf(`[...document.querySelectorAll('[data-domain="ffmuc_welt"] td.name')].some(td => td.textContent === %q)`, evil))
+	data := wire.WorkerData{ExternalAddress: evil, Port: 51830, PublicKey: gwKey, LinkAddress: "fe80::1"}
+	gw4.client.Publish(t, wire.DataTopic(gw4.name, "ffwert_city"), string(data.Marshal()), 1, true)
+	waitFor("markup endpoint shown", fmt.Sprintf(`[...document.querySelectorAll('[data-domain="ffwert_city"] td.endpoint')].some(td => td.textContent === %q)`, evil+":51830"))
 	n, err := chromedp.Run(bctx, chromedp.Evaluate[int](`document.querySelectorAll("main img").length`))
 	if err != nil || n != 0 {
-		t.Errorf("worker name became markup: %d img elements (%v)", n, err)
+		t.Errorf("an endpoint became markup: %d img elements (%v)", n, err)
 	}
 
 	if p := problems.take(); len(p) > 0 {
