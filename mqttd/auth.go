@@ -37,11 +37,12 @@ const (
 	reasonConnectTimeout = "connect_timeout"  // no CONNECT (or TLS handshake) within Limits.ConnectTimeout
 	reasonProtocol       = "protocol"         // first packet not CONNECT, bad TLS handshake
 	reasonSlowConsumer   = "slow_consumer"    // outbound queue full: the client stopped reading
+	reasonSubscriptions  = "subscriptions"    // more subscriptions than the limit per client
 )
 
 var allReasons = []string{reasonBadLogin, reasonLoginBackoff, reasonAnonymous, reasonClientID, reasonUnknownWorker,
 	reasonTakeover, reasonWill, reasonPublish, reasonSubscribe, reasonMaxConnections, reasonMaxClients,
-	reasonPacketTooLarge, reasonConnectTimeout, reasonProtocol, reasonSlowConsumer}
+	reasonPacketTooLarge, reasonConnectTimeout, reasonProtocol, reasonSlowConsumer, reasonSubscriptions}
 
 // Failed logins: the first failure from an address delays the refusal by loginDelay; every further failure
 // within failureMemory doubles a lockout (up to maxLockout) during which logins from the address are refused
@@ -81,7 +82,12 @@ func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, st
 		if wire.ValidateTopicLevel(clientID) != nil || clientID == mqtt.InlineClientId {
 			return nil, reasonClientID
 		}
-		if _, ok := s.opts.Workers[clientID]; ok || len(s.opts.Workers) == 0 {
+		w, ok := s.opts.Workers[clientID]
+		if ok && w.PasswordHash != "" {
+			// Like the shared password, no anonymous client acts as a worker with a password of its own.
+			return nil, reasonClientID
+		}
+		if ok || len(s.opts.Workers) == 0 {
 			id.workerRights(s.opts.Domains)
 		}
 		return id, ""

@@ -438,3 +438,64 @@ func TestStaleRetainedDeleted(t *testing.T) {
 		}
 	}
 }
+
+// TestSubscriptionFlood: one client cannot make the server keep an unbounded number of subscriptions, nor very
+// long filters. Before the limit, a monitor's 400,000 distinct filters took the broker to 1.1 GB in 7 s, and a
+// worker on the shared password could do the same with single topics under its wireguard/{domain}/+.
+func TestSubscriptionFlood(t *testing.T) {
+	f := newFleet(t, nil)
+	limit := f.s.maxSubscriptions
+	for _, c := range []struct{ id, user, pass, prefix string }{
+		{"gw-c", "wgkex", "shared", "wireguard/" + welt + "/"},
+		{"mon", "mon", "pm", "+/"},
+	} {
+		cl := f.connect(t, c.id, c.user, c.pass)
+		accepted := 0
+		for i := range limit + 20 {
+			if cl.TrySubscribe(fmt.Sprintf("%sk%d", c.prefix, i)) == nil {
+				accepted++
+			}
+		}
+		if accepted != limit {
+			t.Errorf("%s: %d subscriptions accepted, want the limit %d", c.id, accepted, limit)
+		}
+		// Subscribing again to a filter it has costs nothing and is allowed.
+		if err := cl.TrySubscribe(c.prefix + "k0"); err != nil {
+			t.Errorf("%s: repeated subscription refused: %v", c.id, err)
+		}
+		if err := cl.TrySubscribe(c.prefix + strings.Repeat("x", 4000)); err == nil {
+			t.Errorf("%s: a 4000-byte filter accepted", c.id)
+		}
+		sc, ok := f.s.srv.Clients.Get(c.id)
+		if !ok || sc.State.Subscriptions.Len() > limit {
+			t.Errorf("%s: server holds %d subscriptions, limit %d", c.id, sc.State.Subscriptions.Len(), limit)
+		}
+	}
+	if f.refusedN(reasonSubscriptions) != 40 || f.refusedN(reasonSubscribe) != 2 {
+		t.Errorf("refusals counted: %d over the limit (want 40), %d too long (want 2)",
+			f.refusedN(reasonSubscriptions), f.refusedN(reasonSubscribe))
+	}
+	// A worker still gets all its own filters.
+	a := f.connect(t, "gw-a", "gw-a", "pa")
+	a.Subscribe(t, wire.KeyFilter(welt), wire.KeyFilter(nord), wire.ReplayKeysTopic("gw-a"))
+	f.unchanged(t)
+}
+
+// TestAnonymousNotAWorkerWithPassword: with allow_anonymous, a client without credentials cannot act as a worker
+// that has a password of its own (the shared password cannot either), so it cannot announce that worker while
+// it is offline.
+func TestAnonymousNotAWorkerWithPassword(t *testing.T) {
+	f := newFleet(t, func(o *Options) { o.AllowAnonymous = true })
+	if c, err := testenv.Dial(f.addr, "gw-a", testenv.ClientOptions{}); err == nil {
+		c.TryPublish(wire.StatusTopic("gw-a"), "0", 1, true)
+		c.TryPublish(wire.DataTopic("gw-a", welt), `{"ExternalAddress":"attacker.example"}`, 1, true)
+		c.Close()
+		t.Error("anonymous client accepted as gw-a, which has its own password")
+	}
+	// A worker without a credential of its own still works anonymously, as the operator allowed.
+	d := testenv.Connect(t, f.addr, "gw-d", testenv.ClientOptions{})
+	d.Publish(t, wire.StatusTopic("gw-d"), "1", 1, true)
+	testenv.Eventually(t, 5*time.Second, func() bool { return slices.Contains(f.handled(), wire.StatusTopic("gw-d")+"=1") },
+		"gw-d's status not handled")
+	f.unchanged(t, wire.StatusTopic("gw-d")+"=1")
+}
