@@ -59,9 +59,9 @@ type cluster struct {
 	answers   sync.WaitGroup
 
 	mu      sync.Mutex
-	alive   map[string]bool
-	stopped bool             // set by StopCluster: no new background work
-	waiting map[string]int64 // asking broker → earliest time asked for, while its answer waits for its turn
+	brokers map[string]BrokerState // by id, as their last status said
+	stopped bool                   // set by StopCluster: no new background work
+	waiting map[string]int64       // asking broker → earliest time asked for, while its answer waits for its turn
 
 	caughtUp     chan struct{} // closed after the first catch-up
 	caughtUpOnce sync.Once
@@ -76,7 +76,7 @@ func (c *cluster) init(b *Broker) {
 	c.b = b
 	c.sem = make(chan struct{}, maxRecording)
 	c.answering = make(chan struct{}, 1)
-	c.alive = map[string]bool{}
+	c.brokers = map[string]BrokerState{}
 	c.waiting = map[string]int64{}
 	c.caughtUp = make(chan struct{})
 	c.stop = make(chan struct{})
@@ -198,11 +198,38 @@ func (b *Broker) HandlePeerChoice(topic string, payload []byte) {
 	}
 }
 
-// HandleBrokerStatus takes wgkex/broker/{id}/status: ≥ 1 alive, else gone.
+// BrokerState is a broker on the MQTT server as this one last heard of it.
+type BrokerState struct {
+	ID string `json:"id"`
+	// Alive is true while its last status is 1; this broker is always alive to itself.
+	Alive bool `json:"alive"`
+	// Self marks this broker.
+	Self bool `json:"self"`
+	// Since is when this broker learnt that the other came or went (for a status retained on the server: when
+	// this broker connected); zero for this broker itself.
+	Since time.Time `json:"since,omitzero"`
+}
+
+// HandleBrokerStatus takes wgkex/broker/{id}/status: ≥ 1 alive, else gone; an empty payload (the retained status
+// deleted on the server) forgets the broker.
 func (b *Broker) HandleBrokerStatus(topic string, payload []byte) {
 	id, kind, err := wire.ParseBrokerTopic(topic)
 	if err != nil || kind != "status" {
 		b.log.Warn("dropped broker status", "topic", topic, "err", err)
+		return
+	}
+	if id == b.opts.ID {
+		return // this broker is alive to itself
+	}
+	c := &b.cluster
+	if len(payload) == 0 {
+		c.mu.Lock()
+		_, known := c.brokers[id]
+		delete(c.brokers, id)
+		c.mu.Unlock()
+		if known {
+			b.log.Info("broker forgotten", "broker", id)
+		}
 		return
 	}
 	n, err := wire.ParseInt(payload)
@@ -210,34 +237,51 @@ func (b *Broker) HandleBrokerStatus(topic string, payload []byte) {
 		b.log.Warn("dropped broker status", "topic", topic, "err", err)
 		return
 	}
-	c := &b.cluster
+	alive := n >= 1
 	c.mu.Lock()
-	was := c.alive[id]
-	c.alive[id] = n >= 1
+	was, known := c.brokers[id]
+	changed := !known || was.Alive != alive
+	if changed {
+		c.brokers[id] = BrokerState{ID: id, Alive: alive, Since: b.opts.Now()}
+	}
 	c.mu.Unlock()
-	if was != (n >= 1) && id != b.opts.ID {
-		b.log.Info("broker status changed", "broker", id, "alive", n >= 1)
+	if changed {
+		b.log.Info("broker status changed", "broker", id, "alive", alive)
 	}
 }
 
-// Brokers returns the names of the brokers alive on the MQTT server, this one included, in order. A broker with
-// its embedded server is alone and returns nil.
-func (b *Broker) Brokers() []string {
+// ClusterBrokers returns every broker known on the MQTT server, this one included, by id: the live ones and those
+// whose last status is 0 (until their retained status is deleted). A broker with its embedded server is alone and
+// returns nil.
+func (b *Broker) ClusterBrokers() []BrokerState {
 	if b.opts.ID == "" {
 		return nil
 	}
 	c := &b.cluster
 	c.mu.Lock()
-	out := []string{b.opts.ID}
-	for id, alive := range c.alive {
-		if alive && id != b.opts.ID {
-			out = append(out, id)
-		}
+	out := []BrokerState{{ID: b.opts.ID, Alive: true, Self: true}}
+	for _, s := range c.brokers {
+		out = append(out, s)
 	}
 	c.mu.Unlock()
-	sort.Strings(out)
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
+
+// Brokers returns the names of the brokers alive on the MQTT server, this one included, in order. A broker with
+// its embedded server is alone and returns nil.
+func (b *Broker) Brokers() []string {
+	var out []string
+	for _, s := range b.ClusterBrokers() {
+		if s.Alive {
+			out = append(out, s.ID)
+		}
+	}
+	return out
+}
+
+// ID returns this broker's name among several on one MQTT server; empty when it is alone.
+func (b *Broker) ID() string { return b.opts.ID }
 
 // CaughtUp is closed once the broker has the keys it missed while it was down (at once for a broker alone).
 func (b *Broker) CaughtUp() <-chan struct{} { return b.cluster.caughtUp }

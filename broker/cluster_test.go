@@ -115,6 +115,35 @@ func TestBrokersAlive(t *testing.T) {
 	}
 }
 
+// TestClusterBrokers: the status lists every broker heard of with when it came or went; a repeated status keeps
+// that time, this broker's own status changes nothing, and a deleted retained status (empty payload) forgets one.
+func TestClusterBrokers(t *testing.T) {
+	e := newEnv(t, "", clustered)
+	t0 := e.now
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-b"), []byte("1"))
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-c"), []byte("1"))
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-d"), []byte("0"))
+	e.now = t0.Add(time.Minute)
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-b"), []byte("1"))
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-c"), []byte("0"))
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-a"), []byte("0"))
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic("broker-d"), nil)
+	want := []broker.BrokerState{
+		{ID: "broker-a", Alive: true, Self: true},
+		{ID: "broker-b", Alive: true, Since: t0},
+		{ID: "broker-c", Since: t0.Add(time.Minute)},
+	}
+	if diff := cmp.Diff(want, e.b.Status().Brokers); diff != "" {
+		t.Errorf("brokers (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"broker-a", "broker-b"}, e.b.Brokers()); diff != "" {
+		t.Errorf("Brokers (-want +got):\n%s", diff)
+	}
+	if got := newEnv(t, "", nil).b.Status().Brokers; got == nil || len(got) != 0 {
+		t.Errorf("brokers of a broker alone: %#v, want []", got)
+	}
+}
+
 // TestReplayWaitsForCatchup: a replay request reaching a broker that is still catching up is served once the
 // catch-up is done, with the keys it brought.
 func TestReplayWaitsForCatchup(t *testing.T) {

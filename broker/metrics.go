@@ -87,7 +87,7 @@ func (b *Broker) registerMetrics(reg prometheus.Registerer) error {
 	return nil
 }
 
-// stateCollector reports the worker state at scrape time.
+// stateCollector reports the state of the workers and of the brokers on the MQTT server at scrape time.
 type stateCollector struct{ b *Broker }
 
 var (
@@ -98,12 +98,18 @@ var (
 	descPeers = prometheus.NewDesc("wgkex_broker_connected_peers",
 		"Connected peers a worker last reported for a domain (absent while the domain is offline there).",
 		[]string{"worker", "domain"}, nil)
+	descClusterBrokers = prometheus.NewDesc("wgkex_cluster_brokers",
+		"Brokers alive on the MQTT server, this one included (1 with the embedded server).", nil, nil)
+	descClusterBrokerUp = prometheus.NewDesc("wgkex_cluster_broker_up",
+		"1 while a broker on the MQTT server is alive, 0 when its last status says it is gone.", []string{"broker"}, nil)
 )
 
 func (stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descWorkersOnline
 	ch <- descWorkerUp
 	ch <- descPeers
+	ch <- descClusterBrokers
+	ch <- descClusterBrokerUp
 }
 
 func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -122,6 +128,19 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descWorkersOnline, prometheus.GaugeValue, float64(online))
+	alive := 1 // alone, with the embedded server
+	if bs := c.b.ClusterBrokers(); bs != nil {
+		alive = 0
+		for _, s := range bs {
+			up := 0.0
+			if s.Alive {
+				alive++
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descClusterBrokerUp, prometheus.GaugeValue, up, s.ID)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descClusterBrokers, prometheus.GaugeValue, float64(alive))
 }
 
 // Malformed counts a registration whose body could not be parsed (the web package parses bodies) and returns err.

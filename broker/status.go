@@ -14,6 +14,8 @@ type Status struct {
 	Gateways []GatewayStatus `json:"gateways"`
 	// Activity is the registration activity of the last hour.
 	Activity Activity `json:"activity"`
+	// Brokers lists the brokers on the MQTT server (ClusterBrokers); empty with the embedded server.
+	Brokers []BrokerState `json:"brokers"`
 }
 
 // GatewayStatus is one worker: its configuration, its last reports and where it stands against its weighted share.
@@ -80,8 +82,10 @@ func (b *Broker) Status() Status {
 	if total < 1 {
 		total = 1
 	}
-	var st Status
-	st.Activity = act
+	st := Status{Activity: act, Brokers: b.ClusterBrokers()}
+	if st.Brokers == nil {
+		st.Brokers = []BrokerState{}
+	}
 	onlinePeers := 0
 	for _, w := range byName {
 		if w.Online {

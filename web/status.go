@@ -143,6 +143,8 @@ type StatusBody struct {
 
 // BrokerInfo describes the broker process.
 type BrokerInfo struct {
+	// ID is the broker's name among several on one MQTT server (broker.mqtt_server.client_id); empty when alone.
+	ID             string    `json:"id"`
 	Version        string    `json:"version"`
 	Now            time.Time `json:"now"`
 	Started        time.Time `json:"started"`
@@ -161,7 +163,7 @@ func (s *Server) status(c echo.Context) error {
 	d := s.dashboardOptions()
 	now := time.Now()
 	body := StatusBody{
-		Broker: BrokerInfo{Version: d.Version, Now: now.UTC(), Started: d.Started.UTC()},
+		Broker: BrokerInfo{ID: s.b.ID(), Version: d.Version, Now: now.UTC(), Started: d.Started.UTC()},
 		Status: s.b.Status(),
 	}
 	if !d.Started.IsZero() {

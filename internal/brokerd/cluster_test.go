@@ -210,3 +210,63 @@ func TestTwoBrokersOnMosquitto(t *testing.T) {
 		}
 	}
 }
+
+// clusterStatus is what GET /api/v1/status says about the brokers on the MQTT server, decoded by the JSON names
+// that scripts use.
+type clusterStatus struct {
+	Broker struct {
+		ID string `json:"id"`
+	} `json:"broker"`
+	Brokers []struct {
+		ID    string    `json:"id"`
+		Alive bool      `json:"alive"`
+		Self  bool      `json:"self"`
+		Since time.Time `json:"since"`
+	} `json:"brokers"`
+}
+
+// brokersShown returns the brokers a's /metrics and status JSON show: the count of live ones and, per broker,
+// its up value (-1: no series) and its status entry (alive, self, since set).
+func brokersShown(t *testing.T, d *Daemon) string {
+	t.Helper()
+	f := scrape(t, d)
+	n, ok := value(f, "wgkex_cluster_brokers")
+	out := fmt.Sprintf("brokers %v %v;", n, ok)
+	for _, id := range []string{"broker-a", "broker-b"} {
+		up, ok := value(f, "wgkex_cluster_broker_up", "broker="+id)
+		out += fmt.Sprintf(" %s up %v %v;", id, up, ok)
+	}
+	var st clusterStatus
+	getJSON(t, d, "/api/v1/status?history=0", &st)
+	out += " status " + st.Broker.ID + ":"
+	for _, b := range st.Brokers {
+		out += fmt.Sprintf(" %s alive=%v self=%v since=%v", b.ID, b.Alive, b.Self, !b.Since.IsZero())
+	}
+	return out
+}
+
+// shown is the last thing seen while polling, printed when the poll times out.
+type shown struct{ s string }
+
+func (s *shown) String() string { return s.s }
+
+// TestBrokersShown: with two brokers on one Mosquitto, broker a's /metrics and status JSON show both alive; once b
+// has shut down, a counts one broker and shows b gone (up 0, not alive).
+func TestBrokersShown(t *testing.T) {
+	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL}).Addr
+	dir := t.TempDir()
+	a := startDaemon(t, clusterConfig(t, filepath.Join(dir, "a.db"), addr, "broker-a"))
+	b := startDaemon(t, clusterConfig(t, filepath.Join(dir, "b.db"), addr, "broker-b"))
+	both := "brokers 2 true; broker-a up 1 true; broker-b up 1 true; status broker-a:" +
+		" broker-a alive=true self=true since=false broker-b alive=true self=false since=true"
+	got := new(shown)
+	testenv.Eventually(t, 10*time.Second, func() bool { got.s = brokersShown(t, a); return got.s == both },
+		"broker a shows: %s\nwant: %s", got, both)
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	one := "brokers 1 true; broker-a up 1 true; broker-b up 0 true; status broker-a:" +
+		" broker-a alive=true self=true since=false broker-b alive=false self=false since=true"
+	testenv.Eventually(t, 10*time.Second, func() bool { got.s = brokersShown(t, a); return got.s == one },
+		"broker a shows: %s\nwant: %s", got, one)
+}

@@ -44,15 +44,8 @@ func TestStatusFromDaemon(t *testing.T) {
 		return cmp.Equal(latest(offline), map[string]int{"gw04.in.ffmuc.net": 25})
 	}, "samples after gw05 went offline: %v, want gw04 only", latest(offline))
 
-	resp, err := http.Get("http://" + d.HTTPAddr() + "/api/v1/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
 	var st web.StatusBody
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		t.Fatal(err)
-	}
+	getJSON(t, d, "/api/v1/status", &st)
 	b := st.Broker
 	if b.Version == "" || b.MQTTClients != 2 || b.StateFileBytes < 4096 || b.UptimeSeconds <= 0 || b.Started.IsZero() {
 		t.Errorf("broker facts: %+v", b)
@@ -69,19 +62,28 @@ func TestStatusOnExternalMQTT(t *testing.T) {
 	gateway(t, addr, "gw1")
 	d := startDaemon(t, clusterConfig(t, filepath.Join(t.TempDir(), "state.db"), addr, "broker-a"))
 	testenv.Eventually(t, 10*time.Second, func() bool { ws := d.Broker.Workers(); return len(ws) == 1 && ws[0].Online }, "gw1 not seen")
-	resp, err := http.Get("http://" + d.HTTPAddr() + "/api/v1/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
 	var st web.StatusBody
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		t.Fatal(err)
-	}
+	getJSON(t, d, "/api/v1/status", &st)
 	if st.Broker.MQTTClients != -1 || len(st.Gateways) != 2 || !st.Gateways[0].Online || st.Gateways[0].Name != "gw1" {
 		t.Errorf("status: %+v %+v", st.Broker, st.Gateways)
 	}
 	if v, ok := value(scrape(t, d), "wgkex_broker_workers_online"); !ok || v != 1 {
 		t.Errorf("workers online: %v %v", v, ok)
+	}
+}
+
+// getJSON decodes the answer to GET path on the daemon's HTTP listener into v.
+func getJSON(t *testing.T, d *Daemon, path string, v any) {
+	t.Helper()
+	resp, err := http.Get("http://" + d.HTTPAddr() + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", path, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", path, err)
 	}
 }
