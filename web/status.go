@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net/http"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -129,6 +130,8 @@ func (s *Server) index(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	// Set here: net/http adds it by itself only to bodies under 2 KiB, and HEAD / must announce GET's length.
+	c.Response().Header().Set(echo.HeaderContentLength, strconv.Itoa(len(b)))
 	return c.HTMLBlob(http.StatusOK, b)
 }
 

@@ -121,6 +121,12 @@ func TestStatusJSON(t *testing.T) {
 	if rec := get(s, "GET", "/api/v1/status?history=0", nil); !strings.HasSuffix(rec.Body.String(), `"peer_history":null}`+"\n") {
 		t.Errorf("history=0 still sends the history: %s", rec.Body.String()[max(0, rec.Body.Len()-80):])
 	}
+	// Alone on its embedded server: no id, and an empty list of brokers rather than null, for scripts.
+	for _, want := range []string{`"broker":{"id":"",`, `"brokers":[]`} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("status of a broker alone lacks %s", want)
+		}
+	}
 }
 
 // TestDashboardAuth: with broker.dashboard credentials the page, its files and the JSON need them (wrong user,

@@ -108,9 +108,10 @@ const rowsJS = `(() => {
 })()`
 
 // TestDashboardInChromium loads the status page of a real broker in headless Chromium before any gateway speaks,
-// then feeds it two gateways over real MQTT: both show up with their numbers without a reload; a new metric and a gateway going offline show up without a
-// reload; an endpoint that is HTML is shown as text; the page fits a phone's width. Any console error,
-// exception, CSP violation or failed request fails the test. Screenshots at desktop and phone width are saved
+// then feeds it two gateways over real MQTT: both show up with their numbers without a reload; a new metric and a
+// gateway going offline show up without a reload; an endpoint that is HTML is shown as text; the brokers section
+// stays hidden (alone on the embedded server); the page fits a phone's width. Any console error, exception, CSP
+// violation or failed request fails the test. Screenshots at desktop and phone width are saved
 // (WGKEX_UPDATE_DOCS=1 also copies the desktop one to docs/dashboard.png).
 func TestDashboardInChromium(t *testing.T) {
 	if _, err := os.Stat(chromiumPath); err != nil {
@@ -203,6 +204,9 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 	if got := rows("ffwert_city"); len(got) != 1 || got["gw05.in.ffmuc.net"].Peers != "2" {
 		t.Errorf("ffwert_city rows: %+v", got)
+	}
+	if hidden, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`document.querySelector("#brokers").hidden`)); err != nil || !hidden {
+		t.Errorf("brokers section shown for a broker alone on its embedded server (%v)", err)
 	}
 	for sel, want := range map[string]string{"#mqtt-clients": "2", "#gateways-online": "2 / 2", "#reg-hour": "4"} {
 		if got := text(sel); got != want {

@@ -65,6 +65,26 @@
 		$("updated").textContent = "updated " + new Date(b.now).toLocaleTimeString();
 	}
 
+	// renderBrokers lists the brokers on an external MQTT server; with the embedded server the list is empty and
+	// the section stays hidden.
+	function renderBrokers(st) {
+		const bs = st.brokers || [];
+		$("brokers").hidden = bs.length === 0;
+		if (!bs.length) return;
+		$("brokers-alive").textContent = bs.filter(b => b.alive).length + " of " + bs.length + " alive";
+		const tbody = $("broker-list").tBodies[0];
+		tbody.replaceChildren();
+		for (const b of bs) {
+			const tr = el("tr", b.alive ? "online" : "offline");
+			tr.setAttribute("data-broker", b.id);
+			const name = cell(tr, "Broker", "name", b.id);
+			if (b.self) name.appendChild(el("span", "note", "this broker"));
+			const s = cell(tr, "Status", "status", b.alive ? "alive" : "gone");
+			if (b.since) s.appendChild(el("span", "since", "since " + new Date(b.since).toLocaleString()));
+			tbody.appendChild(tr);
+		}
+	}
+
 	function renderActivity(st) {
 		const a = st.activity;
 		const v1 = a.registrations.v1 || [], v2 = a.registrations.v2 || [];
@@ -185,6 +205,7 @@
 
 	function render(st) {
 		renderBroker(st);
+		renderBrokers(st);
 		renderActivity(st);
 		renderDomains(st);
 		renderHistory(st);
