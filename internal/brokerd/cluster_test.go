@@ -251,7 +251,8 @@ type shown struct{ s string }
 func (s *shown) String() string { return s.s }
 
 // TestBrokersShown: with two brokers on one Mosquitto, broker a's /metrics and status JSON show both alive; once b
-// has shut down, a counts one broker and shows b gone (up 0, not alive).
+// has shut down, a counts one broker and shows b gone (up 0, not alive); once b's retained status is deleted, a no
+// longer lists it.
 func TestBrokersShown(t *testing.T) {
 	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL}).Addr
 	dir := t.TempDir()
@@ -269,4 +270,11 @@ func TestBrokersShown(t *testing.T) {
 		" broker-a alive=true self=true since=false broker-b alive=false self=false since=true"
 	testenv.Eventually(t, 10*time.Second, func() bool { got.s = brokersShown(t, a); return got.s == one },
 		"broker a shows: %s\nwant: %s", got, one)
+	// The operator deletes b's retained status, as README.md says for a broker taken out of service: a forgets it.
+	op := testenv.Connect(t, addr, "operator", testenv.ClientOptions{Username: "broker-b", Password: clusterUsers["broker-b"]})
+	op.Publish(t, wire.BrokerStatusTopic("broker-b"), "", 1, true)
+	alone := "brokers 1 true; broker-a up 1 true; broker-b up 0 false; status broker-a:" +
+		" broker-a alive=true self=true since=false"
+	testenv.Eventually(t, 10*time.Second, func() bool { got.s = brokersShown(t, a); return got.s == alone },
+		"broker a shows: %s\nwant: %s", got, alone)
 }
