@@ -31,27 +31,10 @@ var clusterUsers = map[string]string{
 	"broker-a": "secret-a", "broker-b": "secret-b", "gw1": "p1", "gw2": "p2", "gw3": "p3", "gw-probe": "pp", "observer": "po",
 }
 
-const clusterACL = `user broker-a
-topic readwrite wireguard/#
-topic read wireguard-metrics/#
-topic readwrite wireguard-worker/#
-topic readwrite wgkex/#
-
-user broker-b
-topic readwrite wireguard/#
-topic read wireguard-metrics/#
-topic readwrite wireguard-worker/#
-topic readwrite wgkex/#
-
-user observer
-topic read #
-
-pattern read wireguard/+/+
-pattern write wireguard-metrics/+/%u/+
-pattern readwrite wireguard-worker/%u/#
-pattern write wgkex/replay/%u/request
-pattern read wgkex/replay/%u/keys
-`
+// clusterACL is the ACL the repository ships, plus a read-only observer.
+func clusterACL(t testing.TB) string {
+	return testenv.DeployedACL(t) + "\nuser observer\ntopic read #\n"
+}
 
 type clusterBroker struct {
 	id, cfg, port string
@@ -80,7 +63,7 @@ func newCluster(t *testing.T) *cluster {
 		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) { return s.clientNS.Dial(network, addr) },
 	}}
 	c := &cluster{system: s, brokers: map[string]*clusterBroker{}, mqtt: brokerIP + ":1883"}
-	testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL, Addr: c.mqtt,
+	testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL(t), Addr: c.mqtt,
 		Wrap: []string{"nsenter", "--net=" + s.brokerNS.Path()}, Dial: s.brokerNS.Dial})
 	obs, err := testenv.Dial(c.mqtt, "observer", testenv.ClientOptions{Dial: s.brokerNS.Dial, Username: "observer", Password: clusterUsers["observer"]})
 	if err != nil {
