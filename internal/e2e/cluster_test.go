@@ -310,50 +310,30 @@ func TestClusterOnMosquitto(t *testing.T) {
 
 	step(t, "kill -9 of a during a burst: b knows every key a answered, nodes keep registering at b, a catches up", func() {
 		c.stopWorker(gw2, syscall.SIGTERM)
-		var mu sync.Mutex
-		answered := map[string][]string{}
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for w := range 4 {
+		bu := startBurst(t, 4, func(w int, k string) (string, bool) {
 			id := []string{"broker-a", "broker-b"}[w%2]
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					k := testenv.NewKey(t).PublicKey().String()
-					code, _, err := c.post(id, "v2", k)
-					if err != nil && id == "broker-a" {
-						return // a is gone
-					}
-					if code == 200 {
-						mu.Lock()
-						answered[id] = append(answered[id], k)
-						mu.Unlock()
-					}
-				}
-			}()
-		}
-		testenv.Eventually(t, 20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(answered["broker-a"]) >= 100 }, "burst too slow")
+			code, _, err := c.post(id, "v2", k)
+			if err != nil && id == "broker-a" {
+				return "", true // a is gone
+			}
+			if code != 200 {
+				return "", false
+			}
+			return id, false
+		})
+		testenv.Eventually(t, 20*time.Second, func() bool { return bu.count("broker-a") >= 100 }, "burst too slow")
 		a := c.brokers["broker-a"]
 		a.cmd.Process.Kill()
 		<-a.done
-		mu.Lock()
-		atKill := len(answered["broker-b"])
-		mu.Unlock()
+		atKill := bu.count("broker-b")
 		// b keeps answering after a is gone.
-		testenv.Eventually(t, 20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(answered["broker-b"]) >= atKill+100 }, "b stopped answering")
-		close(stop)
-		wg.Wait()
-		t.Logf("a answered %d before kill -9, b %d in all", len(answered["broker-a"]), len(answered["broker-b"]))
+		testenv.Eventually(t, 20*time.Second, func() bool { return bu.count("broker-b") >= atKill+100 }, "b stopped answering")
+		bu.end()
+		t.Logf("a answered %d before kill -9, b %d in all", bu.count("broker-a"), bu.count("broker-b"))
 		c.waitBroker("broker-a", "0") // its will
 		// gw2 was down: only b can replay, and it must have every key a answered.
 		c.startWorker(gw2)
-		burst := append(append([]string(nil), answered["broker-a"]...), answered["broker-b"]...)
+		burst := bu.keys("broker-a", "broker-b")
 		c.waitPeers(gw2, burst, 30*time.Second)
 		c.checkConsistent(gw2)
 		c.waitPeers(gw1, burst, 30*time.Second)

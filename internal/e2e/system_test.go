@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -534,41 +533,21 @@ func TestSystem(t *testing.T) {
 	step(t, "kill -9 of the broker during a burst loses no answered key", func() {
 		// gw2 is down during the burst, so it can only learn the keys from the restarted broker's state.
 		s.stopWorker(gw2, syscall.SIGTERM)
-		var mu sync.Mutex
-		var answered []string
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for w := 0; w < 4; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					k := testenv.NewKey(t).PublicKey().String()
-					code, _, err := s.post("v1", k)
-					if err != nil {
-						return // the broker is gone
-					}
-					if code == 200 {
-						mu.Lock()
-						answered = append(answered, k)
-						mu.Unlock()
-					}
-				}
-			}()
-		}
-		testenv.Eventually(t, 20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(answered) >= 150 }, "burst too slow")
+		bu := startBurst(t, 4, func(_ int, k string) (string, bool) {
+			code, _, err := s.post("v1", k)
+			if err != nil {
+				return "", true // the broker is gone
+			}
+			if code != 200 {
+				return "", false
+			}
+			return "broker", false
+		})
+		testenv.Eventually(t, 20*time.Second, func() bool { return bu.count("broker") >= 150 }, "burst too slow")
 		s.broker.Process.Kill()
 		s.broker.Wait()
-		close(stop)
-		wg.Wait()
-		mu.Lock()
-		keys := append([]string(nil), answered...)
-		mu.Unlock()
+		bu.end()
+		keys := bu.keys("broker")
 		t.Logf("%d registrations answered before kill -9", len(keys))
 		s.obs.Close()
 		s.startBroker()
