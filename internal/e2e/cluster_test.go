@@ -2,12 +2,9 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,17 +48,7 @@ type cluster struct {
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	for _, tool := range []string{"wg", "bridge", "nsenter", "unshare", "mosquitto", "mosquitto_passwd"} {
-		testenv.Tool(t, tool)
-	}
-	s := &system{t: t, dir: t.TempDir(), brokerNS: testenv.NewNS(t), clientNS: testenv.NewNS(t)}
-	s.brokerNS.Run(t, "ip", "link", "add", "br0", "type", "bridge")
-	s.brokerNS.Run(t, "ip", "addr", "add", brokerIP+"/24", "dev", "br0")
-	s.brokerNS.Run(t, "ip", "link", "set", "br0", "up")
-	s.attach("client", s.clientNS, "192.0.2.100")
-	s.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) { return s.clientNS.Dial(network, addr) },
-	}}
+	s := newNetwork(t, "wg", "bridge", "nsenter", "unshare", "mosquitto", "mosquitto_passwd")
 	c := &cluster{system: s, brokers: map[string]*clusterBroker{}, mqtt: brokerIP + ":1883"}
 	testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL(t), Addr: c.mqtt,
 		Wrap: []string{"nsenter", "--net=" + s.brokerNS.Path()}, Dial: s.brokerNS.Dial})

@@ -113,9 +113,11 @@ type system struct {
 
 const brokerIP = "192.0.2.1"
 
-func newSystem(t *testing.T) *system {
+// newNetwork checks that the tools the test drives are installed, and makes the broker's namespace with the bridge
+// at brokerIP and the clients' namespace attached to it at 192.0.2.100, with an HTTP client dialing from there.
+func newNetwork(t *testing.T, tools ...string) *system {
 	t.Helper()
-	for _, tool := range []string{"wg", "bridge", "curl", "ping", "nsenter", "unshare", "mosquitto_pub"} {
+	for _, tool := range tools {
 		testenv.Tool(t, tool)
 	}
 	s := &system{t: t, dir: t.TempDir(), brokerNS: testenv.NewNS(t), clientNS: testenv.NewNS(t)}
@@ -126,6 +128,12 @@ func newSystem(t *testing.T) *system {
 	s.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) { return s.clientNS.Dial(network, addr) },
 	}}
+	return s
+}
+
+func newSystem(t *testing.T) *system {
+	t.Helper()
+	s := newNetwork(t, "wg", "bridge", "curl", "ping", "nsenter", "unshare", "mosquitto_pub")
 	// Production MQTT: gw1 proves its name with a client certificate, gw2 and gw3 (no gateway; it publishes
 	// garbage) with their own passwords, over TLS; the observer is a read-only monitor on the plain listener.
 	writeCert(t, s.dir, "gw1")
