@@ -304,8 +304,8 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	loopCtx, cancelLoop := context.WithCancel(context.Background())
 	wg.Add(3)
 	go func() { defer wg.Done(); a.RunLoop(loopCtx) }()
-	go func() { defer wg.Done(); s.metricsLoop(done) }()
-	go func() { defer wg.Done(); a.sweepEvery(opts.CleanupInterval, done) }()
+	go func() { defer wg.Done(); every(opts.MetricsInterval, done, s.metricsRound) }()
+	go func() { defer wg.Done(); every(opts.CleanupInterval, done, func() { a.SyncAll(true) }) }()
 	var hs *healthServer
 	if opts.HealthPort != 0 {
 		hs = newHealthServer(a, opts.HealthPort, s.draining.Load)
@@ -326,8 +326,8 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	return nil
 }
 
-// sweepEvery asks for a sweep of every domain each interval until done is closed.
-func (a *Agent) sweepEvery(interval time.Duration, done <-chan struct{}) {
+// every calls fn each interval until done is closed.
+func every(interval time.Duration, done <-chan struct{}, fn func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -335,7 +335,7 @@ func (a *Agent) sweepEvery(interval time.Duration, done <-chan struct{}) {
 		case <-done:
 			return
 		case <-t.C:
-			a.SyncAll(true)
+			fn()
 		}
 	}
 }
@@ -460,34 +460,25 @@ func (r *replayWait) unanswered(ready map[string]bool, skip []string) []string {
 	return out
 }
 
-// metricsLoop publishes the connected-peer counts every interval, asks again for replays not answered yet and
-// retries domains whose interfaces were missing: once one works, its data is published, its device read and its
-// keys replayed.
-func (s *session) metricsLoop(done <-chan struct{}) {
-	t := time.NewTicker(s.opts.MetricsInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-done:
-			return
-		case <-t.C:
-		}
-		gen, up, ready := s.state()
-		if !up {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		var late []string
-		for _, d := range s.a.Domains() {
-			if !ready[d] && s.publishData(ctx, gen, d) {
-				late = append(late, d)
-				s.a.Sync(d, false)
-			}
-		}
-		s.requestReplay(ctx, append(late, s.a.replays.unanswered(ready, late)...))
-		s.publishMetrics(ctx)
-		cancel()
+// metricsRound runs every metrics interval while the session is up: it publishes the connected-peer counts, asks
+// again for replays not answered yet and retries domains whose interfaces were missing: once one works, its data
+// is published, its device read and its keys replayed.
+func (s *session) metricsRound() {
+	gen, up, ready := s.state()
+	if !up {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var late []string
+	for _, d := range s.a.Domains() {
+		if !ready[d] && s.publishData(ctx, gen, d) {
+			late = append(late, d)
+			s.a.Sync(d, false)
+		}
+	}
+	s.requestReplay(ctx, append(late, s.a.replays.unanswered(ready, late)...))
+	s.publishMetrics(ctx)
 }
 
 // publishMetrics publishes each ready domain's connected-peer count (retained). A device that cannot be read
