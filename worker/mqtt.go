@@ -3,13 +3,11 @@ package worker
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -21,6 +19,7 @@ import (
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
@@ -85,26 +84,8 @@ func ServerURL(m MQTT) (*url.URL, error) {
 // TLSConfig builds the client TLS configuration from mqtt.ca_file, mqtt.server_name and the worker's client
 // certificate mqtt.cert_file and mqtt.key_file (its CN or a DNS SAN is the worker name).
 func TLSConfig(m MQTT) (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: m.ServerName}
-	if m.CAFile != "" {
-		pem, err := os.ReadFile(m.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("mqtt.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("mqtt.ca_file %s: no certificate found", m.CAFile)
-		}
-		c.RootCAs = pool
-	}
-	if m.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(m.CertFile, m.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("mqtt.cert_file: %w", err)
-		}
-		c.Certificates = []tls.Certificate{cert}
-	}
-	return c, nil
+	files := tlsfiles.Client{Keys: "mqtt.", CAFile: m.CAFile, ServerName: m.ServerName, CertFile: m.CertFile, KeyFile: m.KeyFile}
+	return files.Config()
 }
 
 // HandleMessage takes one MQTT message: a key on wireguard/{domain}/+ or a replay batch on
