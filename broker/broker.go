@@ -232,15 +232,21 @@ func (b *Broker) Run(ctx context.Context) {
 	<-ctx.Done()
 }
 
-// expire marks a worker that was online before the restart offline unless it has reported status 1 since, and
-// publishes what its last will would have: retained status 0. It holds the worker's status lock from the check to
-// the end of the publish, so that no 1 the broker takes in between is overwritten.
-func (b *Broker) expire(name string) {
+// lockStatus takes worker name's status lock, which orders a grace expiry against the worker's own status 1 (see
+// expire), and returns its unlock.
+func (b *Broker) lockStatus(name string) (unlock func()) {
 	b.mu.Lock()
 	r := b.recordOf(name)
 	b.mu.Unlock()
 	r.status.Lock()
-	defer r.status.Unlock()
+	return r.status.Unlock
+}
+
+// expire marks a worker that was online before the restart offline unless it has reported status 1 since, and
+// publishes what its last will would have: retained status 0. It holds the worker's status lock from the check to
+// the end of the publish, so that no 1 the broker takes in between is overwritten.
+func (b *Broker) expire(name string) {
+	defer b.lockStatus(name)()
 	b.mu.Lock()
 	waiting := b.awaiting[name]
 	delete(b.awaiting, name)

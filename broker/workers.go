@@ -56,11 +56,7 @@ func (b *Broker) setStatus(worker string, n int) {
 	if online {
 		// Wait for a grace expiry of this worker in progress (see expire). Only a 1 waits: the expiry's own 0
 		// comes back here on the expiry's goroutine.
-		b.mu.Lock()
-		r := b.recordOf(worker)
-		b.mu.Unlock()
-		r.status.Lock()
-		defer r.status.Unlock()
+		defer b.lockStatus(worker)()
 	}
 	b.mu.Lock()
 	if online {

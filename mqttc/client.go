@@ -5,13 +5,10 @@ package mqttc
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +17,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
 )
 
 // publishTimeout bounds a publish; a QoS 1 publish waits for the server's acknowledgement.
@@ -153,7 +151,9 @@ func New(log *slog.Logger, opts Options) (*Client, error) {
 		},
 	}
 	if tlsOn {
-		if c.cfg.TlsCfg, err = tlsConfig(s); err != nil {
+		files := tlsfiles.Client{Keys: "broker.mqtt_server.", CAFile: s.CAFile, ServerName: s.ServerName,
+			CertFile: s.CertFile, KeyFile: s.KeyFile}
+		if c.cfg.TlsCfg, err = files.Config(); err != nil {
 			return nil, err
 		}
 	}
@@ -164,31 +164,6 @@ func New(log *slog.Logger, opts Options) (*Client, error) {
 		c.cfg.WillMessage = &paho.WillMessage{Topic: w.Topic, Payload: w.Payload, QoS: w.QoS, Retain: w.Retain}
 	}
 	return c, nil
-}
-
-// tlsConfig builds the client TLS configuration: the CA bundle (else the system roots), the server name to
-// verify, and the client certificate if one is given.
-func tlsConfig(s config.MQTTServer) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: s.ServerName}
-	if s.CAFile != "" {
-		pem, err := os.ReadFile(s.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("broker.mqtt_server.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("broker.mqtt_server.ca_file %s: no certificate found", s.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if s.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(s.CertFile, s.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("broker.mqtt_server client certificate: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
 }
 
 // Handle subscribes fn to filter (QoS 1) on every connection. A filter may be a shared subscription

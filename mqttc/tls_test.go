@@ -1,19 +1,10 @@
 package mqttc
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,34 +16,10 @@ import (
 // into dir, as PEM files ca.pem, server.pem/.key, client.pem/.key.
 func pki(t *testing.T, dir string) {
 	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ca"}, IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	write := func(name, typ string, b []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("ca.pem", "CERTIFICATE", caDER)
-	leaf := func(name string, serial int64, tmpl *x509.Certificate) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter = big.NewInt(serial), time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kb, _ := x509.MarshalECPrivateKey(key)
-		write(name+".pem", "CERTIFICATE", der)
-		write(name+".key", "EC PRIVATE KEY", kb)
-	}
-	leaf("server", 2, &x509.Certificate{Subject: pkix.Name{CommonName: "mqtt.test"}, DNSNames: []string{"mqtt.test"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-	leaf("client", 3, &x509.Certificate{Subject: pkix.Name{CommonName: "broker-a"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	ca := testenv.NewCA(t, "test ca")
+	ca.WriteCert(t, filepath.Join(dir, "ca.pem"))
+	testenv.WriteKeyPair(t, ca.Server(t, "mqtt.test", "127.0.0.1"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"))
+	testenv.WriteKeyPair(t, ca.Client(t, "broker-a"), filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key"))
 }
 
 // TestClientTLS: against Mosquitto requiring a client certificate, the client connects over TLS with the CA, the
@@ -86,34 +53,16 @@ func TestClientTLS(t *testing.T) {
 		s    config.MQTTServer
 		want string
 	}{{noCert, "certificate required"}, {noCA, "certificate signed by unknown authority"}} {
-		log := &logBuffer{}
-		b, err := New(slog.New(slog.NewTextHandler(log, nil)), Options{Server: tc.s})
+		log, logs := testenv.CaptureLogger(t)
+		b, err := New(log, Options{Server: tc.s})
 		if err != nil {
 			t.Fatal(err)
 		}
 		b.Serve()
 		defer b.Close()
-		testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(log.String(), tc.want) }, "%s: no %q in %s", tc.s.ClientID, tc.want, log)
+		testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), tc.want) }, "%s: no %q in %s", tc.s.ClientID, tc.want, logs)
 		if b.Connected() {
 			t.Errorf("%s connected", tc.s.ClientID)
 		}
 	}
-}
-
-// logBuffer collects log output safely across goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

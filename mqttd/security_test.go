@@ -199,12 +199,7 @@ func TestAttackReadKeysAndReplays(t *testing.T) {
 	f.connect(t, "gw-b", "gw-b", "pb").Publish(t, wire.StatusTopic("gw-b"), "1", 1, false)
 	a.WaitFor(t, wire.ReplayKeysTopic("gw-a"))
 	a.WaitFor(t, wire.KeyTopic(welt))
-	mon.WaitFor(t, wire.StatusTopic("gw-b"))
-	for _, m := range mon.Messages() {
-		if m.Topic != wire.StatusTopic("gw-b") {
-			t.Errorf("monitor received %s", m.Topic)
-		}
-	}
+	mon.WaitOnly(t, wire.StatusTopic("gw-b")) // the monitor received neither the keys nor the replay
 }
 
 func TestAnonymousRule(t *testing.T) {
@@ -431,12 +426,7 @@ func TestStaleRetainedDeleted(t *testing.T) {
 	}
 	mon := testenv.Connect(t, f.addr, "mon", testenv.ClientOptions{Username: "mon", Password: "pm"})
 	mon.Subscribe(t, "#")
-	mon.WaitFor(t, wire.StatusTopic("gw-a"))
-	for _, m := range mon.Messages() {
-		if m.Topic != wire.StatusTopic("gw-a") {
-			t.Errorf("stale retained message served: %s", m.Topic)
-		}
-	}
+	mon.WaitOnly(t, wire.StatusTopic("gw-a")) // no stale retained message is served
 }
 
 // TestSubscriptionFlood: one client cannot make the server keep an unbounded number of subscriptions, nor very

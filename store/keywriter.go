@@ -23,25 +23,23 @@ type keyWrite struct {
 // together with every registration that arrived meanwhile, with one fdatasync.
 func (s *Store) PutKey(r broker.KeyRecord) error {
 	w := keyWrite{r: r, err: make(chan error, 1)}
-	s.closeMu.RLock()
-	if s.closed {
-		s.closeMu.RUnlock()
-		return ErrClosed
-	}
-	s.keys <- w
-	s.closeMu.RUnlock()
-	return <-w.err
+	return request(s, s.keys, w, w.err)
 }
 
 // Flush merges every registration waiting in the write-ahead log into the bbolt file now (before a backup, say).
 func (s *Store) Flush() error {
 	reply := make(chan error, 1)
+	return request(s, s.flush, reply, reply)
+}
+
+// request hands v to the key writer on ch, unless the store is closed, and waits for the answer on reply.
+func request[T any](s *Store, ch chan<- T, v T, reply <-chan error) error {
 	s.closeMu.RLock()
 	if s.closed {
 		s.closeMu.RUnlock()
 		return ErrClosed
 	}
-	s.flush <- reply
+	ch <- v
 	s.closeMu.RUnlock()
 	return <-reply
 }

@@ -280,9 +280,9 @@ func TestHeadAndBOM(t *testing.T) {
 // TestBrokenBodyIs400 sends bodies that cannot be read to the end: the client's fault, answered 400 like net/http's
 // own refusals, not 500 with an error logged for every such request.
 func TestBrokenBodyIs400(t *testing.T) {
-	var logs syncBuffer
+	log, logs := testenv.CaptureLogger(t)
 	s, _, _ := newServer(t)
-	s = New(s.b, slog.New(slog.NewTextHandler(io.MultiWriter(&logs, t.Output()), nil)), Options{})
+	s = New(s.b, log, Options{})
 	addr := serve(t, s)
 	for _, tt := range []struct{ name, request string }{
 		{"malformed chunk", "POST /api/v1/wg/key/exchange HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"},

@@ -3,13 +3,11 @@ package worker
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -21,6 +19,7 @@ import (
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
@@ -85,26 +84,8 @@ func ServerURL(m MQTT) (*url.URL, error) {
 // TLSConfig builds the client TLS configuration from mqtt.ca_file, mqtt.server_name and the worker's client
 // certificate mqtt.cert_file and mqtt.key_file (its CN or a DNS SAN is the worker name).
 func TLSConfig(m MQTT) (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: m.ServerName}
-	if m.CAFile != "" {
-		pem, err := os.ReadFile(m.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("mqtt.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("mqtt.ca_file %s: no certificate found", m.CAFile)
-		}
-		c.RootCAs = pool
-	}
-	if m.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(m.CertFile, m.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("mqtt.cert_file: %w", err)
-		}
-		c.Certificates = []tls.Certificate{cert}
-	}
-	return c, nil
+	files := tlsfiles.Client{Keys: "mqtt.", CAFile: m.CAFile, ServerName: m.ServerName, CertFile: m.CertFile, KeyFile: m.KeyFile}
+	return files.Config()
 }
 
 // HandleMessage takes one MQTT message: a key on wireguard/{domain}/+ or a replay batch on
@@ -304,8 +285,8 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	loopCtx, cancelLoop := context.WithCancel(context.Background())
 	wg.Add(3)
 	go func() { defer wg.Done(); a.RunLoop(loopCtx) }()
-	go func() { defer wg.Done(); s.metricsLoop(done) }()
-	go func() { defer wg.Done(); a.sweepEvery(opts.CleanupInterval, done) }()
+	go func() { defer wg.Done(); every(opts.MetricsInterval, done, s.metricsRound) }()
+	go func() { defer wg.Done(); every(opts.CleanupInterval, done, func() { a.SyncAll(true) }) }()
 	var hs *healthServer
 	if opts.HealthPort != 0 {
 		hs = newHealthServer(a, opts.HealthPort, s.draining.Load)
@@ -326,8 +307,8 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	return nil
 }
 
-// sweepEvery asks for a sweep of every domain each interval until done is closed.
-func (a *Agent) sweepEvery(interval time.Duration, done <-chan struct{}) {
+// every calls fn each interval until done is closed.
+func every(interval time.Duration, done <-chan struct{}, fn func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -335,7 +316,7 @@ func (a *Agent) sweepEvery(interval time.Duration, done <-chan struct{}) {
 		case <-done:
 			return
 		case <-t.C:
-			a.SyncAll(true)
+			fn()
 		}
 	}
 }
@@ -460,34 +441,25 @@ func (r *replayWait) unanswered(ready map[string]bool, skip []string) []string {
 	return out
 }
 
-// metricsLoop publishes the connected-peer counts every interval, asks again for replays not answered yet and
-// retries domains whose interfaces were missing: once one works, its data is published, its device read and its
-// keys replayed.
-func (s *session) metricsLoop(done <-chan struct{}) {
-	t := time.NewTicker(s.opts.MetricsInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-done:
-			return
-		case <-t.C:
-		}
-		gen, up, ready := s.state()
-		if !up {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		var late []string
-		for _, d := range s.a.Domains() {
-			if !ready[d] && s.publishData(ctx, gen, d) {
-				late = append(late, d)
-				s.a.Sync(d, false)
-			}
-		}
-		s.requestReplay(ctx, append(late, s.a.replays.unanswered(ready, late)...))
-		s.publishMetrics(ctx)
-		cancel()
+// metricsRound runs every metrics interval while the session is up: it publishes the connected-peer counts, asks
+// again for replays not answered yet and retries domains whose interfaces were missing: once one works, its data
+// is published, its device read and its keys replayed.
+func (s *session) metricsRound() {
+	gen, up, ready := s.state()
+	if !up {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var late []string
+	for _, d := range s.a.Domains() {
+		if !ready[d] && s.publishData(ctx, gen, d) {
+			late = append(late, d)
+			s.a.Sync(d, false)
+		}
+	}
+	s.requestReplay(ctx, append(late, s.a.replays.unanswered(ready, late)...))
+	s.publishMetrics(ctx)
 }
 
 // publishMetrics publishes each ready domain's connected-peer count (retained). A device that cannot be read

@@ -10,18 +10,6 @@ import (
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
 
-func write(t *testing.T, path, content string) {
-	t.Helper()
-	// Written beside and renamed, as editors and configuration tools do, so that no half file is ever read.
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func refused(f *Filter, domain, key string) bool {
 	_, no := f.Refuse(domain, key)
 	return no
@@ -30,8 +18,8 @@ func refused(f *Filter, domain, key string) bool {
 func TestRefuse(t *testing.T) {
 	dir := t.TempDir()
 	bl, al := filepath.Join(dir, "block.yaml"), filepath.Join(dir, "allow.yaml")
-	write(t, bl, "- "+k1+": stolen\n")
-	write(t, al, "ffmuc_welt:\n  - "+k2+"\n")
+	testenv.ReplaceFile(t, bl, "- "+k1+": stolen\n")
+	testenv.ReplaceFile(t, al, "ffmuc_welt:\n  - "+k2+"\n")
 	f, err := Open(Options{BlocklistFile: bl, AllowlistFile: al, Domains: []string{"ffmuc_welt", "ffwert_city"}}, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +46,7 @@ func TestRefuse(t *testing.T) {
 func TestOpenRefusesBadFiles(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.yaml")
-	write(t, bad, "- nope\n")
+	testenv.ReplaceFile(t, bad, "- nope\n")
 	for _, o := range []Options{
 		{BlocklistFile: filepath.Join(dir, "missing.yaml")},
 		{AllowlistFile: filepath.Join(dir, "missing.yaml")},
@@ -81,8 +69,8 @@ func TestReload(t *testing.T) {
 	for _, interval := range []time.Duration{0, 20 * time.Millisecond} { // inotify; the stat fallback as well
 		dir := t.TempDir()
 		bl, al := filepath.Join(dir, "block.yaml"), filepath.Join(dir, "allow.yaml")
-		write(t, bl, "- "+k1+"\n")
-		write(t, al, "")
+		testenv.ReplaceFile(t, bl, "- "+k1+"\n")
+		testenv.ReplaceFile(t, al, "")
 		f, err := Open(Options{BlocklistFile: bl, AllowlistFile: al, Domains: []string{"ffmuc_welt"}, Interval: interval}, testenv.Logger(t))
 		if err != nil {
 			t.Fatal(err)
@@ -91,26 +79,26 @@ func TestReload(t *testing.T) {
 		done := make(chan struct{})
 		go func() { f.Run(ctx); close(done) }()
 
-		write(t, bl, "- "+k1+"\n- "+k2+": abuse\n")
+		testenv.ReplaceFile(t, bl, "- "+k1+"\n- "+k2+": abuse\n")
 		testenv.Eventually(t, 5*time.Second, func() bool { return refused(f, "ffmuc_welt", k2) }, "k2 not blocked after the file changed")
 
-		write(t, bl, "- "+k1+"\n- broken\n")
-		write(t, al, "ffmuc_welt: [nope]\n")
+		testenv.ReplaceFile(t, bl, "- "+k1+"\n- broken\n")
+		testenv.ReplaceFile(t, al, "ffmuc_welt: [nope]\n")
 		// Then a valid change to the allowlist, to know that the broken versions were looked at and passed over.
-		write(t, al, "ffmuc_welt: ["+k1+"]\nffwert_city: []\n") // ffwert_city is not configured: still broken
-		write(t, al, "ffmuc_welt: ["+k1+"]\n")
+		testenv.ReplaceFile(t, al, "ffmuc_welt: ["+k1+"]\nffwert_city: []\n") // ffwert_city is not configured: still broken
+		testenv.ReplaceFile(t, al, "ffmuc_welt: ["+k1+"]\n")
 		testenv.Eventually(t, 5*time.Second, func() bool { return refused(f, "ffmuc_welt", k2) && f.allow.Load() != nil && len(*f.allow.Load()) == 1 }, "allowlist not reloaded")
 		if !refused(f, "ffmuc_welt", k2) || !refused(f, "ffmuc_welt", k1) {
 			t.Errorf("a broken blocklist replaced the previous one")
 		}
 
 		os.Remove(bl)
-		write(t, al, "ffmuc_welt: ["+k1+", "+k2+"]\n")
+		testenv.ReplaceFile(t, al, "ffmuc_welt: ["+k1+", "+k2+"]\n")
 		testenv.Eventually(t, 5*time.Second, func() bool { _, ok := (*f.allow.Load())["ffmuc_welt"][k2]; return ok }, "allowlist not reloaded")
 		if !refused(f, "ffmuc_welt", k1) {
 			t.Errorf("a deleted blocklist emptied the list")
 		}
-		write(t, bl, "")
+		testenv.ReplaceFile(t, bl, "")
 		testenv.Eventually(t, 5*time.Second, func() bool { return !refused(f, "ffmuc_welt", k1) && !refused(f, "ffmuc_welt", k2) }, "fixed blocklist not read")
 		cancel()
 		<-done

@@ -45,19 +45,25 @@ func TestParseBlocklist(t *testing.T) {
 	}
 	for _, tt := range tests {
 		got, err := ParseBlocklist([]byte(tt.in))
-		if tt.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.err) {
-				t.Errorf("%s: error %v, want one containing %q", tt.name, err, tt.err)
-			}
-			continue
+		checkParse(t, tt.name, got, err, tt.want, tt.err)
+	}
+}
+
+// checkParse checks one case of a parse table: with wantErr, an error containing it; otherwise no error and want.
+func checkParse[T any](t *testing.T, name string, got T, err error, want T, wantErr string) {
+	t.Helper()
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Errorf("%s: error %v, want one containing %q", name, err, wantErr)
 		}
-		if err != nil {
-			t.Errorf("%s: %v", tt.name, err)
-			continue
-		}
-		if diff := cmp.Diff(tt.want, got); diff != "" {
-			t.Errorf("%s (-want +got):\n%s", tt.name, diff)
-		}
+		return
+	}
+	if err != nil {
+		t.Errorf("%s: %v", name, err)
+		return
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("%s (-want +got):\n%s", name, diff)
 	}
 }
 
@@ -81,19 +87,7 @@ func TestParseAllowlist(t *testing.T) {
 	}
 	for _, tt := range tests {
 		got, err := ParseAllowlist([]byte(tt.in), domains)
-		if tt.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.err) {
-				t.Errorf("%s: error %v, want one containing %q", tt.name, err, tt.err)
-			}
-			continue
-		}
-		if err != nil {
-			t.Errorf("%s: %v", tt.name, err)
-			continue
-		}
-		if diff := cmp.Diff(tt.want, got); diff != "" {
-			t.Errorf("%s (-want +got):\n%s", tt.name, diff)
-		}
+		checkParse(t, tt.name, got, err, tt.want, tt.err)
 	}
 }
 

@@ -177,14 +177,7 @@ func TestDashboardInChromium(t *testing.T) {
 		return err
 	}))
 
-	gw4, gw5 := connectGateway(t, d, "gw04.in.ffmuc.net"), connectGateway(t, d, "gw05.in.ffmuc.net")
-	gw4.up(t, "ffmuc_welt", 51820, 25)
-	gw5.up(t, "ffmuc_welt", 51821, 5)
-	gw5.up(t, "ffwert_city", 51822, 2)
-	testenv.Eventually(t, 5*time.Second, func() bool {
-		ws := d.Broker.Workers()
-		return len(ws) == 2 && ws[0].Online && ws[1].Online && ws[0].Peers["ffmuc_welt"] == 25 && ws[1].Peers["ffwert_city"] == 2
-	}, "gateways not reported")
+	gw4, gw5 := twoGateways(t, d)
 	for range 3 {
 		post(t, d, "v2", `{"domain":"ffmuc_welt","public_key":"`+testenv.NewKey(t).PublicKey().String()+`"}`)
 	}

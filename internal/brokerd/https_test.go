@@ -1,22 +1,14 @@
 package brokerd
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
@@ -29,7 +21,8 @@ func TestHTTPSListener(t *testing.T) {
 	dir := t.TempDir()
 	host := fmt.Sprintf("127.%d.%d.%d", 1+mrand.IntN(250), mrand.IntN(256), 1+mrand.IntN(250))
 	certFile, keyFile := filepath.Join(dir, "fullchain.pem"), filepath.Join(dir, "privkey.pem")
-	cert := selfSigned(t, host, certFile, keyFile)
+	ca := testenv.NewCA(t, "brokerd test CA")
+	testenv.WriteKeyPair(t, ca.Server(t, host), certFile, keyFile)
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`
 domains: [ffmuc_welt]
 domain_prefixes: [ffmuc_]
@@ -45,9 +38,7 @@ broker:
 	if got, want := d.HTTPSAddr(), host+":443"; got != want {
 		t.Fatalf("HTTPSAddr = %q, want %q", got, want)
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}}
 	resp, err := c.Post("https://"+host+"/api/v1/wg/key/exchange", "application/x-www-form-urlencoded",
 		strings.NewReader(`{"domain":"ffmuc_welt","public_key":"`+nodeKey+`"}`))
 	if err != nil {
@@ -61,29 +52,4 @@ broker:
 	if _, err := d.Store.Key("ffmuc_welt", nodeKey); err != nil {
 		t.Errorf("key registered over HTTPS not stored: %v", err)
 	}
-}
-
-func selfSigned(t *testing.T, host, certFile, keyFile string) *x509.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		IPAddresses:  []net.IP{net.ParseIP(host)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	replaceFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})))
-	replaceFile(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
-	cert, _ := x509.ParseCertificate(der)
-	return cert
 }

@@ -1,14 +1,9 @@
 package brokerd
 
 import (
-	"bytes"
 	"fmt"
-	"io"
-	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,38 +12,16 @@ import (
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
-func replaceFile(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.WriteFile(path+".tmp", []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestBlocklistWhileRunning: a key added to the blocklist while the broker runs is refused with the generic 400 at
 // its next exchange and never reaches MQTT (a real subscriber on the embedded server); a broken file keeps the
 // list in force; the allowlist closes a domain to the keys it does not list.
 func TestBlocklistWhileRunning(t *testing.T) {
 	dir := t.TempDir()
 	block, allow := filepath.Join(dir, "blocklist.yaml"), filepath.Join(dir, "allowlist.yaml")
-	replaceFile(t, block, "# nothing blocked yet\n")
+	testenv.ReplaceFile(t, block, "# nothing blocked yet\n")
 	key := func() string { return testenv.NewKey(t).PublicKey().String() }
 	good, bad, probe, never, later := key(), key(), key(), key(), key()
-	replaceFile(t, allow, "ffwert_city:\n  - "+good+": supernode\n")
+	testenv.ReplaceFile(t, allow, "ffwert_city:\n  - "+good+": supernode\n")
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`
 domains: [ffmuc_welt, ffwert_city]
 domain_prefixes: [ffmuc_, ffwert_]
@@ -62,8 +35,8 @@ broker:
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
-	d, err := Start(cfg, slog.New(slog.NewTextHandler(io.MultiWriter(logs, t.Output()), nil)))
+	log, logs := testenv.CaptureLogger(t)
+	d, err := Start(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +51,7 @@ broker:
 	if code, _ := reg("ffmuc_welt", bad); code != 200 {
 		t.Fatalf("key before it is blocked: %d", code)
 	}
-	replaceFile(t, block, "- "+probe+"\n- "+bad+": stolen router, ticket 123\n- "+never+"\n")
+	testenv.ReplaceFile(t, block, "- "+probe+"\n- "+bad+": stolen router, ticket 123\n- "+never+"\n")
 	// probe is blocked by the same file write: once it is refused, the new list is in force.
 	testenv.Eventually(t, 5*time.Second, func() bool { code, _ := reg("ffmuc_welt", probe); return code == 400 }, "blocklist not reloaded")
 	if code, body := reg("ffmuc_welt", bad); code != 400 || body != generic {
@@ -94,7 +67,7 @@ broker:
 		t.Errorf("blocked key stored: %+v", rec)
 	}
 
-	replaceFile(t, block, "- "+bad+"\n- not a key\n")
+	testenv.ReplaceFile(t, block, "- "+bad+"\n- not a key\n")
 	testenv.Eventually(t, 5*time.Second, func() bool { return strings.Contains(logs.String(), "blocklist not reloaded") }, "broken blocklist not noticed")
 	if code, _ := reg("ffmuc_welt", bad); code != 400 {
 		t.Errorf("blocked key after a broken file: %d, want 400", code)

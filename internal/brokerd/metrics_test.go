@@ -84,6 +84,21 @@ func (g *fakeGateway) down(t *testing.T) {
 	g.client.Publish(t, wire.StatusTopic(g.name), "0", 1, true)
 }
 
+// twoGateways connects gw04 (25 peers in ffmuc_welt) and gw05 (5 in ffmuc_welt, 2 in ffwert_city) and waits until
+// the daemon has taken their reports.
+func twoGateways(t *testing.T, d *Daemon) (gw4, gw5 *fakeGateway) {
+	t.Helper()
+	gw4, gw5 = connectGateway(t, d, "gw04.in.ffmuc.net"), connectGateway(t, d, "gw05.in.ffmuc.net")
+	gw4.up(t, "ffmuc_welt", 51820, 25)
+	gw5.up(t, "ffmuc_welt", 51821, 5)
+	gw5.up(t, "ffwert_city", 51822, 2)
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		ws := d.Broker.Workers()
+		return len(ws) == 2 && ws[0].Online && ws[1].Online && ws[0].Peers["ffmuc_welt"] == 25 && ws[1].Peers["ffwert_city"] == 2
+	}, "gateways not reported")
+	return gw4, gw5
+}
+
 // scrape reads GET /metrics with the Prometheus text parser.
 func scrape(t *testing.T, d *Daemon) map[string]*dto.MetricFamily {
 	t.Helper()
@@ -136,14 +151,7 @@ func value(fams map[string]*dto.MetricFamily, name string, labels ...string) (fl
 // replay, GET /metrics shows exactly those counts; node-chosen domains do not become label values.
 func TestMetrics(t *testing.T) {
 	d := startDaemon(t, dashConfig(t, filepath.Join(t.TempDir(), "state.db")))
-	gw4, gw5 := connectGateway(t, d, "gw04.in.ffmuc.net"), connectGateway(t, d, "gw05.in.ffmuc.net")
-	gw4.up(t, "ffmuc_welt", 51820, 25)
-	gw5.up(t, "ffmuc_welt", 51821, 5)
-	gw5.up(t, "ffwert_city", 51822, 2)
-	testenv.Eventually(t, 5*time.Second, func() bool {
-		ws := d.Broker.Workers()
-		return len(ws) == 2 && ws[0].Online && ws[1].Online && ws[0].Peers["ffmuc_welt"] == 25 && ws[1].Peers["ffwert_city"] == 2
-	}, "gateways not reported")
+	gw4, gw5 := twoGateways(t, d)
 
 	keys := make([]string, 3)
 	for i := range keys {

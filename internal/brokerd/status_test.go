@@ -13,15 +13,20 @@ import (
 	"github.com/freifunkMUC/wgkex-go/web"
 )
 
+// status fetches and decodes the daemon's /api/v1/status.
+func status(t *testing.T, d *Daemon) web.StatusBody {
+	t.Helper()
+	var st web.StatusBody
+	getJSON(t, d, "/api/v1/status", &st)
+	return st
+}
+
 // TestStatusFromDaemon: the daemon fills in what the status page cannot learn from the broker (version, uptime,
 // MQTT clients, state file size) and samples every online gateway's peers into the state file for the chart,
 // leaving a gap while a gateway is offline.
 func TestStatusFromDaemon(t *testing.T) {
 	d := startDaemon(t, dashConfig(t, filepath.Join(t.TempDir(), "state.db")))
-	gw4, gw5 := connectGateway(t, d, "gw04.in.ffmuc.net"), connectGateway(t, d, "gw05.in.ffmuc.net")
-	gw4.up(t, "ffmuc_welt", 51820, 25)
-	gw5.up(t, "ffmuc_welt", 51821, 5)
-	gw5.up(t, "ffwert_city", 51822, 2)
+	_, gw5 := twoGateways(t, d)
 	// latest returns each gateway's newest sample taken at or after since.
 	latest := func(since time.Time) map[string]int {
 		ss, err := d.Store.PeerSamples(since)
@@ -44,8 +49,7 @@ func TestStatusFromDaemon(t *testing.T) {
 		return cmp.Equal(latest(offline), map[string]int{"gw04.in.ffmuc.net": 25})
 	}, "samples after gw05 went offline: %v, want gw04 only", latest(offline))
 
-	var st web.StatusBody
-	getJSON(t, d, "/api/v1/status", &st)
+	st := status(t, d)
 	b := st.Broker
 	if b.Version == "" || b.MQTTClients != 2 || b.StateFileBytes < 4096 || b.UptimeSeconds <= 0 || b.Started.IsZero() {
 		t.Errorf("broker facts: %+v", b)
@@ -58,12 +62,11 @@ func TestStatusFromDaemon(t *testing.T) {
 // TestStatusOnExternalMQTT: with broker.mqtt_server the status page and /metrics work too; the MQTT client count
 // is unknown there (-1).
 func TestStatusOnExternalMQTT(t *testing.T) {
-	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL}).Addr
+	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL(t)}).Addr
 	gateway(t, addr, "gw1")
 	d := startDaemon(t, clusterConfig(t, filepath.Join(t.TempDir(), "state.db"), addr, "broker-a"))
 	testenv.Eventually(t, 10*time.Second, func() bool { ws := d.Broker.Workers(); return len(ws) == 1 && ws[0].Online }, "gw1 not seen")
-	var st web.StatusBody
-	getJSON(t, d, "/api/v1/status", &st)
+	st := status(t, d)
 	if st.Broker.MQTTClients != -1 || len(st.Gateways) != 2 || !st.Gateways[0].Online || st.Gateways[0].Name != "gw1" {
 		t.Errorf("status: %+v %+v", st.Broker, st.Gateways)
 	}

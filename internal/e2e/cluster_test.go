@@ -2,12 +2,9 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,27 +28,10 @@ var clusterUsers = map[string]string{
 	"broker-a": "secret-a", "broker-b": "secret-b", "gw1": "p1", "gw2": "p2", "gw3": "p3", "gw-probe": "pp", "observer": "po",
 }
 
-const clusterACL = `user broker-a
-topic readwrite wireguard/#
-topic read wireguard-metrics/#
-topic readwrite wireguard-worker/#
-topic readwrite wgkex/#
-
-user broker-b
-topic readwrite wireguard/#
-topic read wireguard-metrics/#
-topic readwrite wireguard-worker/#
-topic readwrite wgkex/#
-
-user observer
-topic read #
-
-pattern read wireguard/+/+
-pattern write wireguard-metrics/+/%u/+
-pattern readwrite wireguard-worker/%u/#
-pattern write wgkex/replay/%u/request
-pattern read wgkex/replay/%u/keys
-`
+// clusterACL is the ACL the repository ships, plus a read-only observer.
+func clusterACL(t testing.TB) string {
+	return testenv.DeployedACL(t) + "\nuser observer\ntopic read #\n"
+}
 
 type clusterBroker struct {
 	id, cfg, port string
@@ -68,19 +48,9 @@ type cluster struct {
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
-	for _, tool := range []string{"wg", "bridge", "nsenter", "unshare", "mosquitto", "mosquitto_passwd"} {
-		testenv.Tool(t, tool)
-	}
-	s := &system{t: t, dir: t.TempDir(), brokerNS: testenv.NewNS(t), clientNS: testenv.NewNS(t)}
-	s.brokerNS.Run(t, "ip", "link", "add", "br0", "type", "bridge")
-	s.brokerNS.Run(t, "ip", "addr", "add", brokerIP+"/24", "dev", "br0")
-	s.brokerNS.Run(t, "ip", "link", "set", "br0", "up")
-	s.attach("client", s.clientNS, "192.0.2.100")
-	s.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) { return s.clientNS.Dial(network, addr) },
-	}}
+	s := newNetwork(t, "wg", "bridge", "nsenter", "unshare", "mosquitto", "mosquitto_passwd")
 	c := &cluster{system: s, brokers: map[string]*clusterBroker{}, mqtt: brokerIP + ":1883"}
-	testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL, Addr: c.mqtt,
+	testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL(t), Addr: c.mqtt,
 		Wrap: []string{"nsenter", "--net=" + s.brokerNS.Path()}, Dial: s.brokerNS.Dial})
 	obs, err := testenv.Dial(c.mqtt, "observer", testenv.ClientOptions{Dial: s.brokerNS.Dial, Username: "observer", Password: clusterUsers["observer"]})
 	if err != nil {
@@ -327,50 +297,30 @@ func TestClusterOnMosquitto(t *testing.T) {
 
 	step(t, "kill -9 of a during a burst: b knows every key a answered, nodes keep registering at b, a catches up", func() {
 		c.stopWorker(gw2, syscall.SIGTERM)
-		var mu sync.Mutex
-		answered := map[string][]string{}
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for w := range 4 {
+		bu := startBurst(t, 4, func(w int, k string) (string, bool) {
 			id := []string{"broker-a", "broker-b"}[w%2]
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					k := testenv.NewKey(t).PublicKey().String()
-					code, _, err := c.post(id, "v2", k)
-					if err != nil && id == "broker-a" {
-						return // a is gone
-					}
-					if code == 200 {
-						mu.Lock()
-						answered[id] = append(answered[id], k)
-						mu.Unlock()
-					}
-				}
-			}()
-		}
-		testenv.Eventually(t, 20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(answered["broker-a"]) >= 100 }, "burst too slow")
+			code, _, err := c.post(id, "v2", k)
+			if err != nil && id == "broker-a" {
+				return "", true // a is gone
+			}
+			if code != 200 {
+				return "", false
+			}
+			return id, false
+		})
+		testenv.Eventually(t, 20*time.Second, func() bool { return bu.count("broker-a") >= 100 }, "burst too slow")
 		a := c.brokers["broker-a"]
 		a.cmd.Process.Kill()
 		<-a.done
-		mu.Lock()
-		atKill := len(answered["broker-b"])
-		mu.Unlock()
+		atKill := bu.count("broker-b")
 		// b keeps answering after a is gone.
-		testenv.Eventually(t, 20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(answered["broker-b"]) >= atKill+100 }, "b stopped answering")
-		close(stop)
-		wg.Wait()
-		t.Logf("a answered %d before kill -9, b %d in all", len(answered["broker-a"]), len(answered["broker-b"]))
+		testenv.Eventually(t, 20*time.Second, func() bool { return bu.count("broker-b") >= atKill+100 }, "b stopped answering")
+		bu.end()
+		t.Logf("a answered %d before kill -9, b %d in all", bu.count("broker-a"), bu.count("broker-b"))
 		c.waitBroker("broker-a", "0") // its will
 		// gw2 was down: only b can replay, and it must have every key a answered.
 		c.startWorker(gw2)
-		burst := append(append([]string(nil), answered["broker-a"]...), answered["broker-b"]...)
+		burst := bu.keys("broker-a", "broker-b")
 		c.waitPeers(gw2, burst, 30*time.Second)
 		c.checkConsistent(gw2)
 		c.waitPeers(gw1, burst, 30*time.Second)

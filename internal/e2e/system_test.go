@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -114,9 +113,11 @@ type system struct {
 
 const brokerIP = "192.0.2.1"
 
-func newSystem(t *testing.T) *system {
+// newNetwork checks that the tools the test drives are installed, and makes the broker's namespace with the bridge
+// at brokerIP and the clients' namespace attached to it at 192.0.2.100, with an HTTP client dialing from there.
+func newNetwork(t *testing.T, tools ...string) *system {
 	t.Helper()
-	for _, tool := range []string{"wg", "bridge", "curl", "ping", "nsenter", "unshare", "mosquitto_pub"} {
+	for _, tool := range tools {
 		testenv.Tool(t, tool)
 	}
 	s := &system{t: t, dir: t.TempDir(), brokerNS: testenv.NewNS(t), clientNS: testenv.NewNS(t)}
@@ -127,6 +128,12 @@ func newSystem(t *testing.T) *system {
 	s.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) { return s.clientNS.Dial(network, addr) },
 	}}
+	return s
+}
+
+func newSystem(t *testing.T) *system {
+	t.Helper()
+	s := newNetwork(t, "wg", "bridge", "curl", "ping", "nsenter", "unshare", "mosquitto_pub")
 	// Production MQTT: gw1 proves its name with a client certificate, gw2 and gw3 (no gateway; it publishes
 	// garbage) with their own passwords, over TLS; the observer is a read-only monitor on the plain listener.
 	writeCert(t, s.dir, "gw1")
@@ -534,41 +541,21 @@ func TestSystem(t *testing.T) {
 	step(t, "kill -9 of the broker during a burst loses no answered key", func() {
 		// gw2 is down during the burst, so it can only learn the keys from the restarted broker's state.
 		s.stopWorker(gw2, syscall.SIGTERM)
-		var mu sync.Mutex
-		var answered []string
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for w := 0; w < 4; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					k := testenv.NewKey(t).PublicKey().String()
-					code, _, err := s.post("v1", k)
-					if err != nil {
-						return // the broker is gone
-					}
-					if code == 200 {
-						mu.Lock()
-						answered = append(answered, k)
-						mu.Unlock()
-					}
-				}
-			}()
-		}
-		testenv.Eventually(t, 20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(answered) >= 150 }, "burst too slow")
+		bu := startBurst(t, 4, func(_ int, k string) (string, bool) {
+			code, _, err := s.post("v1", k)
+			if err != nil {
+				return "", true // the broker is gone
+			}
+			if code != 200 {
+				return "", false
+			}
+			return "broker", false
+		})
+		testenv.Eventually(t, 20*time.Second, func() bool { return bu.count("broker") >= 150 }, "burst too slow")
 		s.broker.Process.Kill()
 		s.broker.Wait()
-		close(stop)
-		wg.Wait()
-		mu.Lock()
-		keys := append([]string(nil), answered...)
-		mu.Unlock()
+		bu.end()
+		keys := bu.keys("broker")
 		t.Logf("%d registrations answered before kill -9", len(keys))
 		s.obs.Close()
 		s.startBroker()

@@ -122,3 +122,28 @@ func FreeAddr(t testing.TB) string {
 	defer l.Close()
 	return l.Addr().String()
 }
+
+// DeployedACL returns the Mosquitto ACL the repository ships (deploy/mosquitto/acl), so that the cluster tests run
+// against the file operators copy.
+func DeployedACL(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for { // go test runs in the package's folder: go up to the module's
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			break
+		}
+		up := filepath.Dir(dir)
+		if up == dir {
+			t.Fatal("go.mod not found above the test's folder")
+		}
+		dir = up
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "deploy", "mosquitto", "acl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

@@ -19,6 +19,7 @@ type Message struct {
 
 // Client is a plain MQTT v5 client (eclipse paho) for tests, recording what it receives.
 type Client struct {
+	id   string
 	c    *paho.Client
 	mu   sync.Mutex
 	msgs []Message
@@ -54,7 +55,7 @@ func Dial(addr, id string, o ClientOptions) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := &Client{}
+	tc := &Client{id: id}
 	tc.c = paho.NewClient(paho.ClientConfig{
 		Conn: conn,
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
@@ -138,6 +139,18 @@ func (c *Client) WaitFor(t testing.TB, topic string) Message {
 		return m.Topic != ""
 	}, "no message on %s", topic)
 	return m
+}
+
+// WaitOnly waits for a message on topic like WaitFor, then fails the test for every message the client has
+// received on another topic.
+func (c *Client) WaitOnly(t testing.TB, topic string) {
+	t.Helper()
+	c.WaitFor(t, topic)
+	for _, m := range c.Messages() {
+		if m.Topic != topic {
+			t.Errorf("%s received a message on %s, want only %s", c.id, m.Topic, topic)
+		}
+	}
 }
 
 // Close disconnects cleanly (the will is not sent).

@@ -1,12 +1,15 @@
-// Package testenv holds what the tests of several packages share: loggers that write to the test's output, the
-// root check that turns a skip into a failure under CI=true, lookups of the Debian tools the tests drive, and the
-// network-namespace harness with userspace WireGuard devices (netns_linux.go).
+// Package testenv holds what the tests of several packages share: loggers that write to the test's output, a test
+// certificate authority (ca.go), the root check that turns a skip into a failure under CI=true, lookups of the
+// Debian tools the tests drive, and the network-namespace harness with userspace WireGuard devices (netns_linux.go).
 package testenv
 
 import (
+	"bytes"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 )
@@ -15,6 +18,46 @@ import (
 func Logger(t testing.TB) *slog.Logger {
 	t.Helper()
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// Logs is log output that a test reads back while other goroutines may still be writing it.
+type Logs struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (l *Logs) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns everything written so far.
+func (l *Logs) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// CaptureLogger returns a debug logger writing to the test's output and to the returned Logs, for tests that
+// check what was logged.
+func CaptureLogger(t testing.TB) (*slog.Logger, *Logs) {
+	t.Helper()
+	logs := &Logs{}
+	return slog.New(slog.NewTextHandler(io.MultiWriter(logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug})), logs
+}
+
+// ReplaceFile replaces path with content as a whole: it writes a file beside it and renames that into place, as
+// editors, configuration tools and certbot do, so that a watcher never reads half a file.
+func ReplaceFile(t testing.TB, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path+".tmp", []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // CI reports whether the tests run in CI, where a skip is a failure.

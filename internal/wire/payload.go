@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 )
 
 // ErrPayload reports a payload that does not parse.
@@ -48,46 +47,15 @@ type WorkerData struct {
 // Marshal renders d byte for byte as the reference worker's json.dumps does:
 // {"ExternalAddress": "gw04.ext.ffmuc.net", "Port": 51820, "PublicKey": "…", "LinkAddress": "fe80::1"}.
 func (d WorkerData) Marshal() []byte {
-	var b bytes.Buffer
-	b.WriteString(`{"ExternalAddress": `)
-	writePyString(&b, d.ExternalAddress)
-	b.WriteString(`, "Port": `)
-	b.WriteString(strconv.Itoa(d.Port))
-	b.WriteString(`, "PublicKey": `)
-	writePyString(&b, d.PublicKey)
-	b.WriteString(`, "LinkAddress": `)
-	writePyString(&b, d.LinkAddress)
-	b.WriteString("}")
-	return b.Bytes()
-}
-
-// writePyString writes s as Python's json.dumps does by default: ASCII only, \uXXXX for everything else.
-func writePyString(b *bytes.Buffer, s string) {
-	b.WriteByte('"')
-	for _, r := range s {
-		switch {
-		case r == '"':
-			b.WriteString(`\"`)
-		case r == '\\':
-			b.WriteString(`\\`)
-		case r == '\n':
-			b.WriteString(`\n`)
-		case r == '\r':
-			b.WriteString(`\r`)
-		case r == '\t':
-			b.WriteString(`\t`)
-		case r < 0x20 || r == utf8.RuneError:
-			fmt.Fprintf(b, `\u%04x`, r)
-		case r < 0x7f:
-			b.WriteRune(r)
-		case r > 0xffff:
-			r -= 0x10000
-			fmt.Fprintf(b, `\u%04x\u%04x`, 0xd800+(r>>10), 0xdc00+(r&0x3ff))
-		default:
-			fmt.Fprintf(b, `\u%04x`, r)
-		}
-	}
-	b.WriteByte('"')
+	b := append(make([]byte, 0, 192), `{"ExternalAddress": `...)
+	b = AppendPyString(b, d.ExternalAddress)
+	b = append(b, `, "Port": `...)
+	b = strconv.AppendInt(b, int64(d.Port), 10)
+	b = append(b, `, "PublicKey": `...)
+	b = AppendPyString(b, d.PublicKey)
+	b = append(b, `, "LinkAddress": `...)
+	b = AppendPyString(b, d.LinkAddress)
+	return append(b, '}')
 }
 
 // maxDataPayload bounds a worker data payload; the real ones are about 150 bytes.

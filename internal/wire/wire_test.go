@@ -175,7 +175,8 @@ func TestWorkerDataMarshal(t *testing.T) {
 	if got := string(d.Marshal()); got != want {
 		t.Errorf("Marshal() = %s\nwant       %s", got, want)
 	}
-	if got := string((WorkerData{ExternalAddress: "gä<\""}).Marshal()); !strings.HasPrefix(got, `{"ExternalAddress": "g\u00e4<\""`) {
+	// As python3 -c 'import json; print(json.dumps({"ExternalAddress": "gä<\"\b\f\x7f😀"}))' writes it.
+	if got := string((WorkerData{ExternalAddress: "gä<\"\b\f\x7f😀"}).Marshal()); !strings.HasPrefix(got, `{"ExternalAddress": "g\u00e4<\"\b\f\u007f\ud83d\ude00"`) {
 		t.Errorf("Marshal() escapes as %s", got)
 	}
 }
