@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -49,10 +50,13 @@ func TestClientTLS(t *testing.T) {
 	noCert, noCA := good, good
 	noCert.CertFile, noCert.KeyFile, noCert.ClientID = "", "", "no-cert"
 	noCA.CAFile, noCA.ClientID = "", "no-ca"
+	// Without a certificate, TLS 1.3 completes the client's side of the handshake before the server checks it: the
+	// server's "certificate required" alert can lose the race against its closing the connection, which the client
+	// then sees as a reset. Either way the server refused it; the trust failure is the client's own and certain.
 	for _, tc := range []struct {
 		s    config.MQTTServer
-		want string
-	}{{noCert, "certificate required"}, {noCA, "certificate signed by unknown authority"}} {
+		want []string
+	}{{noCert, []string{"certificate required", "connection reset by peer"}}, {noCA, []string{"certificate signed by unknown authority"}}} {
 		log, logs := testenv.CaptureLogger(t)
 		b, err := New(log, Options{Server: tc.s})
 		if err != nil {
@@ -60,7 +64,9 @@ func TestClientTLS(t *testing.T) {
 		}
 		b.Serve()
 		defer b.Close()
-		testenv.Eventually(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), tc.want) }, "%s: no %q in %s", tc.s.ClientID, tc.want, logs)
+		testenv.Eventually(t, 20*time.Second, func() bool {
+			return slices.ContainsFunc(tc.want, func(w string) bool { return strings.Contains(logs.String(), w) })
+		}, "%s: none of %q in %s", tc.s.ClientID, tc.want, logs)
 		if b.Connected() {
 			t.Errorf("%s connected", tc.s.ClientID)
 		}
