@@ -269,6 +269,8 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 		DisconnectPacketBuilder: func() *paho.Disconnect { return &paho.Disconnect{ReasonCode: 0x04} },
 		ClientConfig: paho.ClientConfig{
 			ClientID: a.opts.Name,
+			// A PINGRESP queued behind a burst of keys does not end a connection that delivers them.
+			PingHandler: &pinger{},
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 				a.HandleMessage(pr.Packet.Topic, pr.Packet.Payload)
 				return true, nil
