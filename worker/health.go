@@ -15,7 +15,8 @@ import (
 // (Gluon checks http://[link address%wg]/, port 80, path /). It answers from the gateway's own health: 200 while
 // the domain's device is readable, 503 when it is not or while the worker drains for shutdown. The broker's
 // reachability plays no part: the tunnels carry traffic without it, and a node that sees the check fail tears
-// its tunnel down. A domain whose interface is missing is retried every few seconds.
+// its tunnel down. A domain whose interface is missing is retried every few seconds. One device read answers a
+// domain's checks for healthFresh.
 type healthServer struct {
 	a        *Agent
 	port     int
@@ -24,9 +25,22 @@ type healthServer struct {
 	servers  map[string]*http.Server
 	done     chan struct{}
 	wg       sync.WaitGroup
+
+	checkMu sync.Mutex // held during a read: requests arriving meanwhile wait for its answer
+	checked map[dataplane.Link]healthCheck
+}
+
+// healthCheck is the result of the last device read for the health check.
+type healthCheck struct {
+	at  time.Time
+	err error
 }
 
 const healthRetry = 5 * time.Second
+
+// healthFresh is how long one device read answers the health checks of a domain. Every node asks once a minute,
+// and a read lists every peer under the dataplane's lock: one read per request would keep the lock from the loop.
+const healthFresh = 5 * time.Second
 
 func newHealthServer(a *Agent, port int, draining func() bool) *healthServer {
 	h := &healthServer{a: a, port: port, draining: draining, servers: map[string]*http.Server{}, done: make(chan struct{})}
@@ -102,12 +116,28 @@ func (h *healthServer) serve(w http.ResponseWriter, link dataplane.Link) {
 		_, _ = w.Write([]byte("shutting down\n"))
 		return
 	}
-	if _, err := h.a.dp.Device(link); err != nil {
+	if err := h.deviceErr(link); err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte("device not readable\n"))
 		return
 	}
 	_, _ = w.Write([]byte("OK\n"))
+}
+
+// deviceErr reads link's device, or answers from a read less than healthFresh old.
+func (h *healthServer) deviceErr(link dataplane.Link) error {
+	h.checkMu.Lock()
+	defer h.checkMu.Unlock()
+	now := h.a.opts.Now()
+	if c, ok := h.checked[link]; ok && !now.Before(c.at) && now.Sub(c.at) < healthFresh {
+		return c.err
+	}
+	_, err := h.a.dp.Device(link)
+	if h.checked == nil {
+		h.checked = map[dataplane.Link]healthCheck{}
+	}
+	h.checked[link] = healthCheck{at: now, err: err}
+	return err
 }
 
 func (h *healthServer) close() {
