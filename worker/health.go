@@ -14,22 +14,46 @@ import (
 // healthServer answers the Gluon nodes' uplink check: HTTP GET on the gateway's link address on wg-{domain}
 // (Gluon checks http://[link address%wg]/, port 80, path /). It answers from the gateway's own health: 200 while
 // the domain's device is readable, 503 when it is not or while the worker drains for shutdown. The broker's
-// reachability plays no part: the tunnels carry traffic without it, and a node that sees the check fail tears
-// its tunnel down. A domain whose interface is missing is retried every few seconds.
+// reachability plays no part: the tunnels carry traffic without them, and a node that sees the check fail tears
+// its tunnel down. Every few seconds each domain's listener is made to match its interface: started once the
+// interface exists, and started again when the interface was re-created or its link address changed (a listener
+// stays bound to the interface it was opened on). One device read answers a domain's checks for healthFresh.
 type healthServer struct {
 	a        *Agent
 	port     int
 	draining func() bool
 	mu       sync.Mutex
-	servers  map[string]*http.Server
+	servers  map[string]listening
 	done     chan struct{}
 	wg       sync.WaitGroup
+
+	checkMu sync.Mutex // held during a read: requests arriving meanwhile wait for its answer
+	checked map[dataplane.Link]healthCheck
+}
+
+// listening is a domain's health listener and the interface it is bound to.
+type listening struct {
+	srv   *http.Server
+	index int
+	addr  string
+}
+
+// healthCheck is the result of the last device read for the health check.
+type healthCheck struct {
+	at    time.Time
+	index int
+	addr  string
+	err   error
 }
 
 const healthRetry = 5 * time.Second
 
+// healthFresh is how long one device read answers the health checks of a domain. Every node asks once a minute,
+// and a read lists every peer under the dataplane's lock: one read per request would keep the lock from the loop.
+const healthFresh = 5 * time.Second
+
 func newHealthServer(a *Agent, port int, draining func() bool) *healthServer {
-	h := &healthServer{a: a, port: port, draining: draining, servers: map[string]*http.Server{}, done: make(chan struct{})}
+	h := &healthServer{a: a, port: port, draining: draining, servers: map[string]listening{}, done: make(chan struct{})}
 	h.wg.Add(1)
 	go h.loop()
 	return h
@@ -40,9 +64,7 @@ func (h *healthServer) loop() {
 	t := time.NewTicker(healthRetry)
 	defer t.Stop()
 	for {
-		if h.listenAll() {
-			return
-		}
+		h.listenAll()
 		select {
 		case <-h.done:
 			return
@@ -51,38 +73,48 @@ func (h *healthServer) loop() {
 	}
 }
 
-// listenAll starts a listener for every domain that has none yet and reports whether all have one.
-func (h *healthServer) listenAll() bool {
-	all := true
+// listenAll starts a listener for every domain whose device is readable and has none bound to its current
+// interface and link address. A device that cannot be read keeps its listener: the next good read decides.
+func (h *healthServer) listenAll() {
 	for _, d := range h.a.Domains() {
+		link := h.a.link(d)
+		c := h.check(link)
+		if c.err != nil {
+			continue
+		}
 		h.mu.Lock()
-		_, ok := h.servers[d]
+		old, ok := h.servers[d]
 		h.mu.Unlock()
+		if ok && old.index == c.index && old.addr == c.addr {
+			continue
+		}
 		if ok {
-			continue
+			h.a.log.Info("health check interface changed, listening again", "domain", d)
+			_ = old.srv.Close()
 		}
-		dev, err := h.a.dp.Device(h.a.link(d))
-		if err != nil {
-			all = false
-			continue
+		// The zone by index: Go caches interface names for a minute, so a re-created interface's name would still
+		// resolve to the old, gone index.
+		zone := link.WG
+		if c.index > 0 {
+			zone = strconv.Itoa(c.index)
 		}
-		addr := net.JoinHostPort(dev.LinkAddress+"%"+h.a.link(d).WG, strconv.Itoa(h.port))
+		addr := net.JoinHostPort(c.addr+"%"+zone, strconv.Itoa(h.port))
 		ln, err := h.listen(addr)
 		if err != nil {
 			h.a.log.Warn("health listener", "domain", d, "address", addr, "err", err)
-			all = false
+			h.mu.Lock()
+			delete(h.servers, d)
+			h.mu.Unlock()
 			continue
 		}
-		link := h.a.link(d)
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.serve(w, link) }), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
 		h.mu.Lock()
-		h.servers[d] = srv
+		h.servers[d] = listening{srv: srv, index: c.index, addr: c.addr}
 		h.mu.Unlock()
 		h.wg.Add(1)
 		go func() { defer h.wg.Done(); _ = srv.Serve(ln) }()
-		h.a.log.Info("health check listening", "domain", d, "address", addr)
+		h.a.log.Info("health check listening", "domain", d, "interface", link.WG, "address", addr)
 	}
-	return all
 }
 
 // listen opens the listener in the dataplane's network namespace when the dataplane can (kernel.Dataplane).
@@ -102,7 +134,7 @@ func (h *healthServer) serve(w http.ResponseWriter, link dataplane.Link) {
 		_, _ = w.Write([]byte("shutting down\n"))
 		return
 	}
-	if _, err := h.a.dp.Device(link); err != nil {
+	if c := h.check(link); c.err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte("device not readable\n"))
 		return
@@ -110,13 +142,30 @@ func (h *healthServer) serve(w http.ResponseWriter, link dataplane.Link) {
 	_, _ = w.Write([]byte("OK\n"))
 }
 
+// check reads link's device, or answers from a read less than healthFresh old.
+func (h *healthServer) check(link dataplane.Link) healthCheck {
+	h.checkMu.Lock()
+	defer h.checkMu.Unlock()
+	now := h.a.opts.Now()
+	if c, ok := h.checked[link]; ok && !now.Before(c.at) && now.Sub(c.at) < healthFresh {
+		return c
+	}
+	dev, err := h.a.dp.Device(link)
+	if h.checked == nil {
+		h.checked = map[dataplane.Link]healthCheck{}
+	}
+	c := healthCheck{at: now, index: dev.Index, addr: dev.LinkAddress, err: err}
+	h.checked[link] = c
+	return c
+}
+
 func (h *healthServer) close() {
 	close(h.done)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	h.mu.Lock()
-	for _, s := range h.servers {
-		_ = s.Shutdown(ctx)
+	for _, l := range h.servers {
+		_ = l.srv.Shutdown(ctx)
 	}
 	h.mu.Unlock()
 	h.wg.Wait()

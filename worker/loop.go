@@ -83,9 +83,6 @@ func (a *Agent) pass() time.Time {
 				next = t
 			}
 		}
-		if !ds.nextRetry.IsZero() && (next.IsZero() || ds.nextRetry.Before(next)) {
-			next = ds.nextRetry
-		}
 		a.m.desired.WithLabelValues(d).Set(float64(len(ds.want)))
 		a.m.pending.WithLabelValues(d).Set(float64(len(ds.failures)))
 	}
@@ -147,7 +144,19 @@ func (a *Agent) reconcile(ds *domainState, now time.Time, arrived map[string]boo
 	}
 	ds.nextRetry = time.Time{}
 	for k := range ds.failures {
-		if w := ds.want[k]; ds.nextRetry.IsZero() || w.RetryAt.Before(ds.nextRetry) {
+		w, wanted := ds.want[k]
+		if h := ds.have[k]; !wanted || (h.Peer && h.Route && h.FDB) {
+			// In place after all (a device read found it so) or no longer wanted: nothing is left to retry, and
+			// a retry time in the past would make every pass ask for the next one at once.
+			delete(ds.failures, k)
+			delete(ds.received, k)
+			if wanted {
+				w.RetryAt = time.Time{}
+				ds.want[k] = w
+			}
+			continue
+		}
+		if ds.nextRetry.IsZero() || w.RetryAt.Before(ds.nextRetry) {
 			ds.nextRetry = w.RetryAt
 		}
 	}

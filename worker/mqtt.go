@@ -159,7 +159,7 @@ func (s *session) next() (uint64, context.Context) {
 	}
 	s.gen++
 	s.a.replays.reset()
-	ctx, cancel := context.WithTimeout(s.base, 30*time.Second)
+	ctx, cancel := context.WithCancel(s.base)
 	s.cancel = cancel
 	s.up, s.ready = false, map[string]bool{}
 	s.a.m.mqttUp.Set(0)
@@ -250,6 +250,8 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 		DisconnectPacketBuilder: func() *paho.Disconnect { return &paho.Disconnect{ReasonCode: 0x04} },
 		ClientConfig: paho.ClientConfig{
 			ClientID: a.opts.Name,
+			// A PINGRESP queued behind a burst of keys does not end a connection that delivers them.
+			PingHandler: &pinger{},
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 				a.HandleMessage(pr.Packet.Topic, pr.Packet.Payload)
 				return true, nil
@@ -321,17 +323,35 @@ func every(interval time.Duration, done <-chan struct{}, fn func()) {
 	}
 }
 
+// maxSetupDelay caps the doubling wait before the connection setup is tried again.
+const maxSetupDelay = 30 * time.Second
+
 // connected runs after every (re)connect: subscribe, publish endpoint data per domain, status 1, metrics, and ask
-// the broker to replay the keys of the ready domains. It changes the session state only while gen is current.
+// the broker to replay the keys of the ready domains. A step that fails (a SUBSCRIBE or PUBLISH lost, or its
+// acknowledgement later than paho waits) makes it start over after a doubling delay, each step being idempotent,
+// for as long as the connection lasts: a connection is never left without subscriptions or status. It changes
+// the session state only while gen is current; ctx ends with the generation.
 func (s *session) connected(ctx context.Context, gen uint64) {
+	for delay := time.Second; !s.setup(ctx, gen); delay = min(2*delay, maxSetupDelay) {
+		s.a.log.Warn("mqtt connection setup failed, retrying", "in", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
+}
+
+// setup runs the steps of connected once and reports whether it is done (set up, or no longer current).
+func (s *session) setup(ctx context.Context, gen uint64) bool {
 	a := s.a
 	sub := &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: wire.ReplayKeysTopic(a.opts.Name), QoS: 1}}}
 	for _, d := range a.Domains() {
 		sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: wire.KeyFilter(d), QoS: 1})
 	}
 	if _, err := s.cm.Load().Subscribe(ctx, sub); err != nil {
-		a.log.Error("mqtt subscribe failed", "err", err)
-		return
+		a.log.Warn("mqtt subscribe failed", "err", err)
+		return ctx.Err() != nil
 	}
 	var ready []string
 	for _, d := range a.Domains() {
@@ -340,16 +360,17 @@ func (s *session) connected(ctx context.Context, gen uint64) {
 		}
 	}
 	if err := s.publish(ctx, wire.StatusTopic(a.opts.Name), []byte("1"), 1, true); err != nil {
-		a.log.Error("publish status", "err", err)
-		return
+		a.log.Warn("publish status", "err", err)
+		return ctx.Err() != nil
 	}
 	if !s.markUp(gen) {
 		a.log.Debug("connection setup outlived its connection", "generation", gen)
-		return
+		return true
 	}
 	a.log.Info("mqtt connected", "ready_domains", ready)
 	s.publishMetrics(ctx)
 	s.requestReplay(ctx, ready)
+	return true
 }
 
 // publishData publishes the domain's endpoint data (QoS 1, retained) and reports success.

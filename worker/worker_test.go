@@ -163,6 +163,40 @@ func TestRetries(t *testing.T) {
 	}
 }
 
+// TestFailedKeyFoundInPlace: a failed key that a device read finds in place (the operator, or a step that failed
+// after taking effect) is done: no retry stays due. (It used to stay failed with its retry time in the past, so
+// every pass asked for the next one 1 ms later: the loop spun until the process ended.)
+func TestFailedKeyFoundInPlace(t *testing.T) {
+	fake := dataplane.NewFake(welt)
+	broken := true
+	fake.Fail = func(step, key string) error {
+		if broken && step == "route" && key == keyA {
+			return errors.New("netlink: no buffer space")
+		}
+		return nil
+	}
+	a, c := newAgent(t, fake, nil)
+	enqueue(t, a, "ffmuc_welt", keyA)
+	if next := a.pass(); next.IsZero() {
+		t.Fatal("no retry scheduled for the failed key")
+	}
+	broken = false
+	if err := fake.AddPeers(welt, []string{keyA}); err != nil { // the route is there after all
+		t.Fatal(err)
+	}
+	a.Sync("ffmuc_welt", false)
+	a.pass()
+	c.advance(time.Minute)
+	for i := 0; i < 3; i++ {
+		if next := a.pass(); !next.IsZero() {
+			t.Fatalf("pass %d: next pass due at %v (now %v) with nothing to do", i, next, c.now())
+		}
+	}
+	if diff := cmp.Diff([]string{"add wg-welt 1", "add wg-welt 1"}, fake.Log); diff != "" {
+		t.Errorf("calls (-want +got):\n%s", diff)
+	}
+}
+
 // TestWholeCallFailure: an AddPeers failure that names no key fails every key of the call; they are retried.
 func TestWholeCallFailure(t *testing.T) {
 	fake := dataplane.NewFake(welt)

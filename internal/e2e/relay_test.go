@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -161,4 +164,87 @@ func TestStopWhileStatusUnacknowledged(t *testing.T) {
 	if online(d, "gw-slow") {
 		t.Error("worker online again")
 	}
+}
+
+// dropFirst is a TCP proxy in front of upstream that passes every MQTT packet but the client's first of type
+// typ (its fixed header's high nibble): that one the server never sees, as if lost on the way.
+func dropFirst(t *testing.T, upstream string, typ byte) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	var dropped atomic.Bool
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", upstream)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, up)
+			mu.Unlock()
+			go func() { io.Copy(c, up); c.Close() }()
+			go func() {
+				defer up.Close()
+				br := bufio.NewReader(c)
+				for {
+					// Fixed header: the type byte, then the remaining length in base-128 digits, low first.
+					first, err := br.ReadByte()
+					if err != nil {
+						return
+					}
+					pk, n := []byte{first}, 0
+					for shift := 0; ; shift += 7 {
+						d, err := br.ReadByte()
+						if err != nil {
+							return
+						}
+						pk, n = append(pk, d), n|int(d&0x7f)<<shift
+						if d < 0x80 {
+							break
+						}
+					}
+					body := make([]byte, n)
+					if _, err := io.ReadFull(br, body); err != nil {
+						return
+					}
+					if first>>4 == typ && dropped.CompareAndSwap(false, true) {
+						continue
+					}
+					if _, err := up.Write(append(pk, body...)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestSetupRetried: the worker's SUBSCRIBE after connecting is lost (or answered too late). The worker tries its
+// setup again on the same connection, and comes online with its subscriptions. (It used to give up the setup for
+// as long as the connection lasted: connected, never subscribed, never online, no keys.)
+func TestSetupRetried(t *testing.T) {
+	d := startBroker(t, brokerConfig(t, filepath.Join(t.TempDir(), "state.db"), "127.0.0.1:0", "127.0.0.1:0", ""))
+	fake := dataplane.NewFake(dataplane.LinkFor("welt"))
+	startAgent(t, fake, "gw-lost", map[string]string{"ffmuc_welt": "welt"}, mqttOpts(dropFirst(t, d.MQTTAddr(), 8)))
+	testenv.Eventually(t, 60*time.Second, func() bool { return online(d, "gw-lost") }, "worker not online after its SUBSCRIBE was lost")
+	post(t, d.HTTPAddr(), "v1", "ffmuc_welt", nodeKey)
+	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey+" peer route fdb") }, "key not applied")
 }

@@ -188,9 +188,22 @@ func reverse(s []string) []string {
 }
 
 // TestFailingKeyRetried: a key the dataplane refuses is retried by the worker's own loop (with a doubling delay,
-// no replay from the broker), and applied once the dataplane works again: nothing is lost.
+// no replay from the broker: it used to ask for the whole domain every metrics interval), and applied once the
+// dataplane works again: nothing is lost.
 func TestFailingKeyRetried(t *testing.T) {
 	d := startBroker(t, brokerConfig(t, filepath.Join(t.TempDir(), "state.db"), "127.0.0.1:0", "127.0.0.1:0", ""))
+	requests := func() float64 {
+		fams, err := d.Metrics.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range fams {
+			if f.GetName() == "wgkex_broker_replay_requests_total" {
+				return f.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		return -1
+	}
 	fake := dataplane.NewFake(dataplane.LinkFor("welt"))
 	var broken atomic.Bool
 	broken.Store(true)
@@ -203,9 +216,14 @@ func TestFailingKeyRetried(t *testing.T) {
 	a, _ := startAgent(t, fake, "gw-broken", map[string]string{"ffmuc_welt": "welt"}, mqttOpts(d.MQTTAddr()))
 	testenv.Eventually(t, 10*time.Second, func() bool { return online(d, "gw-broken") }, "worker not online")
 	post(t, d.HTTPAddr(), "v1", "ffmuc_welt", nodeKey)
-	testenv.Eventually(t, 30*time.Second, func() bool { return a.Stats().Failed >= 2 }, "key not retried")
+	testenv.Eventually(t, 30*time.Second, func() bool { return a.Stats().Failed >= 6 }, "key not retried")
+	// Five retries take 100+200+…+1600 ms, fifteen metrics intervals (200 ms): the worker asked for a replay at
+	// connect (once more at most, had the answer been late), and not because of the failing key.
+	if got := requests(); got < 1 || got > 2 {
+		t.Errorf("%v replay requests, want 1", got)
+	}
 	broken.Store(false)
-	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey+" peer route fdb") }, "failed key not retried: %s", fake.String())
+	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey+" peer route fdb") }, "failed key not retried: %v", lazy(fake.String))
 }
 
 // TestReplayRequestRetried: a replay request that no broker receives is lost (MQTT drops a message nobody

@@ -87,3 +87,37 @@ func TestHealthWithoutBroker(t *testing.T) {
 		return string(out) == "200"
 	}, "health check without a broker: %s, want 200", out)
 }
+
+// TestHealthAfterInterfaceRecreated: the operator deletes and re-creates wg-welt (and vx-welt) while the worker
+// runs. The health listener was bound to the old interface; the worker listens again on the new one. (It kept the
+// dead listener: every node's check failed, and Gluon nodes tore their tunnels down every minute until the
+// worker was restarted.)
+func TestHealthAfterInterfaceRecreated(t *testing.T) {
+	testenv.Tool(t, "curl")
+	ns := testenv.NewNS(t)
+	key := testenv.NewKey(t)
+	create := func() func() {
+		var closeDev func()
+		if err := ns.Do(func() (err error) { closeDev, err = testenv.UserspaceDevice("wg-welt", key, 51820); return err }); err != nil {
+			t.Fatal(err)
+		}
+		ns.Run(t, "ip", "link", "set", "wg-welt", "addrgenmode", "none")
+		ns.Run(t, "ip", "link", "set", "wg-welt", "up")
+		ns.Run(t, "ip", "-6", "addr", "add", "fe80::1/64", "dev", "wg-welt", "nodad")
+		ns.Run(t, "ip", "link", "add", "vx-welt", "type", "vxlan", "id", "4242", "dstport", "8472", "local", "fe80::1", "dev", "wg-welt")
+		ns.Run(t, "ip", "link", "set", "vx-welt", "up")
+		return closeDev
+	}
+	closeDev := create()
+	runAgent(t, ns, "gw-recreated", testenv.NewRelay(t).Addr(), 8080)
+	health := func() string {
+		out, _ := ns.Command("curl", "-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}", "http://[fe80::1%wg-welt]:8080/").Output()
+		return string(out)
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool { return health() == "200" }, "no health check answer")
+	ns.Command("ip", "link", "del", "vx-welt").Run()
+	closeDev()
+	closeDev = create()
+	t.Cleanup(closeDev)
+	testenv.Eventually(t, 30*time.Second, func() bool { return health() == "200" }, "no health check answer on the re-created interface")
+}

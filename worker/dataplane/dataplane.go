@@ -25,6 +25,8 @@ func LinkFor(stripped string) Link {
 
 // Device is what the worker reads of a domain's WireGuard device.
 type Device struct {
+	// Index is the WireGuard link's interface index; an interface deleted and created again has a new one.
+	Index      int
 	ListenPort int
 	PublicKey  string
 	// LinkAddress is the device's IPv6 link-local address (else its first address), without prefix length.

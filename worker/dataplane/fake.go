@@ -14,8 +14,9 @@ var ErrNoDevice = errors.New("no such device")
 
 // Fake is an in-memory Dataplane for tests. Its String method prints the state as text.
 type Fake struct {
-	mu    sync.Mutex
-	links map[Link]*fakeLink
+	mu      sync.Mutex
+	links   map[Link]*fakeLink
+	indexes int // interface indexes handed out
 	// Fail, when set, is asked before every step ("device", "forwarding", "add" with no key, "peer", "route",
 	// "fdb", "remove-fdb", "remove-route", "remove-peer"); a non-nil answer fails that step.
 	Fail func(step, key string) error
@@ -41,12 +42,14 @@ func NewFake(links ...Link) *Fake {
 	return f
 }
 
-// AddLink creates a link (as an operator creating wg-X and vx-X would).
+// AddLink creates a link (as an operator creating wg-X and vx-X would); a link created again is empty and has a
+// new interface index.
 func (f *Fake) AddLink(l Link) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.indexes++
 	f.links[l] = &fakeLink{
-		dev:   Device{ListenPort: 51820, PublicKey: "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=", LinkAddress: "fe80::1"},
+		dev:   Device{Index: f.indexes, ListenPort: 51820, PublicKey: "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=", LinkAddress: "fe80::1"},
 		peers: map[string]time.Time{}, route: map[string]bool{}, fdb: map[string]bool{},
 	}
 }

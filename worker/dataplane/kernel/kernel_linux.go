@@ -131,7 +131,7 @@ func (d *Dataplane) Device(link dataplane.Link) (dataplane.Device, error) {
 	if err != nil {
 		return dataplane.Device{}, fmt.Errorf("link address of %s: %w", link.WG, err)
 	}
-	out := dataplane.Device{ListenPort: dev.ListenPort, PublicKey: dev.PublicKey.String(), LinkAddress: la,
+	out := dataplane.Device{Index: l.Attrs().Index, ListenPort: dev.ListenPort, PublicKey: dev.PublicKey.String(), LinkAddress: la,
 		Peers: make([]dataplane.Peer, 0, len(dev.Peers))}
 	for _, p := range dev.Peers {
 		hs := p.LastHandshakeTime

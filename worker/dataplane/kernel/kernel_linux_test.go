@@ -237,7 +237,7 @@ func TestAddRemovePeers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dev.ListenPort != 51820 || dev.LinkAddress != "fe80::1" || len(dev.Peers) != 3 || !dev.Peers[0].LastHandshake.IsZero() {
+	if dev.Index == 0 || dev.ListenPort != 51820 || dev.LinkAddress != "fe80::1" || len(dev.Peers) != 3 || !dev.Peers[0].LastHandshake.IsZero() {
 		t.Errorf("Device = %+v", dev)
 	}
 	for i := 0; i < 2; i++ {
