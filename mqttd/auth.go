@@ -38,11 +38,13 @@ const (
 	reasonProtocol       = "protocol"         // first packet not CONNECT, bad TLS handshake
 	reasonSlowConsumer   = "slow_consumer"    // outbound queue full: the client stopped reading
 	reasonSubscriptions  = "subscriptions"    // more subscriptions than the limit per client
+	reasonPerAddress     = "per_address"      // too many connections without a credential from one address
 )
 
 var allReasons = []string{reasonBadLogin, reasonLoginBackoff, reasonAnonymous, reasonClientID, reasonUnknownWorker,
 	reasonTakeover, reasonWill, reasonPublish, reasonSubscribe, reasonMaxConnections, reasonMaxClients,
-	reasonPacketTooLarge, reasonConnectTimeout, reasonProtocol, reasonSlowConsumer, reasonSubscriptions}
+	reasonPacketTooLarge, reasonConnectTimeout, reasonProtocol, reasonSlowConsumer, reasonSubscriptions,
+	reasonPerAddress}
 
 // Failed logins: the first failure from an address delays the refusal by loginDelay; every further failure
 // within failureMemory doubles a lockout (up to maxLockout) during which logins from the address are refused

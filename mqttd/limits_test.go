@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
 // countHandler counts the log records with a given message.
@@ -160,5 +161,92 @@ func TestSessionAndKeepaliveBounded(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"wgkex_mqtt_clients", "wgkex_mqtt_refused_total"}, names); diff != "" {
 		t.Errorf("metrics (-want +got):\n%s", diff)
+	}
+}
+
+// dialFrom returns a dial function for testenv.ClientOptions that connects from the loopback address ip.
+func dialFrom(ip string) func(network, addr string) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+	return d.Dial
+}
+
+const perAddressLog = "mqtt connections refused: too many without a credential from one address"
+
+// TestConnectionFloodFromOneAddress: one address opens many connections that never send CONNECT. It used to take
+// every slot (max_clients) and lock every gateway out until the flood stopped; now it holds at most
+// max_unauthenticated_per_address of them, the rest are refused (counted, logged once), and a gateway from
+// another address still connects. Once the flood closes, the address can connect again.
+func TestConnectionFloodFromOneAddress(t *testing.T) {
+	f := newFleetCounting(t, func(o *Options) {
+		o.Limits.MaxClients, o.Limits.ConnectTimeout = 40, time.Minute
+	}, perAddressLog)
+	flood := dialFrom("127.0.0.2")
+	var idle []net.Conn
+	for range 100 {
+		c, err := flood("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	testenv.Eventually(t, 10*time.Second, func() bool { return f.refusedN(reasonPerAddress) == 100-32 },
+		"the flood was not refused per address (refused for max_connections: %d)", f.refusedN(reasonMaxConnections))
+	a := f.connect(t, "gw-a", "gw-a", "pa")
+	a.Publish(t, wire.StatusTopic("gw-a"), "1", 1, false)
+	if n := f.logged.Load(); n != 1 {
+		t.Errorf("%d log lines for the flood, want 1", n)
+	}
+	if n := f.refusedN(reasonMaxConnections); n != 0 {
+		t.Errorf("%d connections refused for max_connections", n)
+	}
+	for _, c := range idle {
+		c.Close()
+	}
+	idle = nil
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		c, err := testenv.Dial(f.addr, "gw-b", testenv.ClientOptions{Username: "gw-b", Password: "pb", Dial: flood})
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, "the address cannot connect after its flood closed")
+}
+
+// TestUnauthenticatedSlotsReleased: a connection stops counting against its address when it authenticates with
+// a credential, so one address (a NAT in front of several gateways) can hold more gateways than the limit;
+// anonymous clients count for as long as they are connected, and their slots come back when they leave.
+func TestUnauthenticatedSlotsReleased(t *testing.T) {
+	f := newFleet(t, func(o *Options) { o.Limits.MaxUnauthenticatedPerAddress, o.AllowAnonymous = 3, true })
+	nat := dialFrom("127.0.0.3")
+	for _, who := range [][3]string{{"gw-a", "gw-a", "pa"}, {"gw-b", "gw-b", "pb"}, {"gw-c", "wgkex", "shared"},
+		{"mon", "mon", "pm"}} {
+		testenv.Connect(t, f.addr, who[0], testenv.ClientOptions{Username: who[1], Password: who[2], Dial: nat})
+	}
+	anon := dialFrom("127.0.0.4")
+	var readers []*testenv.Client
+	for _, id := range []string{"r1", "r2", ""} {
+		readers = append(readers, testenv.Connect(t, f.addr, id, testenv.ClientOptions{Dial: anon}))
+	}
+	if _, err := testenv.Dial(f.addr, "r4", testenv.ClientOptions{Dial: anon}); err == nil {
+		t.Fatal("a fourth anonymous client from one address accepted")
+	}
+	if n := f.refusedN(reasonPerAddress); n != 1 {
+		t.Errorf("%d refusals per address, want 1", n)
+	}
+	readers[0].Close()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		c, err := testenv.Dial(f.addr, "r4", testenv.ClientOptions{Dial: anon})
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, "the slot of a disconnected anonymous client did not come back")
+	if n := f.s.Clients(); n < 4 {
+		t.Errorf("%d clients connected, want the 4 from 127.0.0.3 still there", n)
 	}
 }

@@ -60,6 +60,10 @@ type Limits struct {
 	MaxPacketSize uint32
 	// MaxClients bounds the open connections, counting those that have not sent CONNECT yet.
 	MaxClients int
+	// MaxUnauthenticatedPerAddress bounds the open connections from one address (IPv6: one /64) that have not
+	// authenticated with a credential: those before or during CONNECT and those of anonymous clients. It keeps
+	// one address from taking the MaxClients slots of every gateway.
+	MaxUnauthenticatedPerAddress int
 	// ConnectTimeout is how long a new connection has for its TLS handshake and CONNECT packet.
 	ConnectTimeout time.Duration
 	// MaxSessionExpiry bounds how long a disconnected client's session is kept.
@@ -71,8 +75,8 @@ type Limits struct {
 
 // DefaultLimits returns the limits used for zero fields of Options.Limits.
 func DefaultLimits() Limits {
-	return Limits{MaxPacketSize: 64 << 10, MaxClients: 4096, ConnectTimeout: 10 * time.Second,
-		MaxSessionExpiry: time.Hour, MaxPending: 8192}
+	return Limits{MaxPacketSize: 64 << 10, MaxClients: 4096, MaxUnauthenticatedPerAddress: 32,
+		ConnectTimeout: 10 * time.Second, MaxSessionExpiry: time.Hour, MaxPending: 8192}
 }
 
 // Options configure a Server.
@@ -163,8 +167,9 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 		}
 	}()
 	slots := make(chan struct{}, lim.MaxClients)
+	uncredited := &addrCounts{max: lim.MaxUnauthenticatedPerAddress, m: map[netip.Prefix]*addrCount{}}
 	for i, lc := range opts.Listeners {
-		l := &listener{id: "tcp" + strconv.Itoa(i), address: lc.Address, slots: slots,
+		l := &listener{id: "tcp" + strconv.Itoa(i), address: lc.Address, slots: slots, uncredited: uncredited,
 			connectTimeout: lim.ConnectTimeout, refused: s.refused, log: log}
 		if lc.CertFile != "" {
 			if l.tls, err = serverTLS(lc); err != nil {
@@ -217,6 +222,9 @@ func withDefaults(l Limits) Limits {
 	}
 	if l.MaxClients == 0 {
 		l.MaxClients = d.MaxClients
+	}
+	if l.MaxUnauthenticatedPerAddress == 0 {
+		l.MaxUnauthenticatedPerAddress = d.MaxUnauthenticatedPerAddress
 	}
 	if l.ConnectTimeout == 0 {
 		l.ConnectTimeout = d.ConnectTimeout
@@ -460,6 +468,9 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		}
 	}
 	s.failures.succeed(key)
+	if id.via != "anonymous" {
+		c.credited()
+	}
 	c.id.Store(id)
 	s.log.Info("mqtt client authenticated", "client", id.name, "remote", cl.Net.Remote, "via", id.via,
 		"worker", id.worker, "monitor", id.monitor)

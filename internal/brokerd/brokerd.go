@@ -245,11 +245,12 @@ func mqttOptions(cfg *config.Config, st *store.Store) mqttd.Options {
 		SharedPassword: cfg.MQTT.Password,
 		AllowAnonymous: cfg.Broker.AllowAnonymous,
 		Limits: mqttd.Limits{
-			MaxPacketSize:    uint32(cfg.Broker.MQTTLimits.MaxPacketSize),
-			MaxClients:       cfg.Broker.MQTTLimits.MaxClients,
-			ConnectTimeout:   cfg.Broker.MQTTLimits.ConnectTimeout.D(),
-			MaxSessionExpiry: cfg.Broker.MQTTLimits.MaxSessionExpiry.D(),
-			MaxPending:       cfg.Broker.MQTTLimits.MaxPending,
+			MaxPacketSize:                uint32(cfg.Broker.MQTTLimits.MaxPacketSize),
+			MaxClients:                   cfg.Broker.MQTTLimits.MaxClients,
+			MaxUnauthenticatedPerAddress: cfg.Broker.MQTTLimits.MaxUnauthenticatedPerAddress,
+			ConnectTimeout:               cfg.Broker.MQTTLimits.ConnectTimeout.D(),
+			MaxSessionExpiry:             cfg.Broker.MQTTLimits.MaxSessionExpiry.D(),
+			MaxPending:                   cfg.Broker.MQTTLimits.MaxPending,
 		},
 		Retained: st,
 	}
