@@ -5,18 +5,21 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	"github.com/google/go-cmp/cmp"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
@@ -113,13 +116,15 @@ func TestAcceptSurvivesFileLimit(t *testing.T) {
 	}, "the listener did not accept again after descriptors were freed")
 }
 
-// TestSessionAndKeepaliveBounded: a raw MQTT 5 CONNECT asking for a session kept forever and no keepalive gets
+// TestSessionAndKeepaliveBounded: a worker's raw MQTT 5 CONNECT asking for a session kept forever and no keepalive gets
 // both bounded in its CONNACK; the refusal metrics and the client gauge are registered.
 func TestSessionAndKeepaliveBounded(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	s := start(t, Options{Metrics: reg, Limits: Limits{MaxSessionExpiry: 90 * time.Second}}, nil)
+	s := start(t, Options{Metrics: reg, Limits: Limits{MaxSessionExpiry: 90 * time.Second},
+		Workers: map[string]Account{"gw04": {PasswordHash: hash(t, "pw")}}}, nil)
 	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
-		Connect:    packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 0, ClientIdentifier: "gw04"},
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 0, ClientIdentifier: "gw04",
+			UsernameFlag: true, Username: []byte("gw04"), PasswordFlag: true, Password: []byte("pw")},
 		Properties: packets.Properties{SessionExpiryInterval: math.MaxUint32, SessionExpiryIntervalFlag: true}}
 	var buf bytes.Buffer
 	if err := connect.ConnectEncode(&buf); err != nil {
@@ -249,4 +254,83 @@ func TestUnauthenticatedSlotsReleased(t *testing.T) {
 	if n := f.s.Clients(); n < 4 {
 		t.Errorf("%d clients connected, want the 4 from 127.0.0.3 still there", n)
 	}
+}
+
+// keepSession connects as id asking for its session to be kept for an hour after it leaves (MQTT 5: clean
+// start off and a session expiry; MQTT 3.1.1: clean session off), subscribes to a key filter and disconnects.
+func keepSession(t *testing.T, addr, id, user, pass string, v5 bool) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !v5 {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+			Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: id}}
+		var buf bytes.Buffer
+		if err := pk.ConnectEncode(&buf); err != nil {
+			t.Fatal(err)
+		}
+		c.Write(buf.Bytes())
+		ack := make([]byte, 4)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 || ack[3] != 0 {
+			t.Fatalf("MQTT 3.1.1 connect as %s: %x %v", id, ack, err)
+		}
+		c.Write([]byte{0xe0, 0}) // DISCONNECT
+		return
+	}
+	expiry := uint32(3600)
+	pc := paho.NewClient(paho.ClientConfig{Conn: c})
+	cp := &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: false,
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry}}
+	if user != "" {
+		cp.Username, cp.UsernameFlag, cp.Password, cp.PasswordFlag = user, true, []byte(pass), true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := pc.Connect(ctx, cp); err != nil {
+		t.Fatalf("connect as %s: %v", id, err)
+	}
+	if _, err := pc.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: wire.KeyFilter(welt), QoS: 1}}}); err != nil {
+		t.Fatalf("subscribe as %s: %v", id, err)
+	}
+	pc.Disconnect(&paho.Disconnect{})
+}
+
+// sessions returns the client ids whose sessions the server holds, connected or not, without its own.
+func sessions(s *Server) []string {
+	var ids []string
+	for id, cl := range s.srv.Clients.GetAll() {
+		if !cl.Net.Inline {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// TestAnonymousSessionsEnd: an anonymous client can pick any client id; had it its session kept after it leaves,
+// one client could leave any number of sessions in memory for max_session_expiry. Anonymous sessions end when
+// the client disconnects; those of clients with a credential are kept, one per configured name.
+func TestAnonymousSessionsEnd(t *testing.T) {
+	s := start(t, Options{Domains: []string{welt}}, nil) // no credentials: anonymous on loopback
+	for i := range 40 {
+		keepSession(t, s.Addrs()[0], fmt.Sprintf("x%d", i), "", "", i%2 == 0)
+	}
+	keepSession(t, s.Addrs()[0], "", "", "", true) // an id assigned by the server
+	testenv.Eventually(t, 10*time.Second, func() bool { return len(sessions(s)) == 0 },
+		"anonymous sessions kept after disconnect: %d", len(sessions(s)))
+
+	f := newFleet(t, func(o *Options) { o.AllowAnonymous = true })
+	for range 3 {
+		keepSession(t, f.addr, "gw-a", "gw-a", "pa", true)
+		keepSession(t, f.addr, "gw-c", "wgkex", "shared", true)
+	}
+	for i := range 10 {
+		keepSession(t, f.addr, fmt.Sprintf("reader%d", i), "", "", true)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return slices.Equal(sessions(f.s), []string{"gw-a", "gw-c"}) },
+		"sessions %v, want those of gw-a and gw-c", sessions(f.s))
 }

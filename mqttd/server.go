@@ -468,7 +468,13 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		}
 	}
 	s.failures.succeed(key)
-	if id.via != "anonymous" {
+	if id.via == "anonymous" {
+		// An anonymous client picks any client id: were its session kept after it leaves, one client could
+		// leave any number of sessions in memory for MaxSessionExpiry. It ends at disconnect (a reconnecting
+		// client sees "session present" unset and subscribes again).
+		cl.Properties.Clean = true
+		cl.Properties.Props.SessionExpiryInterval, cl.Properties.Props.SessionExpiryIntervalFlag = 0, true
+	} else {
 		c.credited()
 	}
 	c.id.Store(id)
