@@ -145,6 +145,8 @@ type conn struct {
 	addr       netip.Prefix
 	counted    atomic.Bool
 	dropped    atomic.Bool // disconnected as a slow consumer
+	// superseded: the same client reconnected and takes the session over; its will is not sent.
+	superseded atomic.Bool
 	id         atomic.Pointer[identity]
 }
 

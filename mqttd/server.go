@@ -409,7 +409,7 @@ func (h *authHook) ID() string { return "wgkex-auth" }
 func (h *authHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe, mqtt.OnPublishDropped,
-		mqtt.OnQosPublish, mqtt.OnPublish:
+		mqtt.OnQosPublish, mqtt.OnPublish, mqtt.OnWill:
 		return true
 	}
 	return false
@@ -463,8 +463,9 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 				return refuse(reasonTakeover)
 			}
 			// The same worker reconnects before its old session timed out: mochi disconnects the old one,
-			// whose will ("offline") must not follow the new session's "online".
-			atomic.StoreUint32(&old.Properties.Will.Flag, 0)
+			// whose will ("offline") must not follow the new session's "online" (OnWill). The old client's
+			// own fields are mochi's to write while it disconnects.
+			oc.superseded.Store(true)
 		}
 	}
 	s.failures.succeed(key)
@@ -481,6 +482,18 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	s.log.Info("mqtt client authenticated", "client", id.name, "remote", cl.Net.Remote, "via", id.via,
 		"worker", id.worker, "monitor", id.monitor)
 	return true
+}
+
+// voidTopic is where the will of a superseded session goes: mochi has no way to cancel a will from a hook, and
+// no client can subscribe to it (a monitor may subscribe to worker topics only, and "#" never matches "$").
+const voidTopic = "$wgkex/superseded-will"
+
+// OnWill drops the will of a session its own worker has taken over by reconnecting.
+func (h *authHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if c := connOf(cl.Net.Conn); c != nil && c.superseded.Load() {
+		return mqtt.Will{TopicName: voidTopic}, nil
+	}
+	return will, nil
 }
 
 // identityOf returns a connected client's identity; nil for the inline client.
