@@ -147,6 +147,7 @@ type conn struct {
 	dropped    atomic.Bool // disconnected as a slow consumer
 	// superseded: the same client reconnected and takes the session over; its will is not sent.
 	superseded atomic.Bool
+	revoked    atomic.Bool // disconnected because a reload removed or changed its credential
 	id         atomic.Pointer[identity]
 }
 
