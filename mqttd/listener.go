@@ -28,7 +28,9 @@ type listener struct {
 	uncredited     *addrCounts
 	connectTimeout time.Duration
 	refused        func(reason string)
-	log            *slog.Logger
+	// disconnect disconnects the clients of a listener (Server.closeClients).
+	disconnect func(listenerID string)
+	log        *slog.Logger
 
 	ln     net.Listener
 	closed atomic.Bool
@@ -125,12 +127,13 @@ func (l *listener) connectionEnded(c net.Conn, err error) {
 	}
 }
 
-// Close stops accepting and disconnects the listener's clients.
-func (l *listener) Close(closeClients listeners.CloseFn) {
+// Close stops accepting and disconnects the listener's clients, with Server.closeClients instead of mochi's
+// function.
+func (l *listener) Close(listeners.CloseFn) {
 	l.once.Do(func() {
 		l.closed.Store(true)
 		l.ln.Close()
-		closeClients(l.id)
+		l.disconnect(l.id)
 	})
 }
 

@@ -164,7 +164,7 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 	uncredited := &addrCounts{max: lim.MaxUnauthenticatedPerAddress, m: map[netip.Prefix]*addrCount{}}
 	for i, lc := range opts.Listeners {
 		l := &listener{id: "tcp" + strconv.Itoa(i), address: lc.Address, slots: slots, uncredited: uncredited,
-			connectTimeout: lim.ConnectTimeout, refused: s.refused, log: log}
+			connectTimeout: lim.ConnectTimeout, refused: s.refused, disconnect: s.closeClients, log: log}
 		if lc.CertFile != "" {
 			if l.tls, err = serverTLS(lc); err != nil {
 				return nil, fmt.Errorf("mqtt listener %s: %w", lc.Address, err)
@@ -290,7 +290,18 @@ func (s *Server) refused(reason string) { s.refusedVec.WithLabelValues(reason).I
 
 func (s *Server) closeListeners() {
 	for _, l := range s.listeners {
-		l.Close(func(string) {})
+		l.Close(nil)
+	}
+}
+
+// closeClients disconnects the clients of a listener at shutdown. mochi's own (Clients.GetByListener) takes the
+// clients' read lock twice, which deadlocks Close when a client ending at that moment waits for the write lock
+// in between.
+func (s *Server) closeClients(listenerID string) {
+	for _, cl := range s.srv.Clients.GetAll() {
+		if cl.Net.Listener == listenerID && !cl.Closed() {
+			_ = s.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
 	}
 }
 
