@@ -16,8 +16,14 @@ type identity struct {
 	// own: authenticated by its own credential (password hash or certificate), not by the shared password or
 	// anonymously. A session with its own credential is never taken over by one without.
 	own bool
-	// via names the credential for logs: password, certificate, shared, anonymous.
+	// via names the credential: viaPassword, viaCertificate, viaShared, viaAnonymous.
 	via string
+	// assigned: an anonymous client whose id the server assigned (it sent none).
+	assigned bool
+	// set is the accounts the client was authenticated by; cred the credential it used, for SetAccounts to
+	// check against new accounts: the password hash, or the shared login's sharedKey.
+	set  *accountSet
+	cred string
 	// pub and sub are the topics a worker may publish and the filters it may subscribe to.
 	pub, sub map[string]bool
 }

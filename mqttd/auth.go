@@ -38,11 +38,14 @@ const (
 	reasonProtocol       = "protocol"         // first packet not CONNECT, bad TLS handshake
 	reasonSlowConsumer   = "slow_consumer"    // outbound queue full: the client stopped reading
 	reasonSubscriptions  = "subscriptions"    // more subscriptions than the limit per client
+	reasonPerAddress     = "per_address"      // too many connections without a credential from one address
+	reasonRevoked        = "revoked"          // disconnected: a reload removed or changed its credential
 )
 
 var allReasons = []string{reasonBadLogin, reasonLoginBackoff, reasonAnonymous, reasonClientID, reasonUnknownWorker,
 	reasonTakeover, reasonWill, reasonPublish, reasonSubscribe, reasonMaxConnections, reasonMaxClients,
-	reasonPacketTooLarge, reasonConnectTimeout, reasonProtocol, reasonSlowConsumer, reasonSubscriptions}
+	reasonPacketTooLarge, reasonConnectTimeout, reasonProtocol, reasonSlowConsumer, reasonSubscriptions,
+	reasonPerAddress, reasonRevoked}
 
 // Failed logins: the first failure from an address delays the refusal by loginDelay; every further failure
 // within failureMemory doubles a lockout (up to maxLockout) during which logins from the address are refused
@@ -57,9 +60,18 @@ const (
 	maxKeepalive = 600
 )
 
-// authenticate decides who the connecting client is. On refusal it returns the reason, counted and logged by
-// the caller.
+// authenticate decides who the connecting client is, by the accounts in effect. On refusal it returns the
+// reason, counted and logged by the caller.
 func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, string) {
+	set := s.acc.Load()
+	id, reason := s.identify(set, cl, pk)
+	if id != nil {
+		id.set = set
+	}
+	return id, reason
+}
+
+func (s *Server) identify(set *accountSet, cl *mqtt.Client, pk packets.Packet) (*identity, string) {
 	clientID := pk.Connect.ClientIdentifier
 	user := string(pk.Connect.Username)
 	if names := verifiedNames(cl.Net.Conn); names != nil {
@@ -67,54 +79,73 @@ func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, st
 		if !slices.Contains(names, clientID) {
 			return nil, reasonClientID
 		}
-		return s.account(clientID, "certificate")
+		return s.account(set, clientID, viaCertificate)
 	}
 	if user == "" && !pk.Connect.PasswordFlag {
-		if !s.anonymousOK(cl.Net.Listener) {
+		if !s.anonymousOK(set, cl.Net.Listener) {
 			return nil, reasonAnonymous
 		}
-		id := &identity{name: clientID, monitor: true, via: "anonymous"}
 		if clientID == "" {
 			// The server assigns an id; such a client can only read.
-			id.name = cl.ID
-			return id, ""
+			return &identity{name: cl.ID, monitor: true, via: viaAnonymous, assigned: true}, ""
 		}
 		if wire.ValidateTopicLevel(clientID) != nil || clientID == mqtt.InlineClientId {
 			return nil, reasonClientID
 		}
-		w, ok := s.opts.Workers[clientID]
-		if ok && w.PasswordHash != "" {
-			// Like the shared password, no anonymous client acts as a worker with a password of its own.
-			return nil, reasonClientID
-		}
-		if ok || len(s.opts.Workers) == 0 {
-			id.workerRights(s.opts.Domains)
-		}
-		return id, ""
+		return s.anonymous(set, clientID)
 	}
 	pass := pk.Connect.Password
-	if hash := s.hashOf(user); hash != nil {
+	if hash := set.hashOf(user); hash != nil {
 		if !s.checkPassword(hash, pass) {
 			return nil, reasonBadLogin
 		}
 		if clientID != user {
 			return nil, reasonClientID
 		}
-		return s.account(user, "password")
-	}
-	if s.opts.SharedUsername != "" &&
-		subtle.ConstantTimeCompare([]byte(user), []byte(s.opts.SharedUsername))&
-			subtle.ConstantTimeCompare(pass, []byte(s.opts.SharedPassword)) == 1 {
-		w, ok := s.opts.Workers[clientID]
-		if !ok || w.PasswordHash != "" {
-			// A worker with its own password no longer accepts the shared one.
-			return nil, reasonUnknownWorker
+		id, reason := s.account(set, user, viaPassword)
+		if id != nil {
+			id.cred = string(hash)
 		}
-		id := &identity{name: clientID, via: "shared"}
-		id.workerRights(s.opts.Domains)
-		return id, ""
+		return id, reason
+	}
+	if set.SharedUsername != "" &&
+		subtle.ConstantTimeCompare([]byte(user), []byte(set.SharedUsername))&
+			subtle.ConstantTimeCompare(pass, []byte(set.SharedPassword)) == 1 {
+		id, reason := s.sharedWorker(set, clientID)
+		if id != nil {
+			id.cred = set.sharedKey
+		}
+		return id, reason
 	}
 	return nil, reasonBadLogin
+}
+
+// anonymous returns the identity of an anonymous client with a client id of its own: the worker it names (any
+// name while no worker is configured, else only configured ones), and a reader.
+func (s *Server) anonymous(set *accountSet, name string) (*identity, string) {
+	id := &identity{name: name, monitor: true, via: viaAnonymous}
+	w, ok := set.Workers[name]
+	if ok && w.PasswordHash != "" {
+		// Like the shared password, no anonymous client acts as a worker with a password of its own.
+		return nil, reasonClientID
+	}
+	if ok || len(set.Workers) == 0 {
+		id.workerRights(s.opts.Domains)
+	}
+	return id, ""
+}
+
+// sharedWorker returns the identity of a client that used the shared password: the configured worker its
+// client id names.
+func (s *Server) sharedWorker(set *accountSet, name string) (*identity, string) {
+	w, ok := set.Workers[name]
+	if !ok || w.PasswordHash != "" {
+		// A worker with its own password no longer accepts the shared one.
+		return nil, reasonUnknownWorker
+	}
+	id := &identity{name: name, via: viaShared}
+	id.workerRights(s.opts.Domains)
+	return id, ""
 }
 
 // checkPassword compares pass with a bcrypt hash. A password that matched once is remembered (as its SHA-256)
@@ -158,13 +189,13 @@ func HashPassword(password []byte, cost int) (string, error) {
 const DefaultCost = 7
 
 // account returns the identity of a worker or monitor that proved its name with its own credential.
-func (s *Server) account(name, via string) (*identity, string) {
+func (s *Server) account(set *accountSet, name, via string) (*identity, string) {
 	id := &identity{name: name, own: true, via: via}
-	if _, ok := s.opts.Workers[name]; ok {
+	if _, ok := set.Workers[name]; ok {
 		id.workerRights(s.opts.Domains)
 		return id, ""
 	}
-	if _, ok := s.opts.Monitors[name]; ok {
+	if _, ok := set.Monitors[name]; ok {
 		id.monitor = true
 		return id, ""
 	}
@@ -172,11 +203,11 @@ func (s *Server) account(name, via string) (*identity, string) {
 }
 
 // hashOf returns the bcrypt hash of a worker or monitor, or nil.
-func (s *Server) hashOf(name string) []byte {
-	if w, ok := s.opts.Workers[name]; ok && w.PasswordHash != "" {
+func (set *accountSet) hashOf(name string) []byte {
+	if w, ok := set.Workers[name]; ok && w.PasswordHash != "" {
 		return []byte(w.PasswordHash)
 	}
-	if m, ok := s.opts.Monitors[name]; ok && m.PasswordHash != "" {
+	if m, ok := set.Monitors[name]; ok && m.PasswordHash != "" {
 		return []byte(m.PasswordHash)
 	}
 	return nil
@@ -184,11 +215,11 @@ func (s *Server) hashOf(name string) []byte {
 
 // anonymousOK reports whether clients without credentials may connect on the listener: when allowed
 // explicitly, or when no credentials are configured at all and the listener is on a loopback address.
-func (s *Server) anonymousOK(listenerID string) bool {
+func (s *Server) anonymousOK(set *accountSet, listenerID string) bool {
 	if s.opts.AllowAnonymous {
 		return true
 	}
-	if s.credentials {
+	if set.credentials || s.certCredentials {
 		return false
 	}
 	for _, l := range s.listeners {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,18 +15,22 @@ import (
 
 // listener is a TCP (optionally TLS) listener for mochi that, unlike mochi's own, survives accept errors such as
 // EMFILE: it logs them and retries with a growing pause, as net/http does. It also bounds the number of open
-// connections (counting those that have not sent CONNECT yet) and gives every connection a deadline for its TLS
-// handshake and CONNECT packet.
+// connections (counting those that have not sent CONNECT yet) and those without a credential per address, and
+// gives every connection a deadline for its TLS handshake and CONNECT packet.
 type listener struct {
 	id       string
 	address  string
 	tls      *tls.Config
 	loopback bool
 	// slots holds one token per open connection, shared by all listeners of a server.
-	slots          chan struct{}
+	slots chan struct{}
+	// uncredited counts the connections without a credential per address, shared by all listeners.
+	uncredited     *addrCounts
 	connectTimeout time.Duration
 	refused        func(reason string)
-	log            *slog.Logger
+	// disconnect disconnects the clients of a listener (Server.closeClients).
+	disconnect func(listenerID string)
+	log        *slog.Logger
 
 	ln     net.Listener
 	closed atomic.Bool
@@ -75,15 +80,28 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			continue
 		}
 		pause = 0
-		select {
-		case l.slots <- struct{}{}:
-		default:
-			l.refused(reasonMaxConnections)
-			l.log.Warn("mqtt connection refused: too many connections", "remote", c.RemoteAddr().String())
+		remote := c.RemoteAddr().String()
+		key := addrKey(remote)
+		if ok, first := l.uncredited.take(key); !ok {
+			l.refused(reasonPerAddress)
+			if first {
+				l.log.Warn("mqtt connections refused: too many without a credential from one address",
+					"remote", remote, "address", key.String(), "limit", l.uncredited.max)
+			}
 			c.Close()
 			continue
 		}
-		cc := &conn{Conn: c, slots: l.slots}
+		select {
+		case l.slots <- struct{}{}:
+		default:
+			l.uncredited.release(key)
+			l.refused(reasonMaxConnections)
+			l.log.Warn("mqtt connection refused: too many connections", "remote", remote)
+			c.Close()
+			continue
+		}
+		cc := &conn{Conn: c, slots: l.slots, uncredited: l.uncredited, addr: key}
+		cc.counted.Store(true)
 		_ = cc.SetDeadline(time.Now().Add(l.connectTimeout)) // mochi replaces it with the keepalive after CONNECT
 		var nc net.Conn = cc
 		if l.tls != nil {
@@ -109,12 +127,13 @@ func (l *listener) connectionEnded(c net.Conn, err error) {
 	}
 }
 
-// Close stops accepting and disconnects the listener's clients.
-func (l *listener) Close(closeClients listeners.CloseFn) {
+// Close stops accepting and disconnects the listener's clients, with Server.closeClients instead of mochi's
+// function.
+func (l *listener) Close(listeners.CloseFn) {
 	l.once.Do(func() {
 		l.closed.Store(true)
 		l.ln.Close()
-		closeClients(l.id)
+		l.disconnect(l.id)
 	})
 }
 
@@ -124,16 +143,76 @@ type conn struct {
 	net.Conn
 	slots    chan struct{}
 	released atomic.Bool
-	dropped  atomic.Bool // disconnected as a slow consumer
-	id       atomic.Pointer[identity]
+	// uncredited counts the connection under addr until it authenticates with a credential or closes.
+	uncredited *addrCounts
+	addr       netip.Prefix
+	counted    atomic.Bool
+	dropped    atomic.Bool // disconnected as a slow consumer
+	// superseded: the same client reconnected and takes the session over; its will is not sent.
+	superseded atomic.Bool
+	revoked    atomic.Bool // disconnected because a reload removed or changed its credential
+	id         atomic.Pointer[identity]
 }
 
-// Close closes the connection and frees its slot.
+// Close closes the connection and frees its slots.
 func (c *conn) Close() error {
 	if c.released.CompareAndSwap(false, true) {
 		<-c.slots
 	}
+	c.credited()
 	return c.Conn.Close()
+}
+
+// credited stops counting the connection among those without a credential from its address.
+func (c *conn) credited() {
+	if c.counted.CompareAndSwap(true, false) {
+		c.uncredited.release(c.addr)
+	}
+}
+
+// addrCounts counts open connections without a credential per address (IPv4 address or IPv6 /64, as addrKey):
+// from accept until the client authenticates with a credential, and for the whole connection of an anonymous
+// client. One address can so hold at most max of them, however many connections the server takes in all.
+type addrCounts struct {
+	max int
+	mu  sync.Mutex
+	m   map[netip.Prefix]*addrCount
+}
+
+type addrCount struct {
+	n int
+	// logged: a refusal was logged since the address last had no connection counted, so that a flood is
+	// logged once, not once per connection.
+	logged bool
+}
+
+// take counts a connection from key. It returns false when key has max connections counted already, and first
+// for the first such refusal since then.
+func (a *addrCounts) take(key netip.Prefix) (ok, first bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e := a.m[key]
+	if e == nil {
+		e = &addrCount{}
+		a.m[key] = e
+	}
+	if e.n >= a.max {
+		first, e.logged = !e.logged, true
+		return false, first
+	}
+	e.n++
+	return true, false
+}
+
+// release uncounts a connection from key.
+func (a *addrCounts) release(key netip.Prefix) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if e := a.m[key]; e != nil {
+		if e.n--; e.n <= 0 {
+			delete(a.m, key)
+		}
+	}
 }
 
 // connOf returns the connection under nc (through TLS), or nil for the inline client.

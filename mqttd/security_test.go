@@ -51,9 +51,17 @@ type fleet struct {
 	addr string
 	mu   sync.Mutex
 	seen []string
+	// logged counts the log records with the message given to newFleetCounting.
+	logged *atomic.Int64
 }
 
 func newFleet(t *testing.T, mod func(*Options)) *fleet {
+	t.Helper()
+	return newFleetCounting(t, mod, "")
+}
+
+// newFleetCounting is newFleet counting the log records with message msg in fleet.logged.
+func newFleetCounting(t *testing.T, mod func(*Options), msg string) *fleet {
 	t.Helper()
 	f := &fleet{st: openStore(t, filepath.Join(t.TempDir(), "state.db"))}
 	opts := Options{
@@ -73,9 +81,9 @@ func newFleet(t *testing.T, mod func(*Options)) *fleet {
 		f.seen = append(f.seen, topic+"="+string(p))
 		f.mu.Unlock()
 	}
-	f.s = start(t, opts, map[string]func(string, []byte){
+	f.s, f.logged = startCounting(t, opts, map[string]func(string, []byte){
 		wire.MetricsFilter: record, wire.StatusFilter: record, wire.DataFilter: record, wire.ReplayRequestFilter: record,
-	})
+	}, msg)
 	f.addr = f.s.Addrs()[0]
 	return f
 }

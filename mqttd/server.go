@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -26,9 +25,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/crypto/bcrypt"
-
-	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
 // RetainStore keeps retained messages across restarts. The messages are opaque to it.
@@ -60,6 +56,10 @@ type Limits struct {
 	MaxPacketSize uint32
 	// MaxClients bounds the open connections, counting those that have not sent CONNECT yet.
 	MaxClients int
+	// MaxUnauthenticatedPerAddress bounds the open connections from one address (IPv6: one /64) that have not
+	// authenticated with a credential: those before or during CONNECT and those of anonymous clients. It keeps
+	// one address from taking the MaxClients slots of every gateway.
+	MaxUnauthenticatedPerAddress int
 	// ConnectTimeout is how long a new connection has for its TLS handshake and CONNECT packet.
 	ConnectTimeout time.Duration
 	// MaxSessionExpiry bounds how long a disconnected client's session is kept.
@@ -71,8 +71,8 @@ type Limits struct {
 
 // DefaultLimits returns the limits used for zero fields of Options.Limits.
 func DefaultLimits() Limits {
-	return Limits{MaxPacketSize: 64 << 10, MaxClients: 4096, ConnectTimeout: 10 * time.Second,
-		MaxSessionExpiry: time.Hour, MaxPending: 8192}
+	return Limits{MaxPacketSize: 64 << 10, MaxClients: 4096, MaxUnauthenticatedPerAddress: 32,
+		ConnectTimeout: 10 * time.Second, MaxSessionExpiry: time.Hour, MaxPending: 8192}
 }
 
 // Options configure a Server.
@@ -107,13 +107,16 @@ type Server struct {
 	opts      Options
 	listeners []*listener
 	subID     int
-	// credentials reports whether any credential is configured (then anonymous clients are refused).
-	credentials bool
-	// maxSubscriptions bounds the subscriptions one client holds; maxFilterLen the length of a filter.
-	maxSubscriptions, maxFilterLen int
-	failures                       failures
-	verified                       sync.Map // bcrypt hash → SHA-256 of the password that matched it
-	bcryptSlots                    chan struct{}
+	// acc is the accounts in effect (SetAccounts); accMu serialises their replacement.
+	acc   atomic.Pointer[accountSet]
+	accMu sync.Mutex
+	// certCredentials: a listener verifies client certificates (then anonymous clients are refused).
+	certCredentials bool
+	// maxSubscriptions bounds the subscriptions one client holds.
+	maxSubscriptions int
+	failures         failures
+	verified         sync.Map // bcrypt hash → SHA-256 of the password that matched it
+	bcryptSlots      chan struct{}
 	// loginDelay is how long a failed login waits for its refusal (tests shorten it).
 	loginDelay time.Duration
 	refusedVec *prometheus.CounterVec
@@ -148,29 +151,25 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 	s := &Server{srv: srv, log: log, opts: opts, done: make(chan struct{}), loginDelay: loginDelay,
 		bcryptSlots: make(chan struct{}, runtime.GOMAXPROCS(0)),
 		failures:    failures{m: map[netip.Prefix]*failure{}}}
-	s.credentials = opts.SharedUsername != "" || len(opts.Monitors) > 0
-	// A worker needs one subscription per domain and one for its replays; the rest is room for monitors. Filters
-	// are bounded by the longest topic a configured name can make, with room to spare.
+	set := newAccountSet(opts.accounts(), opts.Domains)
+	s.acc.Store(set)
+	// A worker needs one subscription per domain and one for its replays; the rest is room for monitors.
 	s.maxSubscriptions = 2*len(opts.Domains) + 64
-	longest := func(names []string) int { return len(slices.MaxFunc(append(names, ""), cmpLen)) }
-	s.maxFilterLen = 1024 + longest(slices.Collect(maps.Keys(opts.Workers))) + longest(opts.Domains)
-	for _, w := range opts.Workers {
-		s.credentials = s.credentials || w.PasswordHash != ""
-	}
 	defer func() {
 		if err != nil {
 			s.closeListeners()
 		}
 	}()
 	slots := make(chan struct{}, lim.MaxClients)
+	uncredited := &addrCounts{max: lim.MaxUnauthenticatedPerAddress, m: map[netip.Prefix]*addrCount{}}
 	for i, lc := range opts.Listeners {
-		l := &listener{id: "tcp" + strconv.Itoa(i), address: lc.Address, slots: slots,
-			connectTimeout: lim.ConnectTimeout, refused: s.refused, log: log}
+		l := &listener{id: "tcp" + strconv.Itoa(i), address: lc.Address, slots: slots, uncredited: uncredited,
+			connectTimeout: lim.ConnectTimeout, refused: s.refused, disconnect: s.closeClients, log: log}
 		if lc.CertFile != "" {
 			if l.tls, err = serverTLS(lc); err != nil {
 				return nil, fmt.Errorf("mqtt listener %s: %w", lc.Address, err)
 			}
-			s.credentials = s.credentials || lc.ClientCAFile != ""
+			s.certCredentials = s.certCredentials || lc.ClientCAFile != ""
 		}
 		if err := l.listen(); err != nil {
 			return nil, fmt.Errorf("mqtt listener %s: %w", lc.Address, err)
@@ -179,7 +178,7 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 	}
 	for _, l := range s.listeners {
 		switch {
-		case s.credentials && !opts.AllowAnonymous:
+		case (set.credentials || s.certCredentials) && !opts.AllowAnonymous:
 		case opts.AllowAnonymous:
 			log.Warn("mqtt accepts clients without credentials (allow_anonymous)", "listener", l.Address())
 		case !l.loopback:
@@ -208,8 +207,6 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 	return s, nil
 }
 
-func cmpLen(a, b string) int { return len(a) - len(b) }
-
 func withDefaults(l Limits) Limits {
 	d := DefaultLimits()
 	if l.MaxPacketSize == 0 {
@@ -217,6 +214,9 @@ func withDefaults(l Limits) Limits {
 	}
 	if l.MaxClients == 0 {
 		l.MaxClients = d.MaxClients
+	}
+	if l.MaxUnauthenticatedPerAddress == 0 {
+		l.MaxUnauthenticatedPerAddress = d.MaxUnauthenticatedPerAddress
 	}
 	if l.ConnectTimeout == 0 {
 		l.ConnectTimeout = d.ConnectTimeout
@@ -230,33 +230,13 @@ func withDefaults(l Limits) Limits {
 	return l
 }
 
-// validate checks names and hashes, all problems at once.
+// validate checks the accounts and listeners, all problems at once.
 func (o *Options) validate() error {
-	var errs []error
-	for name, w := range o.Workers {
-		if err := wire.ValidateTopicLevel(name); err != nil || name == mqtt.InlineClientId {
-			errs = append(errs, fmt.Errorf("worker %q: not a possible client id", name))
-		}
-		if _, err := bcrypt.Cost([]byte(w.PasswordHash)); w.PasswordHash != "" && err != nil {
-			errs = append(errs, fmt.Errorf("worker %s: password hash: %w", name, err))
-		}
-	}
-	for name, m := range o.Monitors {
-		if _, dup := o.Workers[name]; dup || name == "" || name == mqtt.InlineClientId {
-			errs = append(errs, fmt.Errorf("monitor %q: empty, reserved or also a worker", name))
-		}
-		if _, err := bcrypt.Cost([]byte(m.PasswordHash)); err != nil {
-			errs = append(errs, fmt.Errorf("monitor %s: password hash: %w", name, err))
-		}
-	}
+	errs := []error{o.accounts().validate()}
 	for _, l := range o.Listeners {
 		if l.ClientCAFile != "" && l.CertFile == "" {
 			errs = append(errs, fmt.Errorf("mqtt listener %s: client_ca_file needs cert_file and key_file", l.Address))
 		}
-	}
-	if (o.SharedUsername == "") != (o.SharedPassword == "") {
-		errs = append(errs, errors.New("the shared MQTT login needs both mqtt.username and mqtt.password "+
-			"(a worker's own password goes into workers.<name>.password_hash as a hash)"))
 	}
 	return errors.Join(errs...)
 }
@@ -310,7 +290,18 @@ func (s *Server) refused(reason string) { s.refusedVec.WithLabelValues(reason).I
 
 func (s *Server) closeListeners() {
 	for _, l := range s.listeners {
-		l.Close(func(string) {})
+		l.Close(nil)
+	}
+}
+
+// closeClients disconnects the clients of a listener at shutdown. mochi's own (Clients.GetByListener) takes the
+// clients' read lock twice, which deadlocks Close when a client ending at that moment waits for the write lock
+// in between.
+func (s *Server) closeClients(listenerID string) {
+	for _, cl := range s.srv.Clients.GetAll() {
+		if cl.Net.Listener == listenerID && !cl.Closed() {
+			_ = s.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
 	}
 }
 
@@ -401,7 +392,7 @@ func (h *authHook) ID() string { return "wgkex-auth" }
 func (h *authHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe, mqtt.OnPublishDropped,
-		mqtt.OnQosPublish, mqtt.OnPublish:
+		mqtt.OnQosPublish, mqtt.OnPublish, mqtt.OnWill, mqtt.OnSessionEstablished:
 		return true
 	}
 	return false
@@ -455,15 +446,45 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 				return refuse(reasonTakeover)
 			}
 			// The same worker reconnects before its old session timed out: mochi disconnects the old one,
-			// whose will ("offline") must not follow the new session's "online".
-			atomic.StoreUint32(&old.Properties.Will.Flag, 0)
+			// whose will ("offline") must not follow the new session's "online" (OnWill). The old client's
+			// own fields are mochi's to write while it disconnects.
+			oc.superseded.Store(true)
 		}
 	}
 	s.failures.succeed(key)
+	if id.via == viaAnonymous {
+		// An anonymous client picks any client id: were its session kept after it leaves, one client could
+		// leave any number of sessions in memory for MaxSessionExpiry. It ends at disconnect (a reconnecting
+		// client sees "session present" unset and subscribes again).
+		cl.Properties.Clean = true
+		cl.Properties.Props.SessionExpiryInterval, cl.Properties.Props.SessionExpiryIntervalFlag = 0, true
+	} else {
+		c.credited()
+	}
 	c.id.Store(id)
 	s.log.Info("mqtt client authenticated", "client", id.name, "remote", cl.Net.Remote, "via", id.via,
 		"worker", id.worker, "monitor", id.monitor)
 	return true
+}
+
+// OnSessionEstablished checks a client authenticated by accounts that SetAccounts replaced before mochi listed
+// it among its clients, where SetAccounts looks.
+func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if set := h.s.acc.Load(); identityOf(cl).set != set {
+		h.s.recheck(cl, set)
+	}
+}
+
+// voidTopic is where the will of a superseded session goes: mochi has no way to cancel a will from a hook, and
+// no client can subscribe to it (a monitor may subscribe to worker topics only, and "#" never matches "$").
+const voidTopic = "$wgkex/superseded-will"
+
+// OnWill drops the will of a session its own worker has taken over by reconnecting.
+func (h *authHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if c := connOf(cl.Net.Conn); c != nil && c.superseded.Load() {
+		return mqtt.Will{TopicName: voidTopic}, nil
+	}
+	return will, nil
 }
 
 // identityOf returns a connected client's identity; nil for the inline client.
@@ -483,7 +504,7 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	id := identityOf(cl)
 	if !write {
-		if len(topic) > h.s.maxFilterLen {
+		if len(topic) > h.s.acc.Load().maxFilterLen {
 			return false // no topic this long is ever published: a filter to hold memory
 		}
 		if hasWildcard(topic) {
@@ -670,11 +691,12 @@ func (h *retainHook) StoredRetainedMessages() ([]storage.Message, error) {
 // retainable returns the topics some configured worker may publish, or nil when no worker is configured (then
 // anonymous clients on loopback may use any name).
 func (s *Server) retainable() map[string]bool {
-	if len(s.opts.Workers) == 0 {
+	workers := s.acc.Load().Workers
+	if len(workers) == 0 {
 		return nil
 	}
 	all := map[string]bool{}
-	for name := range s.opts.Workers {
+	for name := range workers {
 		id := &identity{name: name}
 		id.workerRights(s.opts.Domains)
 		for t := range id.pub {

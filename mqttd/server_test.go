@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,14 +22,22 @@ import (
 // start runs a server on 127.0.0.1:0 unless opts names listeners.
 func start(t *testing.T, opts Options, handlers map[string]func(string, []byte)) *Server {
 	t.Helper()
+	s, _ := startCounting(t, opts, handlers, "")
+	return s
+}
+
+// startCounting is start that also counts the log records with message msg.
+func startCounting(t *testing.T, opts Options, handlers map[string]func(string, []byte), msg string) (*Server, *atomic.Int64) {
+	t.Helper()
 	if len(opts.Listeners) == 0 {
 		opts.Listeners = []Listener{{Address: "127.0.0.1:0"}}
 	}
 	if opts.Domains == nil {
 		opts.Domains = []string{"ffmuc_welt"}
 	}
-	log, quiet := quietLogger(t)
-	s, err := New(log, opts)
+	base, quiet := quietLogger(t)
+	n := new(atomic.Int64)
+	s, err := New(slog.New(countHandler{base.Handler(), msg, n}), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +51,7 @@ func start(t *testing.T, opts Options, handlers map[string]func(string, []byte))
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close(); quiet() })
-	return s
+	return s, n
 }
 
 // quietLogger is the test's logger until quiet is called: mochi's goroutines may still log after Close returns,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
+	"github.com/freifunkMUC/wgkex-go/mqttd"
 )
 
 // logLine is one JSON log line of the broker.
@@ -28,7 +29,8 @@ type logLine struct {
 
 // TestSIGHUPReload runs the built binary and sends it SIGHUP: an invalid file and a change of the REST listener
 // are refused with a log line and the old weights stay; new weights are then taken without a restart and
-// without dropping the gateways' MQTT connections, and v2 follows them.
+// without dropping the gateways' MQTT connections, and v2 follows them; a gateway's new password and a new
+// gateway take effect too, ending only the connection made with the old password.
 func TestSIGHUPReload(t *testing.T) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "wgkex-broker")
@@ -36,20 +38,23 @@ func TestSIGHUPReload(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	cfgPath := filepath.Join(dir, "wgkex.yaml")
+	pw := map[string]string{"gw04.in.ffmuc.net": hash(t, "p4"), "gw05.in.ffmuc.net": hash(t, "p5")}
+	gw06 := "" // a gateway added by the last reload
 	write := func(w4, w5 int, port int) {
 		t.Helper()
 		err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
 domains: [ffmuc_welt]
 domain_prefixes: [ffmuc_]
 workers:
-  gw04.in.ffmuc.net: {weight: %d}
-  gw05.in.ffmuc.net: {weight: %d}
+  gw04.in.ffmuc.net: {weight: %d, password_hash: '%s'}
+  gw05.in.ffmuc.net: {weight: %d, password_hash: '%s'}
+%s
 broker_listen: {host: 127.0.0.1, port: %d}
 broker:
   state_file: %s
   mqtt_listeners: [{address: "127.0.0.1:0"}]
 log: {format: json}
-`, w4, w5, port, filepath.Join(dir, "state.db"))), 0o644)
+`, w4, pw["gw04.in.ffmuc.net"], w5, pw["gw05.in.ffmuc.net"], gw06, port, filepath.Join(dir, "state.db"))), 0o644)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -94,8 +99,10 @@ log: {format: json}
 	}
 	started := await("broker started")
 	base := "http://" + started.HTTP
-	for _, name := range []string{"gw04.in.ffmuc.net", "gw05.in.ffmuc.net"} {
-		c := testenv.Connect(t, started.MQTT[0], name, testenv.ClientOptions{})
+	gw := map[string]*testenv.Client{}
+	for name, pass := range map[string]string{"gw04.in.ffmuc.net": "p4", "gw05.in.ffmuc.net": "p5"} {
+		c := testenv.Connect(t, started.MQTT[0], name, testenv.ClientOptions{Username: name, Password: pass})
+		gw[name] = c
 		data := wire.WorkerData{ExternalAddress: name, Port: 51820, PublicKey: "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=", LinkAddress: "fe80::1"}
 		c.Publish(t, wire.DataTopic(name, "ffmuc_welt"), string(data.Marshal()), 1, true)
 		c.Publish(t, wire.StatusTopic(name), "1", 1, true)
@@ -154,6 +161,34 @@ log: {format: json}
 			t.Errorf("after reload: %s chosen, want gw05", gw)
 		}
 	}
+
+	// A new password for gw05 and a new gateway gw06: gw05's connection ends, its old password is refused and
+	// the new one accepted, gw04 keeps its connection, gw06 connects.
+	pw["gw05.in.ffmuc.net"] = hash(t, "p5-new")
+	gw06 = "  gw06.in.ffmuc.net: {password_hash: '" + hash(t, "p6") + "'}"
+	write(0, 1, 0)
+	hup()
+	await("configuration reloaded")
+	dial := func(name, pass string) error {
+		c, err := testenv.Dial(started.MQTT[0], name, testenv.ClientOptions{Username: name, Password: pass})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := dial("gw05.in.ffmuc.net", "p5"); err == nil {
+		t.Error("gw05's old password accepted after the reload")
+	}
+	for name, pass := range map[string]string{"gw05.in.ffmuc.net": "p5-new", "gw06.in.ffmuc.net": "p6"} {
+		if err := dial(name, pass); err != nil {
+			t.Errorf("%s with its new password: %v", name, err)
+		}
+	}
+	gw["gw04.in.ffmuc.net"].Publish(t, wire.MetricTopic("ffmuc_welt", "gw04.in.ffmuc.net"), "11", 1, true)
+	if err := gw["gw05.in.ffmuc.net"].TryPublish(wire.MetricTopic("ffmuc_welt", "gw05.in.ffmuc.net"), "11", 1, true); err == nil {
+		t.Error("gw05's connection with its old password survived the reload")
+	}
+
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -161,4 +196,14 @@ log: {format: json}
 	if err := <-exited; err != nil {
 		t.Errorf("broker exit: %v", err)
 	}
+}
+
+// hash returns a bcrypt hash of pw at the lowest cost.
+func hash(t *testing.T, pw string) string {
+	t.Helper()
+	h, err := mqttd.HashPassword([]byte(pw), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }

@@ -237,19 +237,21 @@ func Gateways(workers map[string]config.Worker) map[string]broker.Gateway {
 
 // mqttOptions maps the configuration onto the embedded MQTT server's options.
 func mqttOptions(cfg *config.Config, st *store.Store) mqttd.Options {
+	acc := mqttAccounts(cfg)
 	o := mqttd.Options{
 		Domains:        cfg.Domains,
-		Workers:        map[string]mqttd.Account{},
-		Monitors:       map[string]mqttd.Account{},
-		SharedUsername: cfg.MQTT.Username,
-		SharedPassword: cfg.MQTT.Password,
+		Workers:        acc.Workers,
+		Monitors:       acc.Monitors,
+		SharedUsername: acc.SharedUsername,
+		SharedPassword: acc.SharedPassword,
 		AllowAnonymous: cfg.Broker.AllowAnonymous,
 		Limits: mqttd.Limits{
-			MaxPacketSize:    uint32(cfg.Broker.MQTTLimits.MaxPacketSize),
-			MaxClients:       cfg.Broker.MQTTLimits.MaxClients,
-			ConnectTimeout:   cfg.Broker.MQTTLimits.ConnectTimeout.D(),
-			MaxSessionExpiry: cfg.Broker.MQTTLimits.MaxSessionExpiry.D(),
-			MaxPending:       cfg.Broker.MQTTLimits.MaxPending,
+			MaxPacketSize:                uint32(cfg.Broker.MQTTLimits.MaxPacketSize),
+			MaxClients:                   cfg.Broker.MQTTLimits.MaxClients,
+			MaxUnauthenticatedPerAddress: cfg.Broker.MQTTLimits.MaxUnauthenticatedPerAddress,
+			ConnectTimeout:               cfg.Broker.MQTTLimits.ConnectTimeout.D(),
+			MaxSessionExpiry:             cfg.Broker.MQTTLimits.MaxSessionExpiry.D(),
+			MaxPending:                   cfg.Broker.MQTTLimits.MaxPending,
 		},
 		Retained: st,
 	}
@@ -257,13 +259,21 @@ func mqttOptions(cfg *config.Config, st *store.Store) mqttd.Options {
 		o.Listeners = append(o.Listeners, mqttd.Listener{Address: l.Address, CertFile: l.CertFile,
 			KeyFile: l.KeyFile, ClientCAFile: l.ClientCAFile})
 	}
+	return o
+}
+
+// mqttAccounts maps the configuration onto the credentials the embedded MQTT server accepts, which a reload
+// replaces.
+func mqttAccounts(cfg *config.Config) mqttd.Accounts {
+	a := mqttd.Accounts{Workers: map[string]mqttd.Account{}, Monitors: map[string]mqttd.Account{},
+		SharedUsername: cfg.MQTT.Username, SharedPassword: cfg.MQTT.Password}
 	for name, w := range cfg.Workers {
-		o.Workers[name] = mqttd.Account{PasswordHash: w.PasswordHash}
+		a.Workers[name] = mqttd.Account{PasswordHash: w.PasswordHash}
 	}
 	for name, m := range cfg.Broker.MQTTMonitors {
-		o.Monitors[name] = mqttd.Account{PasswordHash: m.PasswordHash}
+		a.Monitors[name] = mqttd.Account{PasswordHash: m.PasswordHash}
 	}
-	return o
+	return a
 }
 
 // HTTPAddr is the address the REST API listens on.

@@ -27,28 +27,11 @@ func restartOnly(cfg *config.Config) map[string]any {
 		"broker.allowlist_file": cfg.Broker.AllowlistFile,
 		"log":                   cfg.Log,
 		"broker.key_retention":  cfg.Broker.KeyRetention,
-		// The embedded MQTT server takes its identities, ACL and limits at start: which workers exist and
-		// their passwords among them.
-		"mqtt.username":                  cfg.MQTT.Username,
-		"mqtt.password":                  cfg.MQTT.Password,
-		"workers (names, password_hash)": workerAccounts(cfg),
-		"broker.mqtt_monitors":           cfg.Broker.MQTTMonitors,
-		"broker.allow_anonymous":         cfg.Broker.AllowAnonymous,
-		"broker.mqtt_limits":             cfg.Broker.MQTTLimits,
+		// The embedded MQTT server's listeners and limits size its sockets and mochi at start, and
+		// allow_anonymous decides which listeners may exist. Its accounts are reloaded (mqttd.SetAccounts).
+		"broker.allow_anonymous": cfg.Broker.AllowAnonymous,
+		"broker.mqtt_limits":     cfg.Broker.MQTTLimits,
 	}
-}
-
-// workerAccounts maps each configured worker to its password hash: what the embedded MQTT server knows of it.
-// With an external MQTT server (broker.mqtt_server), that server checks the workers: nil.
-func workerAccounts(cfg *config.Config) map[string]string {
-	if cfg.Broker.MQTTServer.URL != "" {
-		return nil
-	}
-	m := make(map[string]string, len(cfg.Workers))
-	for name, w := range cfg.Workers {
-		m[name] = w.PasswordHash
-	}
-	return m
 }
 
 // RestartError refuses a reload that changes keys the broker reads only at start.
@@ -61,9 +44,12 @@ func (e *RestartError) Error() string {
 	return fmt.Sprintf("%s changed, which needs a restart", strings.Join(e.Keys, ", "))
 }
 
-// Reload applies a new configuration to the running broker without dropping a connection: the gateways' weights
-// and locations (with an external MQTT server also which gateways exist), and the status page's credentials. It refuses the whole configuration, keeping the old one, if
-// it changes a key that needs a restart (a *RestartError names them). Keys only the worker reads are ignored.
+// Reload applies a new configuration to the running broker without a restart: which gateways exist, their weights
+// and locations, the embedded MQTT server's accounts (gateway passwords, the shared login, monitors: a client
+// whose credential was removed or changed is disconnected, every other keeps its connection), and the status
+// page's credentials. It refuses the whole configuration, keeping the old one, if it changes a key that needs a
+// restart (a *RestartError names them) or the MQTT server refuses the accounts. Keys only the worker reads are
+// ignored.
 func (d *Daemon) Reload(cfg *config.Config) error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
@@ -76,6 +62,11 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	}
 	if len(changed) > 0 {
 		return &RestartError{Keys: changed}
+	}
+	if d.MQTT != nil {
+		if err := d.MQTT.SetAccounts(mqttAccounts(cfg)); err != nil {
+			return fmt.Errorf("mqtt accounts: %w", err)
+		}
 	}
 	d.Broker.SetGateways(Gateways(cfg.Workers))
 	d.web.SetDashboard(d.dashboard(cfg))

@@ -85,25 +85,6 @@ func TestReload(t *testing.T) {
 		t.Errorf("after a refused reload: %s chosen, want gw04", gw)
 	}
 
-	// A new gateway, or a new password for one, is for the embedded MQTT server's ACL, which it takes at start.
-	for name, mod := range map[string]func(*config.Config){
-		"new gateway": func(c *config.Config) { c.Workers["gw06.in.ffmuc.net"] = config.Worker{} },
-		"new password": func(c *config.Config) {
-			w := c.Workers["gw05.in.ffmuc.net"]
-			w.PasswordHash = "$2a$07$x"
-			c.Workers["gw05.in.ffmuc.net"] = w
-		},
-	} {
-		c := reloadConfig(t, state, 0, 1, "")
-		mod(c)
-		if err := d.Reload(c); !errors.As(err, &re) || !cmp.Equal(re.Keys, []string{"workers (names, password_hash)"}) {
-			t.Errorf("reload with a %s: %v", name, err)
-		}
-	}
-	if gw := chosen(t, d); gw != "gw04" {
-		t.Errorf("after refused reloads: %s chosen, want gw04", gw)
-	}
-
 	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
 	if err := d.Reload(reloadConfig(t, state, 0, 1, "  dashboard: {username: ops, password_hash: '"+string(hash)+"'}")); err != nil {
 		t.Fatalf("reload: %v", err)
@@ -134,4 +115,81 @@ func httpGet(url string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// withPasswords gives the gateways of cfg password hashes (name → password; "" leaves a gateway without one) and
+// adds gateways not in cfg yet.
+func withPasswords(t *testing.T, cfg *config.Config, pw map[string]string) *config.Config {
+	t.Helper()
+	for name, p := range pw {
+		w := cfg.Workers[name]
+		w.PasswordHash = ""
+		if p != "" {
+			h, err := bcrypt.GenerateFromPassword([]byte(p), bcrypt.MinCost)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.PasswordHash = string(h)
+		}
+		cfg.Workers[name] = w
+	}
+	return cfg
+}
+
+// TestReloadCredentials: a gateway's new password hash takes effect at reload without a restart: its connection
+// made with the old password ends, the old password is refused and the new one accepted; the other gateway keeps
+// its connection (the same one, reporting on); a gateway added under workers: connects and reports; a removed
+// monitor is disconnected and refused.
+func TestReloadCredentials(t *testing.T) {
+	const gw04, gw05, gw06 = "gw04.in.ffmuc.net", "gw05.in.ffmuc.net", "gw06.in.ffmuc.net"
+	state := filepath.Join(t.TempDir(), "state.db")
+	cfg := withPasswords(t, reloadConfig(t, state, 1, 1, ""), map[string]string{gw04: "p4", gw05: "p5"})
+	mon, _ := bcrypt.GenerateFromPassword([]byte("pm"), bcrypt.MinCost)
+	cfg.Broker.MQTTMonitors = map[string]config.MQTTMonitor{"grafana": {PasswordHash: string(mon)}}
+	d := startDaemon(t, cfg)
+	login := func(name, pw string) (*testenv.Client, error) {
+		return testenv.Dial(d.MQTTAddr(), name, testenv.ClientOptions{Username: name, Password: pw})
+	}
+	gateway := func(name, pw string) *fakeGateway {
+		t.Helper()
+		c, err := login(name, pw)
+		if err != nil {
+			t.Fatalf("%s with its password: %v", name, err)
+		}
+		t.Cleanup(c.Close)
+		return &fakeGateway{name: name, client: c}
+	}
+	gw4, gw5 := gateway(gw04, "p4"), gateway(gw05, "p5")
+	gw4.up(t, "ffmuc_welt", 51820, 10)
+	gw5.up(t, "ffmuc_welt", 51821, 10)
+	if c, err := login("grafana", "pm"); err != nil {
+		t.Fatalf("monitor: %v", err)
+	} else {
+		defer c.Close()
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return d.MQTT.Clients() == 3 }, "clients not connected")
+
+	next := withPasswords(t, reloadConfig(t, state, 1, 1, ""), map[string]string{gw05: "p5-new", gw06: "p6"})
+	next.Workers[gw04] = cfg.Workers[gw04] // the same hash; a new hash of the same password would count as changed
+	if err := d.Reload(next); err != nil {
+		t.Fatalf("reload with new credentials: %v", err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return d.MQTT.Clients() == 1 },
+		"%d clients after reload, want gw04 only (gw05's password and the monitor changed)", d.MQTT.Clients())
+	gw4.peers(t, "ffmuc_welt", 42) // the same connection as before the reload
+	testenv.Eventually(t, 5*time.Second, func() bool { return d.Broker.Workers()[0].Peers["ffmuc_welt"] == 42 },
+		"gw04's metric after the reload not taken")
+	for _, refused := range [][2]string{{gw05, "p5"}, {"grafana", "pm"}} {
+		if c, err := login(refused[0], refused[1]); err == nil {
+			c.Close()
+			t.Errorf("%s with its old password accepted after the reload", refused[0])
+		}
+	}
+	gateway(gw05, "p5-new").up(t, "ffmuc_welt", 51821, 5)
+	gateway(gw06, "p6").up(t, "ffmuc_welt", 51822, 7)
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		ws := d.Broker.Workers()
+		return len(ws) == 3 && ws[1].Online && ws[1].Peers["ffmuc_welt"] == 5 && ws[2].Name == gw06 && ws[2].Online &&
+			ws[2].Peers["ffmuc_welt"] == 7
+	}, "gw05 with its new password and the new gw06 not reported: %+v", d.Broker.Workers())
 }

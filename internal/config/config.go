@@ -202,11 +202,14 @@ type MQTTMonitor struct {
 
 // MQTTLimits are broker.mqtt_limits.
 type MQTTLimits struct {
-	MaxPacketSize    int      `koanf:"max_packet_size"`
-	MaxClients       int      `koanf:"max_clients"`
-	ConnectTimeout   Duration `koanf:"connect_timeout"`
-	MaxSessionExpiry Duration `koanf:"max_session_expiry"`
-	MaxPending       int      `koanf:"max_pending"`
+	MaxPacketSize int `koanf:"max_packet_size"`
+	MaxClients    int `koanf:"max_clients"`
+	// MaxUnauthenticatedPerAddress bounds one address's connections without a credential (before CONNECT,
+	// and anonymous clients).
+	MaxUnauthenticatedPerAddress int      `koanf:"max_unauthenticated_per_address"`
+	ConnectTimeout               Duration `koanf:"connect_timeout"`
+	MaxSessionExpiry             Duration `koanf:"max_session_expiry"`
+	MaxPending                   int      `koanf:"max_pending"`
 }
 
 // Dashboard is broker.dashboard: optional basic-auth for GET /, its assets and GET /api/v1/status (off when
@@ -449,6 +452,7 @@ func (c *Config) Validate() error {
 		p = append(p, "mqtt: cert_file and key_file go together")
 	}
 	if ml := c.Broker.MQTTLimits; ml.MaxPacketSize < 0 || ml.MaxClients < 0 || ml.MaxPending < 0 ||
+		ml.MaxUnauthenticatedPerAddress < 0 ||
 		ml.ConnectTimeout < 0 || ml.MaxSessionExpiry < 0 {
 		p = append(p, "broker.mqtt_limits: negative limit")
 	}

@@ -272,12 +272,12 @@ broker:
   mqtt_listeners: [{address: "0.0.0.0:8883", cert_file: /s.pem, key_file: /s.key, client_ca_file: /ca.pem}]
   mqtt_monitors: {grafana: {password_hash: "$2a$08$y"}}
   allow_anonymous: true
-  mqtt_limits: {max_packet_size: 1024, max_clients: 10, connect_timeout: 2s, max_session_expiry: 5m, max_pending: 8}
+  mqtt_limits: {max_packet_size: 1024, max_clients: 10, max_unauthenticated_per_address: 4, connect_timeout: 2s, max_session_expiry: 5m, max_pending: 8}
 `), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := MQTTLimits{MaxPacketSize: 1024, MaxClients: 10, ConnectTimeout: Duration(2 * time.Second),
+	want := MQTTLimits{MaxPacketSize: 1024, MaxClients: 10, MaxUnauthenticatedPerAddress: 4, ConnectTimeout: Duration(2 * time.Second),
 		MaxSessionExpiry: Duration(5 * time.Minute), MaxPending: 8}
 	if diff := cmp.Diff(want, c.Broker.MQTTLimits); diff != "" {
 		t.Errorf("mqtt_limits (-want +got):\n%s", diff)

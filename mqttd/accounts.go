@@ -1,0 +1,185 @@
+package mqttd
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
+)
+
+// How a client authenticated (identity.via).
+const (
+	viaPassword    = "password"
+	viaCertificate = "certificate"
+	viaShared      = "shared"
+	viaAnonymous   = "anonymous"
+)
+
+// Accounts are the credentials the server accepts, as in Options; SetAccounts replaces them while it runs.
+type Accounts struct {
+	Workers, Monitors              map[string]Account
+	SharedUsername, SharedPassword string
+}
+
+// accounts returns the credentials of o.
+func (o *Options) accounts() Accounts {
+	return Accounts{Workers: o.Workers, Monitors: o.Monitors, SharedUsername: o.SharedUsername,
+		SharedPassword: o.SharedPassword}
+}
+
+// validate checks names and hashes, all problems at once.
+func (a Accounts) validate() error {
+	var errs []error
+	for name, w := range a.Workers {
+		if err := wire.ValidateTopicLevel(name); err != nil || name == mqtt.InlineClientId {
+			errs = append(errs, fmt.Errorf("worker %q: not a possible client id", name))
+		}
+		if _, err := bcrypt.Cost([]byte(w.PasswordHash)); w.PasswordHash != "" && err != nil {
+			errs = append(errs, fmt.Errorf("worker %s: password hash: %w", name, err))
+		}
+	}
+	for name, m := range a.Monitors {
+		if _, dup := a.Workers[name]; dup || name == "" || name == mqtt.InlineClientId {
+			errs = append(errs, fmt.Errorf("monitor %q: empty, reserved or also a worker", name))
+		}
+		if _, err := bcrypt.Cost([]byte(m.PasswordHash)); err != nil {
+			errs = append(errs, fmt.Errorf("monitor %s: password hash: %w", name, err))
+		}
+	}
+	if (a.SharedUsername == "") != (a.SharedPassword == "") {
+		errs = append(errs, errors.New("the shared MQTT login needs both mqtt.username and mqtt.password "+
+			"(a worker's own password goes into workers.<name>.password_hash as a hash)"))
+	}
+	return errors.Join(errs...)
+}
+
+// accountSet is the Accounts in effect, with what the server derives from them. It is never modified: a new
+// one replaces it.
+type accountSet struct {
+	Accounts
+	// credentials: a password is configured (then anonymous clients are refused, unless allowed).
+	credentials bool
+	// maxFilterLen bounds a subscription filter: the longest topic a configured name can make, with room.
+	maxFilterLen int
+	// sharedKey identifies the shared login (a SHA-256), so that a reload can tell whether it changed.
+	sharedKey string
+}
+
+func newAccountSet(a Accounts, domains []string) *accountSet {
+	a.Workers, a.Monitors = maps.Clone(a.Workers), maps.Clone(a.Monitors)
+	set := &accountSet{Accounts: a, credentials: a.SharedUsername != "" || len(a.Monitors) > 0}
+	for _, w := range a.Workers {
+		set.credentials = set.credentials || w.PasswordHash != ""
+	}
+	longest := func(names []string) int { return len(slices.MaxFunc(append(names, ""), cmpLen)) }
+	set.maxFilterLen = 1024 + longest(slices.Collect(maps.Keys(a.Workers))) + longest(domains)
+	if a.SharedUsername != "" {
+		sum := sha256.Sum256([]byte(a.SharedUsername + "\x00" + a.SharedPassword))
+		set.sharedKey = string(sum[:])
+	}
+	return set
+}
+
+func cmpLen(a, b string) int { return len(a) - len(b) }
+
+// SetAccounts replaces the accounts of the running server at once: every login from now on is checked against
+// acc. A connected client whose credential acc removes or changes — a new password hash, a new shared login,
+// its worker or monitor removed, its worker given a password of its own while it used the shared one, or an
+// anonymous client no longer accepted — is disconnected and logged once; all others keep their connections.
+// SetAccounts refuses acc, changing nothing, when it does not validate, or when it leaves no credential while a
+// listener other than loopback needs one (AllowAnonymous and the listeners are fixed at New).
+func (s *Server) SetAccounts(acc Accounts) error {
+	if err := acc.validate(); err != nil {
+		return err
+	}
+	set := newAccountSet(acc, s.opts.Domains)
+	if !set.credentials && !s.certCredentials && !s.opts.AllowAnonymous {
+		for _, l := range s.listeners {
+			if !l.loopback {
+				return fmt.Errorf("mqtt listener %s: no credentials would be left, so only loopback listeners "+
+					"would be allowed", l.Address())
+			}
+		}
+	}
+	s.accMu.Lock()
+	defer s.accMu.Unlock()
+	s.acc.Store(set)
+	s.verified.Range(func(k, _ any) bool {
+		if h := k.(string); !set.hasHash(h) {
+			s.verified.Delete(h)
+		}
+		return true
+	})
+	// A client authenticated by the old accounts but not yet among mochi's clients is checked by
+	// OnSessionEstablished.
+	for _, cl := range s.srv.Clients.GetAll() {
+		s.recheck(cl, set)
+	}
+	return nil
+}
+
+// hasHash reports whether a worker or monitor has the password hash h.
+func (set *accountSet) hasHash(h string) bool {
+	for _, m := range []map[string]Account{set.Workers, set.Monitors} {
+		for _, a := range m {
+			if a.PasswordHash == h {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// recheck disconnects cl when set no longer gives it the identity it was authenticated with.
+func (s *Server) recheck(cl *mqtt.Client, set *accountSet) {
+	c := connOf(cl.Net.Conn)
+	if c == nil || cl.Closed() {
+		return
+	}
+	id := c.id.Load()
+	if id == nil || s.holds(id, set, cl.Net.Listener) || !c.revoked.CompareAndSwap(false, true) {
+		return
+	}
+	s.refused(reasonRevoked)
+	s.log.Warn("mqtt client disconnected: its credential was removed or changed", "client", cl.ID,
+		"remote", cl.Net.Remote, "via", id.via, "reason", reasonRevoked)
+	cl.Stop(packets.ErrNotAuthorized)
+}
+
+// holds reports whether set gives id the rights it was authenticated with, by the same credential.
+func (s *Server) holds(id *identity, set *accountSet, listenerID string) bool {
+	if id.set == set {
+		return true
+	}
+	var now *identity
+	switch id.via {
+	case viaPassword:
+		if string(set.hashOf(id.name)) != id.cred {
+			return false
+		}
+		now, _ = s.account(set, id.name, id.via)
+	case viaCertificate:
+		now, _ = s.account(set, id.name, id.via)
+	case viaShared:
+		if set.sharedKey != id.cred {
+			return false
+		}
+		now, _ = s.sharedWorker(set, id.name)
+	case viaAnonymous:
+		if !s.anonymousOK(set, listenerID) {
+			return false
+		}
+		if id.assigned {
+			return true
+		}
+		now, _ = s.anonymous(set, id.name)
+	}
+	return now != nil && now.worker == id.worker && now.monitor == id.monitor
+}

@@ -1,0 +1,69 @@
+package mqttd
+
+import (
+	"maps"
+	"testing"
+	"time"
+
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+)
+
+const revokedLog = "mqtt client disconnected: its credential was removed or changed"
+
+// TestSetAccounts: new accounts on a running server. Clients whose credential changed (the shared login, a worker
+// given its own password) are disconnected, logged once each; the others keep their connections; the new
+// credentials work at once and the old ones no longer do. Accounts that do not validate, or that would leave a
+// non-loopback listener without credentials, change nothing.
+func TestSetAccounts(t *testing.T) {
+	f := newFleetCounting(t, nil, revokedLog)
+	a := f.connect(t, "gw-a", "gw-a", "pa")
+	f.connect(t, "gw-c", "wgkex", "shared")
+	f.connect(t, "gw-d", "wgkex", "shared")
+	f.connect(t, "mon", "mon", "pm")
+	next := f.s.acc.Load().Accounts
+	next.Workers = maps.Clone(next.Workers)
+	next.Workers["gw-d"] = Account{PasswordHash: hash(t, "pd")}
+	next.Workers["gw-e"] = Account{PasswordHash: hash(t, "pe")}
+	next.SharedPassword = "shared2"
+	if err := f.s.SetAccounts(next); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return f.s.Clients() == 2 },
+		"%d clients, want gw-a and mon still connected", f.s.Clients())
+	a.Publish(t, "wireguard-worker/gw-a/status", "1", 1, false) // the same connection
+	if n, r := f.logged.Load(), f.refusedN(reasonRevoked); n != 2 || r != 2 {
+		t.Errorf("%d log lines, %d counted, want 2 each (gw-c, gw-d)", n, r)
+	}
+	for _, c := range [][3]string{{"gw-c", "wgkex", "shared"}, {"gw-d", "wgkex", "shared2"}, {"gw-d", "gw-d", "pa"}} {
+		if cl, err := testenv.Dial(f.addr, c[0], testenv.ClientOptions{Username: c[1], Password: c[2]}); err == nil {
+			cl.Close()
+			t.Errorf("%s as %s/%s accepted", c[0], c[1], c[2])
+		}
+	}
+	f.connect(t, "gw-c", "wgkex", "shared2")
+	f.connect(t, "gw-d", "gw-d", "pd")
+	f.connect(t, "gw-e", "gw-e", "pe").Publish(t, "wireguard-worker/gw-e/status", "1", 1, false)
+
+	bad := next
+	bad.Workers = map[string]Account{"gw-a": {PasswordHash: "not bcrypt"}}
+	if err := f.s.SetAccounts(bad); err == nil {
+		t.Error("accounts with a bad hash accepted")
+	}
+	f.connect(t, "gw-b", "gw-b", "pb") // unchanged
+
+	// Without credentials on loopback, anonymous clients act as workers; once a worker gets a password, the
+	// anonymous client using its name is disconnected, and so is every other anonymous client.
+	s := start(t, Options{Workers: map[string]Account{"gw-x": {}, "gw-y": {}}}, nil)
+	testenv.Connect(t, s.Addrs()[0], "gw-x", testenv.ClientOptions{})
+	testenv.Connect(t, s.Addrs()[0], "gw-y", testenv.ClientOptions{})
+	if err := s.SetAccounts(Accounts{Workers: map[string]Account{"gw-x": {PasswordHash: hash(t, "px")}, "gw-y": {}}}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return s.Clients() == 0 }, "anonymous clients kept")
+
+	// A non-loopback listener needs credentials.
+	s = start(t, Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, Workers: map[string]Account{"gw-x": {PasswordHash: hash(t, "px")}}}, nil)
+	if err := s.SetAccounts(Accounts{Workers: map[string]Account{"gw-x": {}}}); err == nil {
+		t.Error("accounts without credentials accepted for a non-loopback listener")
+	}
+}
