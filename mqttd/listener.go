@@ -35,6 +35,12 @@ type listener struct {
 	ln     net.Listener
 	closed atomic.Bool
 	once   sync.Once
+	// mu guards open; establishing counts the goroutines handing connections to mochi. Close waits for them, so
+	// that mochi's wait for its clients (Listeners.CloseAll) never runs while one of them is still starting: mochi
+	// counts a client (WaitGroup.Add) only once its goroutine runs, which would race with that wait.
+	mu           sync.Mutex
+	open         map[*conn]struct{}
+	establishing sync.WaitGroup
 }
 
 var _ listeners.Listener = (*listener)(nil)
@@ -107,10 +113,26 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 		if l.tls != nil {
 			nc = tls.Server(cc, l.tls)
 		}
+		l.mu.Lock()
+		if l.closed.Load() {
+			l.mu.Unlock()
+			nc.Close()
+			return
+		}
+		if l.open == nil {
+			l.open = make(map[*conn]struct{})
+		}
+		l.open[cc] = struct{}{}
+		l.establishing.Add(1)
+		l.mu.Unlock()
 		go func() {
+			defer l.establishing.Done()
 			if err := establish(l.id, nc); err != nil {
 				l.connectionEnded(nc, err)
 			}
+			l.mu.Lock()
+			delete(l.open, cc)
+			l.mu.Unlock()
 		}()
 	}
 }
@@ -127,13 +149,21 @@ func (l *listener) connectionEnded(c net.Conn, err error) {
 	}
 }
 
-// Close stops accepting and disconnects the listener's clients, with Server.closeClients instead of mochi's
-// function.
+// Close stops accepting, disconnects the listener's clients (with Server.closeClients instead of mochi's
+// function), closes the connections still before CONNECT and waits until every connection has ended.
 func (l *listener) Close(listeners.CloseFn) {
 	l.once.Do(func() {
+		l.mu.Lock()
 		l.closed.Store(true)
+		l.mu.Unlock()
 		l.ln.Close()
 		l.disconnect(l.id)
+		l.mu.Lock()
+		for c := range l.open {
+			c.Close()
+		}
+		l.mu.Unlock()
+		l.establishing.Wait()
 	})
 }
 
