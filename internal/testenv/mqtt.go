@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 )
 
@@ -57,7 +58,9 @@ func Dial(addr, id string, o ClientOptions) (*Client, error) {
 	}
 	tc := &Client{id: id}
 	tc.c = paho.NewClient(paho.ClientConfig{
-		Conn: conn,
+		// paho writes a packet in several writes, and its pinger writes from a goroutine of its own: over TLS
+		// (no writev) a PINGREQ could land inside a PUBLISH without the lock (autopaho's dialer adds it too).
+		Conn: packets.NewThreadSafeConn(conn),
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			tc.mu.Lock()
 			tc.msgs = append(tc.msgs, Message{Topic: pr.Packet.Topic, Payload: string(pr.Packet.Payload), Retain: pr.Packet.Retain})
