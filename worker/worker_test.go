@@ -545,3 +545,31 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 	}
 	return false
 }
+
+// TestApplyLatencyReRegistration: a node registering again while its peer is in place is no apply, and its receipt
+// time must not linger: when the device later loses the peer and a read puts it back, that repair is not an apply
+// latency of an hour.
+func TestApplyLatencyReRegistration(t *testing.T) {
+	fake := dataplane.NewFake(welt)
+	a, c := newAgent(t, fake, nil)
+	enqueue(t, a, "ffmuc_welt", keyA)
+	c.advance(20 * time.Millisecond)
+	a.pass()
+	enqueue(t, a, "ffmuc_welt", keyA) // registers again: already in place
+	a.pass()
+	c.advance(time.Hour)
+	fake.Lose(welt, keyA)
+	a.Sync("ffmuc_welt", false)
+	a.pass() // the read finds route and FDB gone and puts them back
+	var m dto.Metric
+	if err := a.m.latency.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprintf("count %d sum %.3f", m.Histogram.GetSampleCount(), m.Histogram.GetSampleSum())
+	if want := "count 1 sum 0.020"; got != want {
+		t.Errorf("apply latency: %s, want %s", got, want)
+	}
+	if n := len(a.domains["ffmuc_welt"].received); n != 0 {
+		t.Errorf("%d receipt times kept for keys in place", n)
+	}
+}
