@@ -1,6 +1,7 @@
 package web
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
 	"encoding/json"
@@ -13,7 +14,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 )
@@ -66,6 +66,14 @@ type dashboard struct {
 	d    Dashboard
 	hist PeerHistory
 	at   time.Time // when hist was read
+
+	// compare checks a password against a bcrypt hash (bcrypt.CompareHashAndPassword; tests count the calls).
+	compare func(hash, password []byte) error
+	// verified is the SHA-256 of the password that last matched d.PasswordHash (zero: none yet); SetDashboard
+	// forgets it. An open page sends its credentials every 2 seconds and must not pay bcrypt each time.
+	verified [sha256.Size]byte
+	// bcryptSlot lets one bcrypt check run at a time: a flood of wrong passwords costs one core, not all.
+	bcryptSlot chan struct{}
 }
 
 // SetDashboard sets what the status page shows and who may see it. It may be called while the server runs.
@@ -73,6 +81,7 @@ func (s *Server) SetDashboard(d Dashboard) {
 	s.dash.mu.Lock()
 	s.dash.d = d
 	s.dash.at = time.Time{}
+	s.dash.verified = [sha256.Size]byte{}
 	s.dash.mu.Unlock()
 }
 
@@ -117,11 +126,31 @@ func (s *Server) securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-// checkPassword compares the username in constant time and the password against its bcrypt hash.
-func (s *Server) checkPassword(user, pass string, _ echo.Context) (bool, error) {
-	d := s.dashboardOptions()
+// checkPassword compares the username in constant time and the password against its bcrypt hash, or against the
+// digest of the password that last matched it.
+func (s *Server) checkPassword(user, pass string, c echo.Context) (bool, error) {
+	s.dash.mu.Lock()
+	d, known := s.dash.d, s.dash.verified
+	s.dash.mu.Unlock()
 	userOK := subtle.ConstantTimeCompare([]byte(user), []byte(d.Username)) == 1
-	passOK := bcrypt.CompareHashAndPassword(d.PasswordHash, []byte(pass)) == nil
+	sum := sha256.Sum256([]byte(pass))
+	if known != ([sha256.Size]byte{}) && subtle.ConstantTimeCompare(known[:], sum[:]) == 1 {
+		return userOK, nil
+	}
+	select {
+	case s.dash.bcryptSlot <- struct{}{}:
+	case <-c.Request().Context().Done():
+		return false, nil
+	}
+	passOK := s.dash.compare(d.PasswordHash, []byte(pass)) == nil
+	<-s.dash.bcryptSlot
+	if passOK {
+		s.dash.mu.Lock()
+		if string(s.dash.d.PasswordHash) == string(d.PasswordHash) { // not replaced meanwhile
+			s.dash.verified = sum
+		}
+		s.dash.mu.Unlock()
+	}
 	return userOK && passOK, nil
 }
 
