@@ -17,6 +17,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 )
@@ -60,6 +61,7 @@ func New(b *broker.Broker, log *slog.Logger, opts Options) *Server {
 	e.HideBanner = true
 	e.HidePort = true
 	s := &Server{b: b, e: e, log: log, bufs: sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}}
+	s.dash.compare, s.dash.bcryptSlot = bcrypt.CompareHashAndPassword, make(chan struct{}, 1)
 	if opts.RateLimit > 0 {
 		s.limit = newLimiter(opts.RateLimit, opts.RateBurst, opts.RateLimitClients, log)
 	}

@@ -1,9 +1,12 @@
 package web
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"sort"
@@ -13,7 +16,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 )
@@ -64,8 +66,16 @@ type Sample struct {
 type dashboard struct {
 	mu   sync.Mutex
 	d    Dashboard
-	hist PeerHistory
+	hist []byte    // the JSON of the PeerHistory last read: encoded once, not for every request
 	at   time.Time // when hist was read
+
+	// compare checks a password against a bcrypt hash (bcrypt.CompareHashAndPassword; tests count the calls).
+	compare func(hash, password []byte) error
+	// verified is the SHA-256 of the password that last matched d.PasswordHash (zero: none yet); SetDashboard
+	// forgets it. An open page sends its credentials every 2 seconds and must not pay bcrypt each time.
+	verified [sha256.Size]byte
+	// bcryptSlot lets one bcrypt check run at a time: a flood of wrong passwords costs one core, not all.
+	bcryptSlot chan struct{}
 }
 
 // SetDashboard sets what the status page shows and who may see it. It may be called while the server runs.
@@ -73,6 +83,7 @@ func (s *Server) SetDashboard(d Dashboard) {
 	s.dash.mu.Lock()
 	s.dash.d = d
 	s.dash.at = time.Time{}
+	s.dash.verified = [sha256.Size]byte{}
 	s.dash.mu.Unlock()
 }
 
@@ -117,11 +128,31 @@ func (s *Server) securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-// checkPassword compares the username in constant time and the password against its bcrypt hash.
-func (s *Server) checkPassword(user, pass string, _ echo.Context) (bool, error) {
-	d := s.dashboardOptions()
+// checkPassword compares the username in constant time and the password against its bcrypt hash, or against the
+// digest of the password that last matched it.
+func (s *Server) checkPassword(user, pass string, c echo.Context) (bool, error) {
+	s.dash.mu.Lock()
+	d, known := s.dash.d, s.dash.verified
+	s.dash.mu.Unlock()
 	userOK := subtle.ConstantTimeCompare([]byte(user), []byte(d.Username)) == 1
-	passOK := bcrypt.CompareHashAndPassword(d.PasswordHash, []byte(pass)) == nil
+	sum := sha256.Sum256([]byte(pass))
+	if known != ([sha256.Size]byte{}) && subtle.ConstantTimeCompare(known[:], sum[:]) == 1 {
+		return userOK, nil
+	}
+	select {
+	case s.dash.bcryptSlot <- struct{}{}:
+	case <-c.Request().Context().Done():
+		return false, nil
+	}
+	passOK := s.dash.compare(d.PasswordHash, []byte(pass)) == nil
+	<-s.dash.bcryptSlot
+	if passOK {
+		s.dash.mu.Lock()
+		if string(s.dash.d.PasswordHash) == string(d.PasswordHash) { // not replaced meanwhile
+			s.dash.verified = sum
+		}
+		s.dash.mu.Unlock()
+	}
 	return userOK && passOK, nil
 }
 
@@ -140,7 +171,8 @@ type StatusBody struct {
 	Broker BrokerInfo `json:"broker"`
 	broker.Status
 	// PeerHistory is left out (null) with ?history=0: it changes once a sample interval and is the bulk of the
-	// answer, so the page fetches it less often.
+	// answer, so the page fetches it less often. The handler leaves it nil and splices in the JSON it encoded
+	// once per read of the samples (the field is last); it is here for clients that decode the answer.
 	PeerHistory *PeerHistory `json:"peer_history"`
 }
 
@@ -178,38 +210,45 @@ func (s *Server) status(c echo.Context) error {
 	if d.StateFileBytes != nil {
 		body.Broker.StateFileBytes = d.StateFileBytes()
 	}
+	b, err := json.Marshal(body) // peer_history null, the last field
+	if err != nil {
+		return err
+	}
 	if c.QueryParam("history") != "0" {
 		h, err := s.peerHistory(now)
 		if err != nil {
 			return err
 		}
-		body.PeerHistory = &h
-	}
-	b, err := json.Marshal(body)
-	if err != nil {
-		return err
+		const tail = `null}`
+		if !bytes.HasSuffix(b, []byte(tail)) {
+			return fmt.Errorf("status body does not end with peer_history: %.40q", b[max(0, len(b)-40):])
+		}
+		b = append(append(append(make([]byte, 0, len(b)-len(tail)+len(h)+2), b[:len(b)-len(tail)]...), h...), '}')
 	}
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(b, '\n'))
 }
 
-// peerHistory reads the samples of the last 24 hours, or returns the last read if it is recent.
-func (s *Server) peerHistory(now time.Time) (PeerHistory, error) {
+// peerHistory returns the JSON of the samples of the last 24 hours, from the last read if it is recent. The
+// result is shared: append to a copy.
+func (s *Server) peerHistory(now time.Time) ([]byte, error) {
 	s.dash.mu.Lock()
 	defer s.dash.mu.Unlock()
 	if !s.dash.at.IsZero() && now.Sub(s.dash.at) < historyCacheTTL {
 		return s.dash.hist, nil
 	}
-	h := PeerHistory{Times: []int64{}, Workers: map[string][]*int{}}
-	if s.dash.d.PeerHistory == nil {
-		return h, nil
+	samples := map[string][]Sample{}
+	if s.dash.d.PeerHistory != nil {
+		var err error
+		if samples, err = s.dash.d.PeerHistory(now.Add(-historyWindow)); err != nil {
+			return nil, err
+		}
 	}
-	samples, err := s.dash.d.PeerHistory(now.Add(-historyWindow))
+	h, err := json.Marshal(alignSamples(samples))
 	if err != nil {
-		return PeerHistory{}, err
+		return nil, fmt.Errorf("encode peer history: %w", err)
 	}
-	h = alignSamples(samples)
-	s.dash.hist, s.dash.at = h, now
-	return h, nil
+	s.dash.hist, s.dash.at = h[:len(h):len(h)], now
+	return s.dash.hist, nil
 }
 
 // alignSamples puts every worker's samples on one time axis (whole seconds), with nil where a worker has none.

@@ -138,6 +138,12 @@ func (a *Agent) reconcile(ds *domainState, now time.Time, arrived map[string]boo
 	}
 	a.add(ds, plan.Add, log)
 	a.remove(ds, plan.Remove, log)
+	for k := range arrived {
+		// A key registered again while in place was never applied: its receipt must not time a later repair.
+		if h := ds.have[k]; h.Peer && h.Route && h.FDB {
+			delete(ds.received, k)
+		}
+	}
 	if sweep {
 		log.Info("sweep", "peers", len(ds.have)+len(plan.Remove), "removed", len(plan.Remove),
 			"deferred", plan.Deferred, "whitelisted", plan.Kept)

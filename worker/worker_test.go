@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -471,6 +472,14 @@ func TestMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Prometheus' own linter: base units, _total counters, help texts.
+	problems, err := promlint.NewWithMetricFamilies(sortedFamilies(fams)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint %s: %s", p.Metric, p.Text)
+	}
 	value := func(name string, labels ...string) string {
 		f := fams[name]
 		if f == nil {
@@ -519,6 +528,15 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+func sortedFamilies(fams map[string]*dto.MetricFamily) []*dto.MetricFamily {
+	out := make([]*dto.MetricFamily, 0, len(fams))
+	for _, f := range fams {
+		out = append(out, f)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
+	return out
+}
+
 func hasLabel(m *dto.Metric, name, value string) bool {
 	for _, l := range m.Label {
 		if l.GetName() == name && l.GetValue() == value {
@@ -526,4 +544,32 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 		}
 	}
 	return false
+}
+
+// TestApplyLatencyReRegistration: a node registering again while its peer is in place is no apply, and its receipt
+// time must not linger: when the device later loses the peer and a read puts it back, that repair is not an apply
+// latency of an hour.
+func TestApplyLatencyReRegistration(t *testing.T) {
+	fake := dataplane.NewFake(welt)
+	a, c := newAgent(t, fake, nil)
+	enqueue(t, a, "ffmuc_welt", keyA)
+	c.advance(20 * time.Millisecond)
+	a.pass()
+	enqueue(t, a, "ffmuc_welt", keyA) // registers again: already in place
+	a.pass()
+	c.advance(time.Hour)
+	fake.Lose(welt, keyA)
+	a.Sync("ffmuc_welt", false)
+	a.pass() // the read finds route and FDB gone and puts them back
+	var m dto.Metric
+	if err := a.m.latency.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprintf("count %d sum %.3f", m.Histogram.GetSampleCount(), m.Histogram.GetSampleSum())
+	if want := "count 1 sum 0.020"; got != want {
+		t.Errorf("apply latency: %s, want %s", got, want)
+	}
+	if n := len(a.domains["ffmuc_welt"].received); n != 0 {
+		t.Errorf("%d receipt times kept for keys in place", n)
+	}
 }

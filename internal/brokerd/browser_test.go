@@ -118,7 +118,7 @@ func TestDashboardInChromium(t *testing.T) {
 		testenv.Skip(t, "chromium not installed (apt-get install chromium)")
 	}
 	d := startDaemon(t, dashConfig(t, filepath.Join(t.TempDir(), "state.db")))
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	actx, cancelAlloc := chromedp.NewExecAllocator(ctx,
 		chromedp.ExecPath(chromiumPath),
@@ -146,7 +146,7 @@ func TestDashboardInChromium(t *testing.T) {
 	waitFor := func(what, expr string) {
 		t.Helper()
 		run(what, func(ctx context.Context, tg *chromedp.Target) (chromedp.Void, error) {
-			_, err := chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(15*time.Second))(ctx, tg)
+			_, err := chromedp.Poll[chromedp.Void](expr, chromedp.WithPollingTimeout(45*time.Second))(ctx, tg)
 			return chromedp.Void{}, err
 		})
 	}
@@ -262,6 +262,17 @@ func TestDashboardInChromium(t *testing.T) {
 	if err != nil || n != 0 {
 		t.Errorf("an endpoint became markup: %d img elements (%v)", n, err)
 	}
+
+	// A name as long as DNS allows, without a space to break at, still fits the phone's width.
+	long := strings.Repeat(strings.Repeat("x", 62)+".", 4) + "example"
+	data.ExternalAddress = long
+	gw4.client.Publish(t, wire.DataTopic(gw4.name, "ffwert_city"), string(data.Marshal()), 1, true)
+	waitFor("long endpoint shown", fmt.Sprintf(`[...document.querySelectorAll('[data-domain="ffwert_city"] td.endpoint')].some(td => td.textContent === %q)`, long+":51830"))
+	overflow, err = chromedp.Run(bctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth`))
+	if err != nil || overflow {
+		t.Errorf("a long endpoint makes the page wider than a phone's screen (%v)", err)
+	}
+	shot("phone-long-endpoint", 390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile)
 
 	if p := problems.take(); len(p) > 0 {
 		t.Errorf("page problems:\n  %s", strings.Join(p, "\n  "))

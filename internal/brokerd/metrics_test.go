@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -308,5 +309,26 @@ func TestMetricsDocumented(t *testing.T) {
 		if !documented[base] {
 			t.Errorf("grafana dashboard uses %s, README.md does not list it", m)
 		}
+	}
+}
+
+// TestMetricsLint: GET /metrics, after gateways reported and nodes registered so that every family has samples,
+// passes Prometheus' own linter (base units, _total counters, help texts, no reserved or camel-case names).
+func TestMetricsLint(t *testing.T) {
+	d := startDaemon(t, dashConfig(t, filepath.Join(t.TempDir(), "state.db")))
+	twoGateways(t, d)
+	post(t, d, "v2", `{"domain":"ffmuc_welt","public_key":"`+testenv.NewKey(t).PublicKey().String()+`"}`)
+	post(t, d, "v1", `{"domain":"ffmuc_nowhere","public_key":"`+nodeKey+`"}`)
+	resp, err := http.Get("http://" + d.HTTPAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	problems, err := promlint.New(resp.Body).Lint()
+	if err != nil {
+		t.Fatalf("lint /metrics: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
 	}
 }
