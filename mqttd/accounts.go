@@ -111,12 +111,7 @@ func (s *Server) SetAccounts(acc Accounts) error {
 	s.accMu.Lock()
 	defer s.accMu.Unlock()
 	s.acc.Store(set)
-	s.verified.Range(func(k, _ any) bool {
-		if h := k.(string); !set.hasHash(h) {
-			s.verified.Delete(h)
-		}
-		return true
-	})
+	s.passwords.Forget(set.hasHash)
 	// A client authenticated by the old accounts but not yet among mochi's clients is checked by
 	// OnSessionEstablished.
 	for _, cl := range s.srv.Clients.GetAll() {

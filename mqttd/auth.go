@@ -1,7 +1,7 @@
 package mqttd
 
 import (
-	"crypto/sha256"
+	"context"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
@@ -148,26 +148,11 @@ func (s *Server) sharedWorker(set *accountSet, name string) (*identity, string) 
 	return id, ""
 }
 
-// checkPassword compares pass with a bcrypt hash. A password that matched once is remembered (as its SHA-256)
-// for the hash, so that a reconnecting worker does not pay for bcrypt again; at most one entry per account.
+// checkPassword compares pass with a bcrypt hash, one check per core at a time (a reconnecting fleet is served
+// first come, first served, instead of every login finishing at the end of the storm). A password that matched is
+// remembered for its hash, so that a reconnecting worker does not pay for bcrypt again.
 func (s *Server) checkPassword(hash, pass []byte) bool {
-	sum := sha256.Sum256(pass)
-	if v, ok := s.verified.Load(string(hash)); ok {
-		known := v.([sha256.Size]byte)
-		if subtle.ConstantTimeCompare(known[:], sum[:]) == 1 {
-			return true
-		}
-	}
-	// One check per core at a time: a reconnecting fleet is served first come, first served, instead of every
-	// login finishing at the end of the storm.
-	s.bcryptSlots <- struct{}{}
-	err := bcrypt.CompareHashAndPassword(hash, pass)
-	<-s.bcryptSlots
-	if err != nil {
-		return false
-	}
-	s.verified.Store(string(hash), sum)
-	return true
+	return s.passwords.Check(context.Background(), hash, pass)
 }
 
 // HashPassword returns the bcrypt hash of password for workers.<name>.password_hash or a monitor; cost 0 means

@@ -25,6 +25,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/freifunkMUC/wgkex-go/internal/passwd"
 )
 
 // RetainStore keeps retained messages across restarts. The messages are opaque to it.
@@ -115,8 +117,7 @@ type Server struct {
 	// maxSubscriptions bounds the subscriptions one client holds.
 	maxSubscriptions int
 	failures         failures
-	verified         sync.Map // bcrypt hash → SHA-256 of the password that matched it
-	bcryptSlots      chan struct{}
+	passwords        *passwd.Checker
 	// loginDelay is how long a failed login waits for its refusal (tests shorten it).
 	loginDelay time.Duration
 	refusedVec *prometheus.CounterVec
@@ -149,8 +150,8 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 	caps.SharedSubAvailable = 0
 	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: log, Capabilities: caps})
 	s := &Server{srv: srv, log: log, opts: opts, done: make(chan struct{}), loginDelay: loginDelay,
-		bcryptSlots: make(chan struct{}, runtime.GOMAXPROCS(0)),
-		failures:    failures{m: map[netip.Prefix]*failure{}}}
+		passwords: passwd.New(runtime.GOMAXPROCS(0), nil),
+		failures:  failures{m: map[netip.Prefix]*failure{}}}
 	set := newAccountSet(opts.accounts(), opts.Domains)
 	s.acc.Store(set)
 	// A worker needs one subscription per domain and one for its replays; the rest is room for monitors.

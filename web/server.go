@@ -15,9 +15,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/freifunkMUC/wgkex-go/internal/passwd"
+
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 )
@@ -61,7 +62,7 @@ func New(b *broker.Broker, log *slog.Logger, opts Options) *Server {
 	e.HideBanner = true
 	e.HidePort = true
 	s := &Server{b: b, e: e, log: log, bufs: sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}}
-	s.dash.compare, s.dash.bcryptSlot = bcrypt.CompareHashAndPassword, make(chan struct{}, 1)
+	s.dash.passwords = passwd.New(1, nil)
 	if opts.RateLimit > 0 {
 		s.limit = newLimiter(opts.RateLimit, opts.RateBurst, opts.RateLimitClients, log)
 	}

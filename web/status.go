@@ -2,7 +2,6 @@ package web
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
 	"encoding/json"
@@ -13,6 +12,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/freifunkMUC/wgkex-go/internal/passwd"
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
@@ -69,13 +70,10 @@ type dashboard struct {
 	hist []byte    // the JSON of the PeerHistory last read: encoded once, not for every request
 	at   time.Time // when hist was read
 
-	// compare checks a password against a bcrypt hash (bcrypt.CompareHashAndPassword; tests count the calls).
-	compare func(hash, password []byte) error
-	// verified is the SHA-256 of the password that last matched d.PasswordHash (zero: none yet); SetDashboard
-	// forgets it. An open page sends its credentials every 2 seconds and must not pay bcrypt each time.
-	verified [sha256.Size]byte
-	// bcryptSlot lets one bcrypt check run at a time: a flood of wrong passwords costs one core, not all.
-	bcryptSlot chan struct{}
+	// passwords checks the password against d.PasswordHash: one bcrypt check at a time (a flood of wrong
+	// passwords costs one core, not all), and a password that matched is remembered, since an open page sends its
+	// credentials every 2 seconds and must not pay bcrypt each time.
+	passwords *passwd.Checker
 }
 
 // SetDashboard sets what the status page shows and who may see it. It may be called while the server runs.
@@ -83,8 +81,8 @@ func (s *Server) SetDashboard(d Dashboard) {
 	s.dash.mu.Lock()
 	s.dash.d = d
 	s.dash.at = time.Time{}
-	s.dash.verified = [sha256.Size]byte{}
 	s.dash.mu.Unlock()
+	s.dash.passwords.Forget(func(hash string) bool { return hash == string(d.PasswordHash) })
 }
 
 func (s *Server) dashboardOptions() Dashboard {
@@ -128,31 +126,11 @@ func (s *Server) securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-// checkPassword compares the username in constant time and the password against its bcrypt hash, or against the
-// digest of the password that last matched it.
+// checkPassword compares the username in constant time and the password against its bcrypt hash.
 func (s *Server) checkPassword(user, pass string, c echo.Context) (bool, error) {
-	s.dash.mu.Lock()
-	d, known := s.dash.d, s.dash.verified
-	s.dash.mu.Unlock()
+	d := s.dashboardOptions()
 	userOK := subtle.ConstantTimeCompare([]byte(user), []byte(d.Username)) == 1
-	sum := sha256.Sum256([]byte(pass))
-	if known != ([sha256.Size]byte{}) && subtle.ConstantTimeCompare(known[:], sum[:]) == 1 {
-		return userOK, nil
-	}
-	select {
-	case s.dash.bcryptSlot <- struct{}{}:
-	case <-c.Request().Context().Done():
-		return false, nil
-	}
-	passOK := s.dash.compare(d.PasswordHash, []byte(pass)) == nil
-	<-s.dash.bcryptSlot
-	if passOK {
-		s.dash.mu.Lock()
-		if string(s.dash.d.PasswordHash) == string(d.PasswordHash) { // not replaced meanwhile
-			s.dash.verified = sum
-		}
-		s.dash.mu.Unlock()
-	}
+	passOK := s.dash.passwords.Check(c.Request().Context(), d.PasswordHash, []byte(pass))
 	return userOK && passOK, nil
 }
 

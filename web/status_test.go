@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freifunkMUC/wgkex-go/internal/passwd"
+
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"golang.org/x/crypto/bcrypt"
@@ -252,7 +254,7 @@ func TestDashboardAuthCost(t *testing.T) {
 	calls, active, most := 0, 0, 0
 	release := make(chan struct{})
 	block := false
-	s.dash.compare = func(hash, pw []byte) error {
+	s.dash.passwords = passwd.New(1, func(hash, pw []byte) error {
 		mu.Lock()
 		calls++
 		active++
@@ -266,7 +268,7 @@ func TestDashboardAuthCost(t *testing.T) {
 		active--
 		mu.Unlock()
 		return bcrypt.CompareHashAndPassword(hash, pw)
-	}
+	})
 	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,90 @@
+package passwd
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+func hash(t *testing.T, pw string) []byte {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// TestCheck: right and wrong passwords with real bcrypt; a password that matched is not checked with bcrypt again,
+// a wrong one always is; Forget makes the next check pay again.
+func TestCheck(t *testing.T) {
+	var calls atomic.Int64
+	c := New(1, func(h, pw []byte) error { calls.Add(1); return bcrypt.CompareHashAndPassword(h, pw) })
+	a, b := hash(t, "secret-a"), hash(t, "secret-b")
+	ctx := context.Background()
+	for i, tc := range []struct {
+		hash      []byte
+		pw        string
+		want      bool
+		wantCalls int64
+	}{
+		{a, "secret-a", true, 1},
+		{a, "secret-a", true, 1}, // remembered
+		{a, "secret-b", false, 2},
+		{b, "secret-a", false, 3}, // a's password is remembered for a only
+		{b, "secret-b", true, 4},
+		{a, "", false, 5},
+	} {
+		if got := c.Check(ctx, tc.hash, []byte(tc.pw)); got != tc.want || calls.Load() != tc.wantCalls {
+			t.Errorf("%d: Check = %v after %d bcrypt calls, want %v after %d", i, got, calls.Load(), tc.want, tc.wantCalls)
+		}
+	}
+	c.Forget(func(h string) bool { return h == string(b) })
+	c.Check(ctx, b, []byte("secret-b"))
+	c.Check(ctx, a, []byte("secret-a"))
+	if calls.Load() != 6 {
+		t.Errorf("after Forget keeping b: %d bcrypt calls, want 6 (a checked again, b remembered)", calls.Load())
+	}
+	c.Forget(nil)
+	c.Check(ctx, b, []byte("secret-b"))
+	if calls.Load() != 7 {
+		t.Errorf("after Forget(nil): %d bcrypt calls, want 7", calls.Load())
+	}
+}
+
+// TestConcurrency: never more bcrypt checks at once than allowed; a check waiting for a slot gives up when its
+// context ends.
+func TestConcurrency(t *testing.T) {
+	var running, most atomic.Int64
+	release := make(chan struct{})
+	c := New(2, func(h, pw []byte) error {
+		n := running.Add(1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		<-release
+		running.Add(-1)
+		return bcrypt.ErrMismatchedHashAndPassword
+	})
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Add(1)
+		go func() { defer wg.Done(); c.Check(context.Background(), []byte("h"), []byte("wrong")) }()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for running.Load() < 2 { // both slots taken
+		runtime.Gosched()
+	}
+	if c.Check(ctx, []byte("h"), []byte("wrong")) {
+		t.Error("a check whose context ended was accepted")
+	}
+	close(release)
+	wg.Wait()
+	if most.Load() != 2 {
+		t.Errorf("%d bcrypt checks ran at once, want 2", most.Load())
+	}
+}
