@@ -1,7 +1,9 @@
 package mqttd
 
 import (
+	"fmt"
 	"maps"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,4 +68,91 @@ func TestSetAccounts(t *testing.T) {
 	if err := s.SetAccounts(Accounts{Workers: map[string]Account{"gw-x": {}}}); err == nil {
 		t.Error("accounts without credentials accepted for a non-loopback listener")
 	}
+}
+
+// staleClients returns the connected clients whose identity the accounts in effect no longer give them.
+func staleClients(s *Server) []string {
+	set := s.acc.Load()
+	var out []string
+	for _, cl := range s.srv.Clients.GetAll() {
+		c := connOf(cl.Net.Conn)
+		if c == nil || cl.Closed() {
+			continue
+		}
+		if id := c.id.Load(); id != nil && !s.holds(id, set, cl.Net.Listener) {
+			out = append(out, cl.ID+" via "+id.via)
+		}
+	}
+	return out
+}
+
+// TestReloadRacesLogins: workers log in with their passwords while a reload replaces every password. A login
+// checked against the old accounts (bcrypt) while SetAccounts swaps them must not stay connected afterwards,
+// and a password remembered for an old hash must never let the old password in under the new one.
+func TestReloadRacesLogins(t *testing.T) {
+	const workers, rounds = 6, 25
+	names := make([]string, workers)
+	for i := range names {
+		names[i] = "gw-" + string(rune('a'+i))
+	}
+	accounts := func(round int) (Accounts, map[string]string) {
+		acc := Accounts{Workers: map[string]Account{}}
+		pw := map[string]string{}
+		for _, n := range names {
+			pw[n] = n + "-" + string(rune('A'+round%26)) + string(rune('A'+round/26))
+			acc.Workers[n] = Account{PasswordHash: hash(t, pw[n])}
+		}
+		return acc, pw
+	}
+	acc, pw := accounts(0)
+	s := start(t, Options{Workers: acc.Workers, Limits: Limits{MaxUnauthenticatedPerAddress: 1000}}, nil)
+	var connected, late atomic.Int64
+	for round := 1; round <= rounds; round++ {
+		next, nextPW := accounts(round)
+		// Failed logins lock an address out for a while: every round logs in from addresses of its own.
+		dial := dialFrom(fmt.Sprintf("127.0.%d.1", round))
+		var swapped atomic.Bool
+		stop, done := make(chan struct{}), make(chan struct{})
+		for _, n := range names {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					c, err := testenv.Dial(s.Addrs()[0], n, testenv.ClientOptions{Username: n, Password: pw[n], Dial: dial})
+					if err == nil {
+						connected.Add(1)
+						if swapped.Load() {
+							late.Add(1)
+						}
+						t.Cleanup(c.Close)
+					}
+				}
+			}()
+		}
+		testenv.Eventually(t, 10*time.Second, func() bool { return connected.Load() >= int64(round*workers) },
+			"round %d: logins do not get through", round)
+		if err := s.SetAccounts(next); err != nil {
+			t.Fatal(err)
+		}
+		swapped.Store(true)
+		close(stop)
+		for range names {
+			<-done
+		}
+		testenv.Eventually(t, 10*time.Second, func() bool { return len(staleClients(s)) == 0 },
+			"round %d: clients connected with removed passwords: %v", round, staleClients(s))
+		// The old passwords, remembered for the old hashes, do not open the new ones.
+		c, err := testenv.Dial(s.Addrs()[0], names[0], testenv.ClientOptions{Username: names[0], Password: pw[names[0]],
+			Dial: dialFrom(fmt.Sprintf("127.0.%d.2", round))})
+		if err == nil {
+			c.Close()
+			t.Fatalf("round %d: the old password accepted after the reload", round)
+		}
+		pw = nextPW
+	}
+	t.Logf("%d logins, %d of them with a password a reload had removed while they were checked", connected.Load(), late.Load())
 }
