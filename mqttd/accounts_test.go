@@ -88,7 +88,8 @@ func staleClients(s *Server) []string {
 
 // TestReloadRacesLogins: workers log in with their passwords while a reload replaces every password. A login
 // checked against the old accounts (bcrypt) while SetAccounts swaps them must not stay connected afterwards,
-// and a password remembered for an old hash must never let the old password in under the new one.
+// a password remembered for an old hash must never let the old password in under the new one, and no password
+// stays remembered for a hash no account has any more (a check finishing after the swap used to leave one).
 func TestReloadRacesLogins(t *testing.T) {
 	const workers, rounds = 6, 25
 	names := make([]string, workers)
@@ -155,4 +156,14 @@ func TestReloadRacesLogins(t *testing.T) {
 		pw = nextPW
 	}
 	t.Logf("%d logins, %d of them with a password a reload had removed while they were checked", connected.Load(), late.Load())
+	var stale []string
+	s.verified.Range(func(k, _ any) bool {
+		if !s.acc.Load().hasHash(k.(string)) {
+			stale = append(stale, k.(string))
+		}
+		return true
+	})
+	if len(stale) > 0 {
+		t.Errorf("%d remembered passwords for hashes no account has any more", len(stale))
+	}
 }

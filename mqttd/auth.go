@@ -96,7 +96,7 @@ func (s *Server) identify(set *accountSet, cl *mqtt.Client, pk packets.Packet) (
 	}
 	pass := pk.Connect.Password
 	if hash := set.hashOf(user); hash != nil {
-		if !s.checkPassword(hash, pass) {
+		if !s.checkPassword(set, hash, pass) {
 			return nil, reasonBadLogin
 		}
 		if clientID != user {
@@ -148,9 +148,10 @@ func (s *Server) sharedWorker(set *accountSet, name string) (*identity, string) 
 	return id, ""
 }
 
-// checkPassword compares pass with a bcrypt hash. A password that matched once is remembered (as its SHA-256)
-// for the hash, so that a reconnecting worker does not pay for bcrypt again; at most one entry per account.
-func (s *Server) checkPassword(hash, pass []byte) bool {
+// checkPassword compares pass with a bcrypt hash of set. A password that matched once is remembered (as its
+// SHA-256) for the hash, so that a reconnecting worker does not pay for bcrypt again; at most one entry per
+// account.
+func (s *Server) checkPassword(set *accountSet, hash, pass []byte) bool {
 	sum := sha256.Sum256(pass)
 	if v, ok := s.verified.Load(string(hash)); ok {
 		known := v.([sha256.Size]byte)
@@ -167,6 +168,11 @@ func (s *Server) checkPassword(hash, pass []byte) bool {
 		return false
 	}
 	s.verified.Store(string(hash), sum)
+	// SetAccounts forgets the hashes it removes after replacing the accounts; a check that began before and
+	// remembers its hash after that forgets it here, so that reloads do not pile up entries.
+	if cur := s.acc.Load(); cur != set && !cur.hasHash(string(hash)) {
+		s.verified.Delete(string(hash))
+	}
 	return true
 }
 
