@@ -1,6 +1,7 @@
 package mqttd
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"maps"
 	"sync/atomic"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
 const revokedLog = "mqtt client disconnected: its credential was removed or changed"
@@ -165,5 +167,49 @@ func TestReloadRacesLogins(t *testing.T) {
 	})
 	if len(stale) > 0 {
 		t.Errorf("%d remembered passwords for hashes no account has any more", len(stale))
+	}
+}
+
+// TestReloadDuringPasswordCheck: a login whose password is checked against the old accounts (bcrypt, which may
+// queue behind a reconnecting fleet for seconds) finishes after a reload changed that password, while the
+// worker has already logged in with its new one. The login must be refused before it is acknowledged and before
+// it takes over the worker's session; it used to be acknowledged, take the session over (disconnecting the
+// real worker and receiving its queued messages) and only then be disconnected.
+func TestReloadDuringPasswordCheck(t *testing.T) {
+	log, quiet := quietLogger(t)
+	s, err := New(log, Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Domains: []string{welt},
+		Workers: map[string]Account{"gw-a": {PasswordHash: hash(t, "old")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Unbuffered: the test sees a check start (it receives) and decides when it ends (it sends).
+	s.bcryptSlots = make(chan struct{})
+	if err := s.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); quiet() })
+	addr := s.Addrs()[0]
+	stale := make(chan error, 1)
+	go func() {
+		c, err := testenv.Dial(addr, "gw-a", testenv.ClientOptions{Username: "gw-a", Password: "old", Dial: dialFrom("127.0.0.5")})
+		if err == nil {
+			defer c.Close()
+		}
+		stale <- err
+	}()
+	<-s.bcryptSlots // the old password is being checked against the old hash
+	newHash := hash(t, "new")
+	if err := s.SetAccounts(Accounts{Workers: map[string]Account{"gw-a": {PasswordHash: newHash}}}); err != nil {
+		t.Fatal(err)
+	}
+	s.verified.Store(newHash, sha256.Sum256([]byte("new"))) // the worker's own login needs no bcrypt slot
+	gw := testenv.Connect(t, addr, "gw-a", testenv.ClientOptions{Username: "gw-a", Password: "new"})
+	gw.Subscribe(t, wire.KeyFilter(welt))
+	s.bcryptSlots <- struct{}{} // the check ends: the old password matched the old hash
+	if err := <-stale; err == nil {
+		t.Error("a login checked against a password the reload had replaced was acknowledged")
+	}
+	if err := gw.TryPublish(wire.StatusTopic("gw-a"), "1", 1, false); err != nil {
+		t.Errorf("the worker logged in with its new password lost its connection: %v", err)
 	}
 }

@@ -39,7 +39,7 @@ const (
 	reasonSlowConsumer   = "slow_consumer"    // outbound queue full: the client stopped reading
 	reasonSubscriptions  = "subscriptions"    // more subscriptions than the limit per client
 	reasonPerAddress     = "per_address"      // too many connections without a credential from one address
-	reasonRevoked        = "revoked"          // disconnected: a reload removed or changed its credential
+	reasonRevoked        = "revoked"          // a reload removed or changed its credential: disconnected, or refused mid-login
 )
 
 var allReasons = []string{reasonBadLogin, reasonLoginBackoff, reasonAnonymous, reasonClientID, reasonUnknownWorker,
