@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,5 +230,50 @@ func TestAddrKey(t *testing.T) {
 		if got := addrKey(c.remote); got != netip.MustParsePrefix(c.want) {
 			t.Errorf("addrKey(%s) = %s, want %s", c.remote, got, c.want)
 		}
+	}
+}
+
+// TestSecondFloodLogged: an address floods (logged once), keeps one connection open so that its count never
+// drops to zero, and floods again much later. The second flood used to go unlogged for as long as the address
+// held a connection (an anonymous reader, or one connection renewed before each CONNECT deadline).
+func TestSecondFloodLogged(t *testing.T) {
+	f := newFleetCounting(t, func(o *Options) {
+		o.Limits.MaxUnauthenticatedPerAddress, o.Limits.ConnectTimeout = 3, time.Minute
+	}, perAddressLog)
+	u := f.s.listeners[0].uncredited
+	var mu sync.Mutex
+	now := time.Now()
+	u.mu.Lock()
+	u.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	u.mu.Unlock()
+	dial := dialFrom("127.0.0.6")
+	flood := func(n int) []net.Conn {
+		var cs []net.Conn
+		for range n {
+			c, err := dial("tcp", f.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			cs = append(cs, c)
+		}
+		return cs
+	}
+	first := flood(10)
+	testenv.Eventually(t, 10*time.Second, func() bool { return f.refusedN(reasonPerAddress) == 7 }, "first flood not refused")
+	if n := f.logged.Load(); n != 1 {
+		t.Fatalf("%d log lines for the first flood, want 1", n)
+	}
+	for _, c := range first[1:] {
+		c.Close()
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { n, _, _ := uncounted(f.s); return n == 1 }, "connections not closed")
+	mu.Lock()
+	now = now.Add(2 * floodLogEvery)
+	mu.Unlock()
+	flood(10)
+	testenv.Eventually(t, 10*time.Second, func() bool { return f.refusedN(reasonPerAddress) == 7+8 }, "second flood not refused")
+	if n := f.logged.Load(); n != 2 {
+		t.Errorf("%d log lines for two floods a while apart, want 2", n)
 	}
 }

@@ -161,7 +161,7 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 		}
 	}()
 	slots := make(chan struct{}, lim.MaxClients)
-	uncredited := &addrCounts{max: lim.MaxUnauthenticatedPerAddress, m: map[netip.Prefix]*addrCount{}}
+	uncredited := &addrCounts{max: lim.MaxUnauthenticatedPerAddress, m: map[netip.Prefix]*addrCount{}, now: time.Now}
 	for i, lc := range opts.Listeners {
 		l := &listener{id: "tcp" + strconv.Itoa(i), address: lc.Address, slots: slots, uncredited: uncredited,
 			connectTimeout: lim.ConnectTimeout, refused: s.refused, disconnect: s.closeClients, log: log}
