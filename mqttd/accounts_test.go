@@ -213,3 +213,22 @@ func TestReloadDuringPasswordCheck(t *testing.T) {
 		t.Errorf("the worker logged in with its new password lost its connection: %v", err)
 	}
 }
+
+// TestSetAccountsRemovesMonitor: a monitor removed by a reload is disconnected and cannot log in again with its
+// password, remembered or not; the workers keep their connections.
+func TestSetAccountsRemovesMonitor(t *testing.T) {
+	f := newFleet(t, nil)
+	f.connect(t, "mon", "mon", "pm")
+	a := f.connect(t, "gw-a", "gw-a", "pa")
+	next := f.s.acc.Load().Accounts
+	next.Monitors = nil
+	if err := f.s.SetAccounts(next); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return f.s.Clients() == 1 }, "the removed monitor is still connected")
+	a.Publish(t, wire.StatusTopic("gw-a"), "1", 1, false)
+	if c, err := testenv.Dial(f.addr, "mon", testenv.ClientOptions{Username: "mon", Password: "pm"}); err == nil {
+		c.Close()
+		t.Error("the removed monitor logged in again")
+	}
+}
