@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -29,11 +28,8 @@ func uncounted(s *Server) (counted, entries, slots int) {
 // the address out for good. After each, the address connects again, and the per-address count, its map entry
 // and the global slot are all given back.
 func TestUnauthenticatedCountReleased(t *testing.T) {
-	dir := t.TempDir()
 	root, other := testenv.NewCA(t, "wgkex test CA"), testenv.NewCA(t, "someone else's CA")
-	certFile, keyFile, caFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), filepath.Join(dir, "clients.pem")
-	testenv.WriteKeyPair(t, root.Server(t, "127.0.0.1"), certFile, keyFile)
-	root.WriteCert(t, caFile)
+	tlsListener := tlsListenerOf(t, root)
 	const from = "127.0.0.2"
 	dial := dialFrom(from)
 	tlsFrom := func(cert *tls.Certificate) func(string, string) (net.Conn, error) {
@@ -149,16 +145,7 @@ func TestUnauthenticatedCountReleased(t *testing.T) {
 					return sc, err
 				}})
 				r.Subscribe(t, wire.StatusTopic("gw-a"))
-				sc.mu.Lock()
-				sc.stalled = true
-				sc.mu.Unlock()
-				batch := make([]byte, 8<<10)
-				for i := 0; f.refusedN(reasonSlowConsumer) == 0; i++ {
-					if i > 100000 {
-						t.Fatal("never disconnected")
-					}
-					f.s.Publish(wire.StatusTopic("gw-a"), batch, false, 1)
-				}
+				f.stallUntilDropped(t, sc, wire.StatusTopic("gw-a"))
 			}},
 		{name: "revoked on reload, anonymous",
 			mod: func(o *Options) {
@@ -177,8 +164,7 @@ func TestUnauthenticatedCountReleased(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			f := newFleet(t, func(o *Options) {
 				o.AllowAnonymous = true
-				o.Listeners = []Listener{{Address: "127.0.0.1:0"},
-					{Address: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile}}
+				o.Listeners = []Listener{{Address: "127.0.0.1:0"}, tlsListener}
 				o.Limits.MaxUnauthenticatedPerAddress, o.Limits.ConnectTimeout = 1, time.Second
 				if c.mod != nil {
 					c.mod(o)
