@@ -39,7 +39,7 @@ const (
 	reasonSlowConsumer   = "slow_consumer"    // outbound queue full: the client stopped reading
 	reasonSubscriptions  = "subscriptions"    // more subscriptions than the limit per client
 	reasonPerAddress     = "per_address"      // too many connections without a credential from one address
-	reasonRevoked        = "revoked"          // disconnected: a reload removed or changed its credential
+	reasonRevoked        = "revoked"          // a reload removed or changed its credential: disconnected, or refused mid-login
 )
 
 var allReasons = []string{reasonBadLogin, reasonLoginBackoff, reasonAnonymous, reasonClientID, reasonUnknownWorker,
@@ -96,7 +96,7 @@ func (s *Server) identify(set *accountSet, cl *mqtt.Client, pk packets.Packet) (
 	}
 	pass := pk.Connect.Password
 	if hash := set.hashOf(user); hash != nil {
-		if !s.checkPassword(hash, pass) {
+		if !s.checkPassword(set, hash, pass) {
 			return nil, reasonBadLogin
 		}
 		if clientID != user {
@@ -148,11 +148,19 @@ func (s *Server) sharedWorker(set *accountSet, name string) (*identity, string) 
 	return id, ""
 }
 
-// checkPassword compares pass with a bcrypt hash, one check per core at a time (a reconnecting fleet is served
-// first come, first served, instead of every login finishing at the end of the storm). A password that matched is
-// remembered for its hash, so that a reconnecting worker does not pay for bcrypt again.
-func (s *Server) checkPassword(hash, pass []byte) bool {
-	return s.passwords.Check(context.Background(), hash, pass)
+// checkPassword compares pass with a bcrypt hash of set, one check per core at a time (a reconnecting fleet is
+// served first come, first served, instead of every login finishing at the end of the storm). A password that
+// matched is remembered for its hash, so that a reconnecting worker does not pay for bcrypt again.
+func (s *Server) checkPassword(set *accountSet, hash, pass []byte) bool {
+	if !s.passwords.Check(context.Background(), hash, pass) {
+		return false
+	}
+	// SetAccounts forgets the hashes it removes after replacing the accounts; a check that began before and
+	// remembers its hash after that forgets it here, so that reloads do not pile up entries.
+	if cur := s.acc.Load(); cur != set && !cur.hasHash(string(hash)) {
+		s.passwords.Forget(func(h string) bool { return h != string(hash) })
+	}
+	return true
 }
 
 // HashPassword returns the bcrypt hash of password for workers.<name>.password_hash or a monitor; cost 0 means

@@ -88,11 +88,11 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 		pause = 0
 		remote := c.RemoteAddr().String()
 		key := addrKey(remote)
-		if ok, first := l.uncredited.take(key); !ok {
+		if ok, n := l.uncredited.take(key); !ok {
 			l.refused(reasonPerAddress)
-			if first {
+			if n > 0 {
 				l.log.Warn("mqtt connections refused: too many without a credential from one address",
-					"remote", remote, "address", key.String(), "limit", l.uncredited.max)
+					"remote", remote, "address", key.String(), "limit", l.uncredited.max, "refused", n)
 			}
 			c.Close()
 			continue
@@ -202,23 +202,29 @@ func (c *conn) credited() {
 
 // addrCounts counts open connections without a credential per address (IPv4 address or IPv6 /64, as addrKey):
 // from accept until the client authenticates with a credential, and for the whole connection of an anonymous
-// client. One address can so hold at most max of them, however many connections the server takes in all.
+// client. One address can so hold at most max of them, however many connections the server takes in all. An
+// entry lives only while its address has a connection counted, so the map holds at most one per open connection.
 type addrCounts struct {
 	max int
 	mu  sync.Mutex
 	m   map[netip.Prefix]*addrCount
+	now func() time.Time // time.Now; tests set a clock of their own
 }
+
+// floodLogEvery is how often the refusals of one address are logged: once when a flood starts, then at most once
+// in this time with the number refused since, also while the address keeps a connection open in between.
+const floodLogEvery = time.Minute
 
 type addrCount struct {
 	n int
-	// logged: a refusal was logged since the address last had no connection counted, so that a flood is
-	// logged once, not once per connection.
-	logged bool
+	// loggedAt is when a refusal was last logged, refused the refusals since then not logged.
+	loggedAt time.Time
+	refused  int
 }
 
-// take counts a connection from key. It returns false when key has max connections counted already, and first
-// for the first such refusal since then.
-func (a *addrCounts) take(key netip.Prefix) (ok, first bool) {
+// take counts a connection from key. It returns false when key has max connections counted already; then
+// refused > 0 asks the caller to log that many refusals (this one included).
+func (a *addrCounts) take(key netip.Prefix) (ok bool, refused int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	e := a.m[key]
@@ -226,12 +232,15 @@ func (a *addrCounts) take(key netip.Prefix) (ok, first bool) {
 		e = &addrCount{}
 		a.m[key] = e
 	}
-	if e.n >= a.max {
-		first, e.logged = !e.logged, true
-		return false, first
+	if e.n < a.max {
+		e.n++
+		return true, 0
 	}
-	e.n++
-	return true, false
+	e.refused++
+	if now := a.now(); e.loggedAt.IsZero() || now.Sub(e.loggedAt) >= floodLogEvery {
+		refused, e.loggedAt, e.refused = e.refused, now, 0
+	}
+	return false, refused
 }
 
 // release uncounts a connection from key.

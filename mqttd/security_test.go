@@ -372,6 +372,24 @@ func (c *stallConn) Close() error {
 	return c.Conn.Close()
 }
 
+// stallUntilDropped makes the client on sc stop reading and publishes on topic from the inline client until the
+// server disconnects a slow consumer.
+func (f *fleet) stallUntilDropped(t *testing.T, sc *stallConn, topic string) {
+	t.Helper()
+	sc.mu.Lock()
+	sc.stalled = true
+	sc.mu.Unlock()
+	batch := make([]byte, 8<<10)
+	for i := 0; f.refusedN(reasonSlowConsumer) == 0; i++ {
+		if i > 100000 {
+			t.Fatal("a client that stopped reading was never disconnected")
+		}
+		if err := f.s.Publish(topic, batch, false, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestSlowConsumer(t *testing.T) {
 	f := newFleet(t, func(o *Options) { o.Limits.MaxPending = 8 })
 	sc := &stallConn{closed: make(chan struct{})}
@@ -384,19 +402,8 @@ func TestSlowConsumer(t *testing.T) {
 	slow.Subscribe(t, wire.ReplayKeysTopic("gw-a"))
 	b := f.connect(t, "gw-b", "gw-b", "pb")
 	b.Subscribe(t, wire.ReplayKeysTopic("gw-b"))
-	sc.mu.Lock()
-	sc.stalled = true
-	sc.mu.Unlock()
 	// The inline client keeps publishing; none of its publishes may wait for gw-a.
-	batch := make([]byte, 8<<10)
-	for i := 0; f.refusedN(reasonSlowConsumer) == 0; i++ {
-		if i > 100000 {
-			t.Fatal("a client that stopped reading was never disconnected")
-		}
-		if err := f.s.Publish(wire.ReplayKeysTopic("gw-a"), batch, false, 1); err != nil {
-			t.Fatal(err)
-		}
-	}
+	f.stallUntilDropped(t, sc, wire.ReplayKeysTopic("gw-a"))
 	f.s.Publish(wire.ReplayKeysTopic("gw-b"), []byte("batch"), false, 1)
 	b.WaitFor(t, wire.ReplayKeysTopic("gw-b"))
 	testenv.Eventually(t, 5*time.Second, func() bool { return f.s.Clients() == 1 }, "slow client still connected")

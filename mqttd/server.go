@@ -162,7 +162,7 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 		}
 	}()
 	slots := make(chan struct{}, lim.MaxClients)
-	uncredited := &addrCounts{max: lim.MaxUnauthenticatedPerAddress, m: map[netip.Prefix]*addrCount{}}
+	uncredited := &addrCounts{max: lim.MaxUnauthenticatedPerAddress, m: map[netip.Prefix]*addrCount{}, now: time.Now}
 	for i, lc := range opts.Listeners {
 		l := &listener{id: "tcp" + strconv.Itoa(i), address: lc.Address, slots: slots, uncredited: uncredited,
 			connectTimeout: lim.ConnectTimeout, refused: s.refused, disconnect: s.closeClients, log: log}
@@ -438,6 +438,11 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	if id == nil {
 		return refuse(reason)
 	}
+	// A reload may have replaced the accounts while the password was checked (bcrypt, perhaps queued behind a
+	// reconnecting fleet): those in effect now decide, before the client is acknowledged or takes a session over.
+	if cur := s.acc.Load(); cur != id.set && !s.holds(id, cur, cl.Net.Listener) {
+		return refuse(reasonRevoked)
+	}
 	if w := cl.Properties.Will; w.Flag == 1 && !id.canPublish(w.TopicName) {
 		return refuse(reasonWill)
 	}
@@ -468,8 +473,8 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	return true
 }
 
-// OnSessionEstablished checks a client authenticated by accounts that SetAccounts replaced before mochi listed
-// it among its clients, where SetAccounts looks.
+// OnSessionEstablished checks a client authenticated by accounts that SetAccounts replaced after
+// OnConnectAuthenticate's last look but before mochi listed it among its clients, where SetAccounts looks.
 func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if set := h.s.acc.Load(); identityOf(cl).set != set {
 		h.s.recheck(cl, set)

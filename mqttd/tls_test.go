@@ -27,14 +27,22 @@ func tlsDial(root *testenv.CA, cert *tls.Certificate) func(string, string) (net.
 	}
 }
 
-func TestClientCertificates(t *testing.T) {
+// tlsListenerOf returns a TLS listener on 127.0.0.1:0 with a server certificate from root, verifying client
+// certificates against root.
+func tlsListenerOf(t *testing.T, root *testenv.CA) Listener {
 	dir := t.TempDir()
+	l := Listener{Address: "127.0.0.1:0", CertFile: filepath.Join(dir, "server.pem"),
+		KeyFile: filepath.Join(dir, "server.key"), ClientCAFile: filepath.Join(dir, "clients.pem")}
+	testenv.WriteKeyPair(t, root.Server(t, "127.0.0.1"), l.CertFile, l.KeyFile)
+	root.WriteCert(t, l.ClientCAFile)
+	return l
+}
+
+func TestClientCertificates(t *testing.T) {
 	root, other := testenv.NewCA(t, "wgkex test CA"), testenv.NewCA(t, "someone else's CA")
-	certFile, keyFile, caFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), filepath.Join(dir, "clients.pem")
-	testenv.WriteKeyPair(t, root.Server(t, "127.0.0.1"), certFile, keyFile)
-	root.WriteCert(t, caFile)
+	l := tlsListenerOf(t, root)
 	f := newFleet(t, func(o *Options) {
-		o.Listeners = []Listener{{Address: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile}}
+		o.Listeners = []Listener{l}
 		o.Workers["gw-e"] = Account{}
 	})
 	dial := func(id string, c *tls.Certificate, user, pass string) (*testenv.Client, error) {

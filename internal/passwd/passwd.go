@@ -63,3 +63,13 @@ func (c *Checker) Forget(keep func(hash string) bool) {
 		return true
 	})
 }
+
+// Hashes returns the hashes for which a password is remembered.
+func (c *Checker) Hashes() []string {
+	var hs []string
+	c.known.Range(func(k, _ any) bool {
+		hs = append(hs, k.(string))
+		return true
+	})
+	return hs
+}
