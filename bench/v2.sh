@@ -49,7 +49,11 @@ echo "wrk starts $(date +%T.%N | cut -c1-12)"
 mem() { awk '/^(RssAnon|RssFile):/ {printf "%s %d ", $1, $2/1024}' "/proc/$broker/status"; }
 (while sleep ${MEM_INTERVAL:-0.5}; do mem; echo; done >"$dir/mem.txt") &
 sampler=$!
-wrk -t2 -c"$CONNS" -d"$DURATION" -s bench/v2.lua http://127.0.0.1:$HTTP_PORT/api/v2/wg/key/exchange | tail -n 1
+cpu() { awk '{print $14 + $15}' "/proc/$broker/stat"; }
+cpu0=$(cpu)
+wrk -t2 -c"$CONNS" -d"$DURATION" -s bench/v2.lua http://127.0.0.1:$HTTP_PORT/api/v2/wg/key/exchange | tee "$dir/wrk.txt" | tail -n 1
+ticks=$(($(cpu) - cpu0)) hz=$(getconf CLK_TCK)
+echo "broker CPU during the run: $(echo "scale=2; $ticks / $hz" | bc) s, $(awk -v t="$ticks" -v hz="$hz" '/^requests/ {sub(",", "", $2); printf "%.0f", t / hz * 1e6 / $2}' "$dir/wrk.txt") µs a request"
 kill $sampler
 heap=$(curl -s localhost:$HTTP_PORT/metrics | awk '$1 == "go_memstats_heap_inuse_bytes" {printf "%d", $2/1048576}')
 echo "broker memory after the run (MB): $(mem)VmRSS $(awk '/^VmRSS:/ {print int($2/1024)}' /proc/$broker/status), VmHWM $(awk '/^VmHWM:/ {print int($2/1024)}' /proc/$broker/status), Go heap in use $heap"
