@@ -22,7 +22,7 @@ import (
 )
 
 // defaultMemoryLimit is the Go runtime's soft memory limit unless GOMEMLIMIT is set.
-const defaultMemoryLimit = 80 << 20
+const defaultMemoryLimit = 64 << 20
 
 func main() {
 	// The broker's live heap is small while registrations allocate briskly: collecting less often halves its p99
@@ -32,7 +32,7 @@ func main() {
 	}
 	// With GC percent 400 the heap grows to five times the live heap, which under full load (registrations
 	// waiting in the write-ahead log to be merged) is 15 – 40 MB: a soft limit makes the collector work harder
-	// only near it, so that the broker stays within 150 MB of RSS with 1 M keys stored (BENCHMARKS.md).
+	// only near it, so that the broker stays under 150 MB of RSS with 1 M keys stored (BENCHMARKS.md).
 	// GOMEMLIMIT in the environment still decides (GOMEMLIMIT=off: no limit).
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(defaultMemoryLimit)
