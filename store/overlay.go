@@ -34,6 +34,7 @@ func (o overlay) add(r broker.KeyRecord) {
 	m[r.Key] = pendingOf(r)
 }
 
+// pendingOf returns what the overlay keeps of r.
 func pendingOf(r broker.KeyRecord) pendingKey {
 	return pendingKey{first: r.FirstSeen.UnixNano(), last: r.LastSeen.UnixNano(), gateway: r.Gateway}
 }
