@@ -2,11 +2,15 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,10 +22,7 @@ import (
 // BenchmarkReplayWindow reads, 1000 keys a page as a replay does, the keys of the last 3 h from a state file
 // made by bench/fillstate (WGKEX_BENCH_STATE; e.g. 20,000 recent keys among 1,000,000).
 func BenchmarkReplayWindow(b *testing.B) {
-	path := os.Getenv("WGKEX_BENCH_STATE")
-	if path == "" {
-		b.Skip("set WGKEX_BENCH_STATE to a file made by go run ./bench/fillstate")
-	}
+	path := benchFile(b, "WGKEX_BENCH_STATE", "go run ./bench/fillstate")
 	s, err := Open(path, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
@@ -84,20 +85,10 @@ func BenchmarkWrites(b *testing.B) {
 // BenchmarkSweep deletes the expired keys of a copy of WGKEX_BENCH_EXPIRED, a file made by bench/fillstate with
 // -expired (e.g. 900,000 keys last seen 31 to 60 days ago among 1,000,000), with the default 30-day cut.
 func BenchmarkSweep(b *testing.B) {
-	src := os.Getenv("WGKEX_BENCH_EXPIRED")
-	if src == "" {
-		b.Skip("set WGKEX_BENCH_EXPIRED to a file made by go run ./bench/fillstate -expired 900000")
-	}
+	src := benchFile(b, "WGKEX_BENCH_EXPIRED", "go run ./bench/fillstate -expired 900000")
 	for b.Loop() {
 		b.StopTimer()
-		path := b.TempDir() + "/state.db"
-		if out, err := exec.Command("cp", src, path).CombinedOutput(); err != nil {
-			b.Fatalf("%v: %s", err, out)
-		}
-		s, err := Open(path, slog.New(slog.DiscardHandler))
-		if err != nil {
-			b.Fatal(err)
-		}
+		s, path := openCopy(b, src)
 		b.StartTimer()
 		t0 := time.Now()
 		n, err := s.Sweep(context.Background(), time.Now().Add(-30*24*time.Hour))
@@ -112,4 +103,83 @@ func BenchmarkSweep(b *testing.B) {
 		b.ReportMetric(float64(fi.Size()>>20), "file-MB")
 		b.StartTimer()
 	}
+}
+
+// benchFile returns the state file named by the environment variable env, or skips the benchmark: make one with
+// the command how.
+func benchFile(b *testing.B, env, how string) string {
+	b.Helper()
+	path := os.Getenv(env)
+	if path == "" {
+		b.Skipf("set %s to a file made by %s", env, how)
+	}
+	return path
+}
+
+// openCopy opens a copy of the state file src.
+func openCopy(b *testing.B, src string) (*Store, string) {
+	b.Helper()
+	path := b.TempDir() + "/state.db"
+	if out, err := exec.Command("cp", src, path).CombinedOutput(); err != nil {
+		b.Fatalf("%v: %s", err, out)
+	}
+	s, err := Open(path, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s, path
+}
+
+// BenchmarkMerge merges 50,000 new random keys (a full overlay, mergeThreshold) into a copy of WGKEX_BENCH_STATE
+// (e.g. 1,000,000 keys from bench/fillstate), as the key writer hands them over, and reports the merge's wall
+// time, its CPU time and the process's mapped file pages after it.
+func BenchmarkMerge(b *testing.B) {
+	src := benchFile(b, "WGKEX_BENCH_STATE", "go run ./bench/fillstate")
+	for b.Loop() {
+		b.StopTimer()
+		s, _ := openCopy(b, src)
+		o := overlay{}
+		now := time.Now()
+		for range mergeThreshold {
+			var raw [32]byte
+			rand.Read(raw[:])
+			o.add(broker.KeyRecord{Key: base64.StdEncoding.EncodeToString(raw[:]), Domain: "ffmuc_welt", FirstSeen: now, LastSeen: now, Gateway: "gw04"})
+		}
+		cpu0 := cpuTime(b)
+		b.StartTimer()
+		t0 := time.Now()
+		if err := s.merge(o); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(time.Since(t0).Seconds(), "merge-s")
+		b.StopTimer()
+		b.ReportMetric((cpuTime(b) - cpu0).Seconds(), "cpu-s")
+		b.ReportMetric(float64(rssFile(b)>>20), "RssFile-MB")
+		s.Close()
+		b.StartTimer()
+	}
+}
+
+// cpuTime returns the process's user and system time.
+func cpuTime(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// rssFile returns the process's resident file-backed pages (RssFile in /proc/self/status) in bytes.
+func rssFile(tb testing.TB) int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		tb.Skip("no /proc/self/status")
+	}
+	var kb int64
+	for _, l := range strings.Split(string(b), "\n") {
+		if _, err := fmt.Sscanf(l, "RssFile: %d kB", &kb); err == nil {
+			return kb << 10
+		}
+	}
+	return 0
 }

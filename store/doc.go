@@ -3,7 +3,8 @@
 //
 // Registrations, the hot path, go first to a write-ahead log beside the file (<state>.wal.<n>): concurrent
 // registrations share one append (a group) and one fdatasync. Every 30 s, or once 50,000 registrations wait, the
-// log is handed to a background merge into the bbolt file, in sorted transactions of 1,024 registrations, and the
+// log is handed to a background merge into the bbolt file, in sorted transactions of 512 registrations (each
+// followed by unmapping the pages of the file it touched, so that they do not count in the broker's RSS), and the
 // merged segments are deleted; reads see log and file together. Open merges whatever a killed process left in the
 // log: a torn last group (never acknowledged) is dropped; a bad group with data after it is corruption, and Open
 // refuses with a *CorruptError that names the file, the offset and the truncate command that salvages the rest.

@@ -1,8 +1,6 @@
 package store
 
 import (
-	"sort"
-
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
@@ -17,14 +15,9 @@ const importChunk = 50000
 func (s *Store) Import(recs []broker.KeyRecord) error {
 	entries := make([]mergeEntry, len(recs))
 	for i, r := range recs {
-		entries[i] = mergeEntry{r.Domain, r}
+		entries[i] = mergeEntry{r.Domain, r.Key, pendingOf(r)}
 	}
-	sort.Slice(entries, func(i, j int) bool {
-		if entries[i].domain != entries[j].domain {
-			return entries[i].domain < entries[j].domain
-		}
-		return entries[i].r.Key < entries[j].r.Key
-	})
+	sortEntries(entries)
 	for i := 0; i < len(entries); i += importChunk {
 		chunk := entries[i:min(i+importChunk, len(entries))]
 		if err := s.update(func(tx *bolt.Tx) error { return mergeTx(tx, chunk) }); err != nil {

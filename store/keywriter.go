@@ -187,9 +187,9 @@ func (s *Store) startMerge(done chan<- error) bool {
 func (s *Store) mergeDone(err error) {
 	s.mu.Lock()
 	if err != nil {
-		for _, m := range s.merging {
-			for _, r := range m {
-				s.pending.add(r)
+		for d, m := range s.merging {
+			for k, p := range m {
+				s.pending.add(p.record(d, k))
 				s.pendingN++
 			}
 		}

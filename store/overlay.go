@@ -1,26 +1,48 @@
 package store
 
 import (
+	"cmp"
 	"encoding/binary"
-	"sort"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 )
 
-// overlay holds registrations that are durable in the write-ahead log but not yet merged: domain → key → record.
-type overlay map[string]map[string]broker.KeyRecord
+// overlay holds registrations that are durable in the write-ahead log but not yet merged: domain → key → what is
+// known of it. Under full load it holds up to mergeThreshold registrations, and as many more in the overlay being
+// merged, so its values are kept small: a waiting registration costs its key, a map slot and 32 bytes.
+type overlay map[string]map[string]pendingKey
+
+// pendingKey is a registration in the overlay: first and last seen (Unix nanoseconds, as the log and the file keep
+// them) and the gateway last assigned.
+type pendingKey struct {
+	first, last int64
+	gateway     string
+}
 
 func (o overlay) add(r broker.KeyRecord) {
 	m := o[r.Domain]
 	if m == nil {
-		m = map[string]broker.KeyRecord{}
+		m = map[string]pendingKey{}
 		o[r.Domain] = m
 	}
 	if old, ok := m[r.Key]; ok {
-		r = combine(old, r)
+		r = combine(old.record(r.Domain, r.Key), r)
 	}
-	m[r.Key] = r
+	m[r.Key] = pendingOf(r)
+}
+
+// pendingOf returns what the overlay keeps of r.
+func pendingOf(r broker.KeyRecord) pendingKey {
+	return pendingKey{first: r.FirstSeen.UnixNano(), last: r.LastSeen.UnixNano(), gateway: r.Gateway}
+}
+
+// record returns p as the record of key in domain.
+func (p pendingKey) record(domain, key string) broker.KeyRecord {
+	return broker.KeyRecord{Key: key, Domain: domain, FirstSeen: time.Unix(0, p.first), LastSeen: time.Unix(0, p.last),
+		Gateway: p.gateway}
 }
 
 // combine folds a newer registration of a key into what is known of it: the earliest first-seen time, the latest
@@ -40,25 +62,31 @@ func combine(old, r broker.KeyRecord) broker.KeyRecord {
 
 // mergeEntry is one registration to merge.
 type mergeEntry struct {
-	domain string
-	r      broker.KeyRecord
+	domain, key string
+	p           pendingKey
 }
 
 // sorted returns the overlay's registrations ordered by domain and key.
 func (o overlay) sorted() []mergeEntry {
-	var out []mergeEntry
+	n := 0
+	for _, m := range o {
+		n += len(m)
+	}
+	out := make([]mergeEntry, 0, n)
 	for d, m := range o {
-		for _, r := range m {
-			out = append(out, mergeEntry{d, r})
+		for k, p := range m {
+			out = append(out, mergeEntry{d, k, p})
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].domain != out[j].domain {
-			return out[i].domain < out[j].domain
-		}
-		return out[i].r.Key < out[j].r.Key
-	})
+	sortEntries(out)
 	return out
+}
+
+// sortEntries orders registrations by domain and key, the order of the keys buckets.
+func sortEntries(es []mergeEntry) {
+	slices.SortFunc(es, func(a, b mergeEntry) int {
+		return cmp.Or(strings.Compare(a.domain, b.domain), strings.Compare(a.key, b.key))
+	})
 }
 
 // inOverlay reports whether key of domain waits in the log. Callers hold s.mu for reading.
@@ -76,7 +104,8 @@ func (s *Store) overlayOf(domain string) map[string]broker.KeyRecord {
 	defer s.mu.RUnlock()
 	out := map[string]broker.KeyRecord{}
 	for _, o := range []overlay{s.merging, s.pending} {
-		for k, r := range o[domain] {
+		for k, p := range o[domain] {
+			r := p.record(domain, k)
 			if old, ok := out[k]; ok {
 				r = combine(old, r)
 			}

@@ -110,6 +110,7 @@ func (s *Store) Sweep(ctx context.Context, before time.Time) (int, error) {
 				return total, err
 			}
 			n, last, err := s.sweepChunk(string(d), from, cut)
+			s.releaseMapped()
 			total += n
 			if err != nil {
 				return total, fmt.Errorf("sweep domain %s: %w", d, err)
