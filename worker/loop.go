@@ -168,7 +168,8 @@ func (a *Agent) reconcile(ds *domainState, now time.Time, arrived map[string]boo
 	}
 }
 
-// read replaces what the loop believes the device has with what it reports, and adopts peers it did not know.
+// read replaces what the loop believes the device has with what it reports, and adopts peers it did not know,
+// except whitelisted ones.
 func (a *Agent) read(ds *domainState, now time.Time) error {
 	dev, err := a.dp.Device(ds.link)
 	if err != nil {
@@ -190,9 +191,10 @@ func (a *Agent) read(ds *domainState, now time.Time) error {
 	for _, p := range dev.Peers {
 		addr := dataplane.AllowedIP(p.PublicKey).Addr().As16()
 		have[p.PublicKey] = Have{Peer: true, Route: routes[addr], FDB: fdb[addr], LastHandshake: p.LastHandshake}
-		if _, ok := ds.want[p.PublicKey]; !ok {
+		if _, ok := ds.want[p.PublicKey]; !ok && !a.white[p.PublicKey] {
 			// Found on the device: WireGuard keeps no creation time, so its grace starts when the worker first
-			// sees it (at start: the worker's start).
+			// sees it (at start: the worker's start). A whitelisted peer that no registration brought is the
+			// operator's (a supernode, say): it is left as it is, and the sweep keeps it.
 			since := now
 			if !ds.read {
 				since = a.started

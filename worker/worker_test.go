@@ -316,6 +316,30 @@ func TestSyncRestores(t *testing.T) {
 	}
 }
 
+// TestWhitelistedPeerNotAdopted: a whitelisted peer the operator put on the device (a supernode, say) is left as
+// the operator made it: no link-local address, route or FDB entry is added to it, and the sweep keeps it. The
+// same key registered through MQTT is then managed like any other.
+func TestWhitelistedPeerNotAdopted(t *testing.T) {
+	fake := dataplane.NewFake(welt)
+	a, c := newAgent(t, fake, nil)
+	fake.AddPeers(welt, []string{keyD, keyA})
+	fake.Lose(welt, keyD)
+	fake.Lose(welt, keyA)
+	fake.Log = nil
+	a.Sync("ffmuc_welt", true)
+	a.pass()
+	c.advance(4 * time.Hour)
+	a.Sync("ffmuc_welt", true)
+	a.pass()
+	checkState(t, fake, "wg-welt "+keyD+" peer")
+	if diff := cmp.Diff([]string{"add wg-welt 1", "remove wg-welt " + keyA}, fake.Log); diff != "" {
+		t.Errorf("calls (-want +got):\n%s", diff)
+	}
+	enqueue(t, a, "ffmuc_welt", keyD)
+	a.pass()
+	checkState(t, fake, "wg-welt "+keyD+" peer route fdb")
+}
+
 // TestSweepPartialFailure: a removal failing at the route leaves the peer for the next sweep, which finishes it;
 // the failure does not stop the sweep of the other peers.
 func TestSweepPartialFailure(t *testing.T) {
