@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -549,6 +551,28 @@ func TestMetrics(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("metrics (-want +got):\n%s", diff)
+	}
+	// README.md lists every metric the worker serves, and no other.
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var documented, served []string
+	for _, m := range regexp.MustCompile("(?m)^\\| `(wgkex_worker_[a-z_]+)[`{]").FindAllStringSubmatch(string(readme), -1) {
+		documented = append(documented, m[1])
+	}
+	for name := range fams {
+		if strings.HasPrefix(name, "wgkex_") {
+			served = append(served, name)
+		}
+	}
+	if len(documented) < 10 {
+		t.Fatalf("README.md lists %d worker metrics", len(documented))
+	}
+	sort.Strings(documented)
+	sort.Strings(served)
+	if diff := cmp.Diff(documented, served); diff != "" {
+		t.Errorf("README.md's worker metrics (-) against /metrics (+):\n%s", diff)
 	}
 }
 

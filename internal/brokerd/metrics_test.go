@@ -282,7 +282,7 @@ func TestMetricsDocumented(t *testing.T) {
 	fams := scrape(t, d)
 	for name := range documented {
 		if strings.HasPrefix(name, "wgkex_worker_") {
-			continue // the worker's own (worker/metrics_test.go)
+			continue // the worker's own (worker.TestMetrics)
 		}
 		if name == "wgkex_cluster_broker_up" {
 			continue // only with an external MQTT server (TestBrokersShown)
