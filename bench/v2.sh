@@ -8,7 +8,7 @@
 # HTTP_PORT and MQTT_PORT (15000, 11883) choose the ports, so that runs side by side do not clash; BROKER=binary
 # runs that binary instead of building ./cmd/wgkex-broker (to compare two builds back to back). Memory is reported
 # split into RssAnon (the Go heap and stacks) and RssFile (pages of the mmap'd state file and of the binary, which
-# the kernel can drop), after the run and as the peak of samples taken every 0.5 s during it. BROKER_LOG=file keeps
+# the kernel can drop), after the run and as the peak of samples taken every MEM_INTERVAL seconds (0.5) during it. BROKER_LOG=file keeps
 # the broker's log (with GODEBUG=gctrace=1 in the environment, its garbage collections).
 set -euo pipefail
 cd "$(dirname "$0")/.."
