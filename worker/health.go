@@ -107,7 +107,7 @@ func (h *healthServer) listenAll() {
 			h.mu.Unlock()
 			continue
 		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.serve(w, link) }), ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
+		srv := healthHTTP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.serve(w, link) }), healthIdle)
 		h.mu.Lock()
 		h.servers[d] = listening{srv: srv, index: c.index, addr: c.addr}
 		h.mu.Unlock()
@@ -140,6 +140,17 @@ func (h *healthServer) serve(w http.ResponseWriter, link dataplane.Link) {
 		return
 	}
 	_, _ = w.Write([]byte("OK\n"))
+}
+
+// healthIdle is how long a health check's connection may stay open between requests.
+const healthIdle = 30 * time.Second
+
+// healthHTTP is the health listener's HTTP server. Every node on the link can connect, so each connection ends
+// within seconds, idle (after idle) or slow, whatever it sends: without these timeouts a keep-alive connection
+// left open would be held for ever.
+func healthHTTP(h http.Handler, idle time.Duration) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 5 * time.Second,
+		WriteTimeout: 5 * time.Second, IdleTimeout: idle, MaxHeaderBytes: 4 << 10}
 }
 
 // check reads link's device, or answers from a read less than healthFresh old.

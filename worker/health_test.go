@@ -1,11 +1,15 @@
 package worker
 
 import (
+	"bufio"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -58,5 +62,36 @@ func TestHealthAnswers(t *testing.T) {
 	}
 	if n := reads.Load(); n != 2 {
 		t.Errorf("%d device reads, want 2", n)
+	}
+}
+
+// TestHealthConnectionsEnd: a node that keeps its connection open after an answer (keep-alive) or never finishes
+// its request is disconnected; before, an idle keep-alive connection was held for ever, so the nodes of a link
+// could pile up connections and goroutines without bound.
+func TestHealthConnectionsEnd(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := healthHTTP(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("OK\n")) }), 200*time.Millisecond)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second)) // only so that a failing test ends
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	// Then idle: the server must close the connection (EOF), long before the test's own deadline.
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("idle keep-alive connection: read %v, want EOF (closed by the server)", err)
 	}
 }
