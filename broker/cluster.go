@@ -42,6 +42,11 @@ const (
 	replayWaitMax = time.Minute
 	// maxCatchupWaiting bounds the brokers whose catch-up answer waits for its turn.
 	maxCatchupWaiting = 64
+	// maxBrokers bounds the other brokers this one keeps track of, and maxBrokerID the length of a broker's id:
+	// any client the MQTT server lets publish on wgkex/broker/+/status could otherwise make up ids without end,
+	// each a metric series, a row on the status page and a peer to ask for the catch-up.
+	maxBrokers  = 64
+	maxBrokerID = 128
 )
 
 // Syncer is implemented by an MQTT side on which other brokers may publish: Sync returns once every message the
@@ -237,17 +242,41 @@ func (b *Broker) HandleBrokerStatus(topic string, payload []byte) {
 		b.log.Warn("dropped broker status", "topic", topic, "err", err)
 		return
 	}
+	if len(id) > maxBrokerID {
+		b.log.Warn("dropped broker status: id too long", "bytes", len(id))
+		return
+	}
 	alive := n >= 1
 	c.mu.Lock()
 	was, known := c.brokers[id]
 	changed := !known || was.Alive != alive
-	if changed {
+	full := !known && len(c.brokers) >= maxBrokers && !c.evictGone()
+	if changed && !full {
 		c.brokers[id] = BrokerState{ID: id, Alive: alive, Since: b.opts.Now()}
 	}
 	c.mu.Unlock()
-	if changed {
+	switch {
+	case full:
+		b.log.Warn("dropped broker status: too many brokers known", "broker", id, "max", maxBrokers)
+	case changed:
 		b.log.Info("broker status changed", "broker", id, "alive", alive)
 	}
+}
+
+// evictGone forgets the broker that has been gone longest, to make room for another; false when every broker
+// known is alive. c.mu is held.
+func (c *cluster) evictGone() bool {
+	oldest := ""
+	for id, s := range c.brokers {
+		if !s.Alive && (oldest == "" || s.Since.Before(c.brokers[oldest].Since)) {
+			oldest = id
+		}
+	}
+	if oldest == "" {
+		return false
+	}
+	delete(c.brokers, oldest)
+	return true
 }
 
 // ClusterBrokers returns every broker known on the MQTT server, this one included, by id: the live ones and those

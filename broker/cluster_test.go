@@ -144,6 +144,37 @@ func TestClusterBrokers(t *testing.T) {
 	}
 }
 
+// TestClusterBrokersBounded: made-up broker ids cannot grow the list without end: a new broker takes the place
+// of the one gone longest, none is added while all are alive, and an id longer than any name is dropped.
+func TestClusterBrokersBounded(t *testing.T) {
+	e := newEnv(t, "", clustered)
+	t0 := e.now
+	for i := range 200 {
+		e.now = t0.Add(time.Duration(i) * time.Second)
+		e.b.HandleBrokerStatus(wire.BrokerStatusTopic(fmt.Sprintf("gone-%03d", i)), []byte("0"))
+	}
+	e.b.HandleBrokerStatus(wire.BrokerStatusTopic(strings.Repeat("x", 200)), []byte("1"))
+	for i := range 100 {
+		e.b.HandleBrokerStatus(wire.BrokerStatusTopic(fmt.Sprintf("live-%03d", i)), []byte("1"))
+	}
+	var gone, live int
+	for _, s := range e.b.ClusterBrokers() {
+		switch {
+		case s.Self:
+		case strings.HasPrefix(s.ID, "live-") && s.Alive:
+			live++
+		case strings.HasPrefix(s.ID, "gone-") && !s.Alive:
+			gone++
+		default:
+			t.Errorf("unexpected broker %q", s.ID)
+		}
+	}
+	// The 64 places: the newest gone ones made room for live ones until none was left.
+	if gone != 0 || live != 64 {
+		t.Errorf("%d gone and %d live brokers kept, want 0 and 64", gone, live)
+	}
+}
+
 // TestReplayWaitsForCatchup: a replay request reaching a broker that is still catching up is served once the
 // catch-up is done, with the keys it brought.
 func TestReplayWaitsForCatchup(t *testing.T) {
