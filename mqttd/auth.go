@@ -96,8 +96,8 @@ func (s *Server) identify(set *accountSet, cl *mqtt.Client, pk packets.Packet) (
 	}
 	pass := pk.Connect.Password
 	if hash := set.hashOf(user); hash != nil {
-		if !s.checkPassword(set, hash, pass) {
-			return nil, reasonBadLogin
+		if reason := s.checkPassword(hash, pass); reason != "" {
+			return nil, reason
 		}
 		if clientID != user {
 			return nil, reasonClientID
@@ -148,19 +148,21 @@ func (s *Server) sharedWorker(set *accountSet, name string) (*identity, string) 
 	return id, ""
 }
 
-// checkPassword compares pass with a bcrypt hash of set, one check per core at a time (a reconnecting fleet is
-// served first come, first served, instead of every login finishing at the end of the storm). A password that
-// matched is remembered for its hash, so that a reconnecting worker does not pay for bcrypt again.
-func (s *Server) checkPassword(set *accountSet, hash, pass []byte) bool {
-	if !s.passwords.Check(context.Background(), hash, pass) {
-		return false
+// checkPassword compares pass with a bcrypt hash, one check per core at a time (a reconnecting fleet is served
+// first come, first served, instead of every login finishing at the end of the storm), waiting at most the connect
+// timeout for its turn. A password that matched is remembered for its hash, so that a reconnecting worker does not
+// pay for bcrypt again. It returns the reason of a refusal, or "": a login that was not checked in time is refused
+// as a timeout, not as a wrong password, so that its address is not locked out.
+func (s *Server) checkPassword(hash, pass []byte) string {
+	ctx, cancel := context.WithTimeout(s.stopped, s.loginWait)
+	defer cancel()
+	switch {
+	case s.passwords.Check(ctx, hash, pass):
+		return ""
+	case ctx.Err() != nil:
+		return reasonConnectTimeout
 	}
-	// SetAccounts forgets the hashes it removes after replacing the accounts; a check that began before and
-	// remembers its hash after that forgets it here, so that reloads do not pile up entries.
-	if cur := s.acc.Load(); cur != set && !cur.hasHash(string(hash)) {
-		s.passwords.Forget(func(h string) bool { return h != string(hash) })
-	}
-	return true
+	return reasonBadLogin
 }
 
 // HashPassword returns the bcrypt hash of password for workers.<name>.password_hash or a monitor; cost 0 means

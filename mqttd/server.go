@@ -6,6 +6,7 @@
 package mqttd
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -118,6 +119,11 @@ type Server struct {
 	maxSubscriptions int
 	failures         failures
 	passwords        *passwd.Checker
+	// loginWait bounds how long a login waits for its password check (a bcrypt slot): the connect timeout, and
+	// never beyond Close (stop), so that shutdown does not wait for a queue of logins.
+	loginWait time.Duration
+	stopped   context.Context
+	stop      context.CancelFunc
 	// loginDelay is how long a failed login waits for its refusal (tests shorten it).
 	loginDelay time.Duration
 	refusedVec *prometheus.CounterVec
@@ -150,8 +156,9 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 	caps.SharedSubAvailable = 0
 	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: log, Capabilities: caps})
 	s := &Server{srv: srv, log: log, opts: opts, done: make(chan struct{}), loginDelay: loginDelay,
-		passwords: passwd.New(runtime.GOMAXPROCS(0), nil),
-		failures:  failures{m: map[netip.Prefix]*failure{}}}
+		passwords: passwd.New(runtime.GOMAXPROCS(0), nil), loginWait: lim.ConnectTimeout,
+		failures: failures{m: map[netip.Prefix]*failure{}}}
+	s.stopped, s.stop = context.WithCancel(context.Background())
 	set := newAccountSet(opts.accounts(), opts.Domains)
 	s.acc.Store(set)
 	// A worker needs one subscription per domain and one for its replays; the rest is room for monitors.
@@ -216,7 +223,7 @@ func withDefaults(l Limits) Limits {
 	if l.MaxClients == 0 {
 		l.MaxClients = d.MaxClients
 	}
-	if l.MaxUnauthenticatedPerAddress == 0 {
+	if l.MaxUnauthenticatedPerAddress <= 0 { // negative would refuse everyone and keep an entry per address
 		l.MaxUnauthenticatedPerAddress = d.MaxUnauthenticatedPerAddress
 	}
 	if l.ConnectTimeout == 0 {
@@ -379,6 +386,7 @@ func (s *Server) Close() error {
 		return nil
 	}
 	close(s.done)
+	s.stop()
 	return s.srv.Close()
 }
 
@@ -493,7 +501,8 @@ func (h *authHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 	return will, nil
 }
 
-// identityOf returns a connected client's identity; nil for the inline client.
+// identityOf returns a connected client's identity; for the inline client (and a client not yet authenticated) an
+// empty one, which may do nothing.
 func identityOf(cl *mqtt.Client) *identity {
 	if c := connOf(cl.Net.Conn); c != nil {
 		if id := c.id.Load(); id != nil {

@@ -17,7 +17,9 @@ import (
 type Checker struct {
 	slots   chan struct{}
 	compare func(hash, password []byte) error
-	known   sync.Map // string(hash) → SHA-256 of the password that matched it
+	mu      sync.Mutex
+	known   map[string][sha256.Size]byte // hash → SHA-256 of the password that matched it
+	gen     uint64                       // counts Forget calls: a check that began before one remembers nothing
 }
 
 // New returns a Checker that runs at most concurrent bcrypt checks at a time (at least one), comparing with
@@ -26,18 +28,19 @@ func New(concurrent int, compare func(hash, password []byte) error) *Checker {
 	if compare == nil {
 		compare = bcrypt.CompareHashAndPassword
 	}
-	return &Checker{slots: make(chan struct{}, max(concurrent, 1)), compare: compare}
+	return &Checker{slots: make(chan struct{}, max(concurrent, 1)), compare: compare, known: map[string][sha256.Size]byte{}}
 }
 
 // Check reports whether password matches hash. It waits for a free bcrypt slot first, unless the password is the
-// one that last matched hash; it gives up (false) when ctx ends while it waits.
+// one that last matched hash; it gives up (false) when ctx ends while it waits, so give it a deadline.
 func (c *Checker) Check(ctx context.Context, hash, password []byte) bool {
 	sum := sha256.Sum256(password)
-	if v, ok := c.known.Load(string(hash)); ok {
-		known := v.([sha256.Size]byte)
-		if subtle.ConstantTimeCompare(known[:], sum[:]) == 1 {
-			return true
-		}
+	c.mu.Lock()
+	known, ok := c.known[string(hash)]
+	gen := c.gen
+	c.mu.Unlock()
+	if ok && subtle.ConstantTimeCompare(known[:], sum[:]) == 1 {
+		return true
 	}
 	select {
 	case c.slots <- struct{}{}:
@@ -49,27 +52,24 @@ func (c *Checker) Check(ctx context.Context, hash, password []byte) bool {
 	if err != nil {
 		return false
 	}
-	c.known.Store(string(hash), sum)
+	c.mu.Lock()
+	if c.gen == gen { // a Forget since the check began may have dropped this hash: remember nothing then
+		c.known[string(hash)] = sum
+	}
+	c.mu.Unlock()
 	return true
 }
 
 // Forget drops what is remembered for every hash for which keep returns false (all of them when keep is nil):
-// call it when the hashes in use change, so that a replaced hash's password is not kept.
+// call it when the hashes in use change, so that a replaced hash's password is not kept. A check under way
+// meanwhile does not remember its match.
 func (c *Checker) Forget(keep func(hash string) bool) {
-	c.known.Range(func(k, _ any) bool {
-		if h := k.(string); keep == nil || !keep(h) {
-			c.known.Delete(h)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	for h := range c.known {
+		if keep == nil || !keep(h) {
+			delete(c.known, h)
 		}
-		return true
-	})
-}
-
-// Hashes returns the hashes for which a password is remembered.
-func (c *Checker) Hashes() []string {
-	var hs []string
-	c.known.Range(func(k, _ any) bool {
-		hs = append(hs, k.(string))
-		return true
-	})
-	return hs
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 	"testing"
 
 	"golang.org/x/crypto/bcrypt"
@@ -57,7 +58,7 @@ func TestCheck(t *testing.T) {
 }
 
 // TestConcurrency: never more bcrypt checks at once than allowed; a check waiting for a slot gives up when its
-// context ends.
+// context ends, though its password is right.
 func TestConcurrency(t *testing.T) {
 	var running, most atomic.Int64
 	release := make(chan struct{})
@@ -67,24 +68,50 @@ func TestConcurrency(t *testing.T) {
 		}
 		<-release
 		running.Add(-1)
-		return bcrypt.ErrMismatchedHashAndPassword
+		return nil
 	})
 	var wg sync.WaitGroup
 	for range 6 {
 		wg.Add(1)
-		go func() { defer wg.Done(); c.Check(context.Background(), []byte("h"), []byte("wrong")) }()
+		go func() { defer wg.Done(); c.Check(context.Background(), []byte("h"), []byte("right")) }()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
 	for running.Load() < 2 { // both slots taken
 		runtime.Gosched()
 	}
-	if c.Check(ctx, []byte("h"), []byte("wrong")) {
-		t.Error("a check whose context ended was accepted")
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if c.Check(ctx, []byte("h"), []byte("other")) {
+		t.Error("a check whose context ended while it waited for a slot was accepted")
 	}
 	close(release)
 	wg.Wait()
 	if most.Load() != 2 {
 		t.Errorf("%d bcrypt checks ran at once, want 2", most.Load())
+	}
+}
+
+// TestForgetDuringCheck: a check that began before a Forget does not remember its match afterwards, so that a
+// hash a reload removed while it was being checked is not kept (and a later check pays bcrypt again).
+func TestForgetDuringCheck(t *testing.T) {
+	var calls atomic.Int64
+	started, finish := make(chan struct{}), make(chan struct{})
+	c := New(1, func(h, pw []byte) error {
+		if calls.Add(1) == 1 {
+			close(started)
+			<-finish
+		}
+		return nil
+	})
+	done := make(chan bool)
+	go func() { done <- c.Check(context.Background(), []byte("old"), []byte("pw")) }()
+	<-started
+	c.Forget(func(h string) bool { return h != "old" })
+	close(finish)
+	if !<-done {
+		t.Fatal("the check under way failed")
+	}
+	c.Check(context.Background(), []byte("old"), []byte("pw"))
+	if n := calls.Load(); n != 2 {
+		t.Errorf("%d bcrypt calls, want 2: the match of a check that began before Forget was remembered", n)
 	}
 }
