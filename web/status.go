@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"embed"
 	"encoding/json"
@@ -65,10 +66,13 @@ type Sample struct {
 
 // dashboard is the status page's state on a Server.
 type dashboard struct {
-	mu   sync.Mutex
-	d    Dashboard
-	hist []byte    // the JSON of the PeerHistory last read: encoded once, not for every request
-	at   time.Time // when hist was read
+	mu sync.Mutex // guards d
+	d  Dashboard
+	// histMu guards hist and at. It is held while the samples are read and encoded, so that concurrent requests
+	// share one read; mu is not, so that the page's other requests and logins do not wait for it.
+	histMu sync.Mutex
+	hist   []byte    // the JSON of the PeerHistory last read: encoded once, not for every request
+	at     time.Time // when hist was read
 
 	// passwords checks the password against d.PasswordHash: one bcrypt check at a time (a flood of wrong
 	// passwords costs one core, not all), and a password that matched is remembered, since an open page sends its
@@ -80,8 +84,10 @@ type dashboard struct {
 func (s *Server) SetDashboard(d Dashboard) {
 	s.dash.mu.Lock()
 	s.dash.d = d
-	s.dash.at = time.Time{}
 	s.dash.mu.Unlock()
+	s.dash.histMu.Lock()
+	s.dash.at = time.Time{}
+	s.dash.histMu.Unlock()
 	s.dash.passwords.Forget(func(hash string) bool { return hash == string(d.PasswordHash) })
 }
 
@@ -126,11 +132,17 @@ func (s *Server) securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
+// loginWait bounds how long a request waits for its password check.
+const loginWait = 5 * time.Second
+
 // checkPassword compares the username in constant time and the password against its bcrypt hash.
 func (s *Server) checkPassword(user, pass string, c echo.Context) (bool, error) {
 	d := s.dashboardOptions()
 	userOK := subtle.ConstantTimeCompare([]byte(user), []byte(d.Username)) == 1
-	passOK := s.dash.passwords.Check(c.Request().Context(), d.PasswordHash, []byte(pass))
+	// A flood of wrong passwords queues for the one bcrypt slot: a request waits its turn for a few seconds at most.
+	ctx, cancel := context.WithTimeout(c.Request().Context(), loginWait)
+	defer cancel()
+	passOK := s.dash.passwords.Check(ctx, d.PasswordHash, []byte(pass))
 	return userOK && passOK, nil
 }
 
@@ -209,15 +221,16 @@ func (s *Server) status(c echo.Context) error {
 // peerHistory returns the JSON of the samples of the last 24 hours, from the last read if it is recent. The
 // result is shared: append to a copy.
 func (s *Server) peerHistory(now time.Time) ([]byte, error) {
-	s.dash.mu.Lock()
-	defer s.dash.mu.Unlock()
+	read := s.dashboardOptions().PeerHistory
+	s.dash.histMu.Lock()
+	defer s.dash.histMu.Unlock()
 	if !s.dash.at.IsZero() && now.Sub(s.dash.at) < historyCacheTTL {
 		return s.dash.hist, nil
 	}
 	samples := map[string][]Sample{}
-	if s.dash.d.PeerHistory != nil {
+	if read != nil {
 		var err error
-		if samples, err = s.dash.d.PeerHistory(now.Add(-historyWindow)); err != nil {
+		if samples, err = read(now.Add(-historyWindow)); err != nil {
 			return nil, err
 		}
 	}
