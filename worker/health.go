@@ -73,15 +73,16 @@ func (h *healthServer) loop() {
 	}
 }
 
-// listenAll starts a listener for every domain whose device is readable and has none bound to its current
-// interface and link address. A device that cannot be read keeps its listener: the next good read decides.
+// listenAll starts a listener for every domain whose interface exists and has none bound to its current index and
+// link address. An interface that cannot be read keeps its listener: the next good read decides.
 func (h *healthServer) listenAll() {
 	for _, d := range h.a.Domains() {
 		link := h.a.link(d)
-		c := h.check(link)
-		if c.err != nil {
+		dev, err := h.a.dp.Interface(link) // not check: that lists every peer, and this runs every healthRetry
+		if err != nil {
 			continue
 		}
+		c := healthCheck{index: dev.Index, addr: dev.LinkAddress}
 		h.mu.Lock()
 		old, ok := h.servers[d]
 		h.mu.Unlock()

@@ -95,3 +95,26 @@ func TestHealthConnectionsEnd(t *testing.T) {
 		t.Errorf("idle keep-alive connection: read %v, want EOF (closed by the server)", err)
 	}
 }
+
+// TestHealthLoopCheap: the loop that keeps the listeners bound to their interfaces (every healthRetry, for the
+// worker's whole life) looks at the interfaces only: it used to read every device with all its peers each time.
+func TestHealthLoopCheap(t *testing.T) {
+	fake := dataplane.NewFake(welt)
+	var reads, looks atomic.Int64
+	fake.Fail = func(step, _ string) error {
+		switch step {
+		case "device":
+			reads.Add(1)
+		case "interface":
+			looks.Add(1)
+		}
+		return nil
+	}
+	a, _ := newAgent(t, fake, nil)
+	h := &healthServer{a: a, port: 1, servers: map[string]listening{}}
+	h.listenAll()
+	h.listenAll()
+	if reads.Load() != 0 || looks.Load() == 0 {
+		t.Errorf("%d device reads and %d interface looks, want 0 and some", reads.Load(), looks.Load())
+	}
+}

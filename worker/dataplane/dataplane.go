@@ -45,6 +45,9 @@ type Peer struct {
 type Dataplane interface {
 	// Device reads the WireGuard device of link and its link address.
 	Device(link Link) (Device, error)
+	// Interface reads the index and link address of link.WG (Device's Index and LinkAddress, nothing else): a
+	// cheap look, without listing the peers, for whether the interface was created again or readdressed.
+	Interface(link Link) (Device, error)
 	// Forwarding reads the /128 routes via link.WG and the FDB destinations on link.VX.
 	Forwarding(link Link) (Forwarding, error)
 	// AddPeers makes every key a peer of link.WG with its link-local /128 among its allowed IPs (added to any an

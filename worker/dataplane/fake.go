@@ -87,6 +87,20 @@ func (f *Fake) Device(l Link) (Device, error) {
 	return d, nil
 }
 
+// Interface implements Dataplane.
+func (f *Fake) Interface(l Link) (Device, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fl, ok := f.links[l]
+	if !ok {
+		return Device{}, fmt.Errorf("device %s: %w", l.WG, ErrNoDevice)
+	}
+	if err := f.fail("interface", ""); err != nil {
+		return Device{}, err
+	}
+	return Device{Index: fl.dev.Index, LinkAddress: fl.dev.LinkAddress}, nil
+}
+
 // Forwarding implements Dataplane.
 func (f *Fake) Forwarding(l Link) (Forwarding, error) {
 	f.mu.Lock()

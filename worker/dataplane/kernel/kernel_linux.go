@@ -113,6 +113,24 @@ func (d *Dataplane) Device(link dataplane.Link) (dataplane.Device, error) {
 	if err != nil {
 		return dataplane.Device{}, fmt.Errorf("read wireguard device %s: %w", link.WG, err)
 	}
+	out, err := d.Interface(link)
+	if err != nil {
+		return dataplane.Device{}, err
+	}
+	out.ListenPort, out.PublicKey = dev.ListenPort, dev.PublicKey.String()
+	out.Peers = make([]dataplane.Peer, 0, len(dev.Peers))
+	for _, p := range dev.Peers {
+		hs := p.LastHandshakeTime
+		if hs.Unix() <= 0 {
+			hs = time.Time{}
+		}
+		out.Peers = append(out.Peers, dataplane.Peer{PublicKey: p.PublicKey.String(), LastHandshake: hs})
+	}
+	return out, nil
+}
+
+// Interface implements dataplane.Dataplane.
+func (d *Dataplane) Interface(link dataplane.Link) (dataplane.Device, error) {
 	l, err := d.nlh.LinkByName(link.WG)
 	if err != nil {
 		return dataplane.Device{}, fmt.Errorf("find link %s: %w", link.WG, err)
@@ -131,16 +149,7 @@ func (d *Dataplane) Device(link dataplane.Link) (dataplane.Device, error) {
 	if err != nil {
 		return dataplane.Device{}, fmt.Errorf("link address of %s: %w", link.WG, err)
 	}
-	out := dataplane.Device{Index: l.Attrs().Index, ListenPort: dev.ListenPort, PublicKey: dev.PublicKey.String(), LinkAddress: la,
-		Peers: make([]dataplane.Peer, 0, len(dev.Peers))}
-	for _, p := range dev.Peers {
-		hs := p.LastHandshakeTime
-		if hs.Unix() <= 0 {
-			hs = time.Time{}
-		}
-		out.Peers = append(out.Peers, dataplane.Peer{PublicKey: p.PublicKey.String(), LastHandshake: hs})
-	}
-	return out, nil
+	return dataplane.Device{Index: l.Attrs().Index, LinkAddress: la}, nil
 }
 
 // Forwarding implements dataplane.Dataplane.
