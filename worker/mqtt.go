@@ -251,7 +251,7 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 		ClientConfig: paho.ClientConfig{
 			ClientID: a.opts.Name,
 			// A PINGRESP queued behind a burst of keys does not end a connection that delivers them.
-			PingHandler: &pinger{},
+			PingHandler: newPinger(),
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 				a.HandleMessage(pr.Packet.Topic, pr.Packet.Payload)
 				return true, nil
