@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/netutil"
+
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
 )
 
@@ -108,11 +110,19 @@ func (h *healthServer) listenAll() {
 			h.mu.Unlock()
 			continue
 		}
+		ln = netutil.LimitListener(ln, healthMaxConns)
 		srv := healthHTTP(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.serve(w, link) }), healthIdle)
 		h.mu.Lock()
+		select {
+		case <-h.done: // close has shut the servers down already: this one would serve on, unwaited for
+			h.mu.Unlock()
+			ln.Close()
+			return
+		default:
+		}
 		h.servers[d] = listening{srv: srv, index: c.index, addr: c.addr}
-		h.mu.Unlock()
 		h.wg.Add(1)
+		h.mu.Unlock()
 		go func() { defer h.wg.Done(); _ = srv.Serve(ln) }()
 		h.a.log.Info("health check listening", "domain", d, "interface", link.WG, "address", addr)
 	}
@@ -142,6 +152,10 @@ func (h *healthServer) serve(w http.ResponseWriter, link dataplane.Link) {
 	}
 	_, _ = w.Write([]byte("OK\n"))
 }
+
+// healthMaxConns bounds a domain's open health check connections; more wait in the listen queue. Every node asks
+// once a minute and is answered at once, so even 20,000 nodes keep a handful open at a time.
+const healthMaxConns = 256
 
 // healthIdle is how long a health check's connection may stay open between requests.
 const healthIdle = 30 * time.Second

@@ -301,6 +301,9 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	cancelLoop()
 	wg.Wait()
 	s.farewell()
+	// A reconnect between the farewell's last generation and its DISCONNECT starts a setup that nothing would end
+	// (autopaho reports no connection down after Disconnect): end the connection's context before waiting.
+	cancelConn()
 	s.setups.Wait()
 	if hs != nil {
 		hs.close()
