@@ -50,8 +50,6 @@ type Plan struct {
 	// Deferred counts peers that would be stale but were provisioned within the grace period; Kept counts
 	// whitelisted peers that would be stale.
 	Deferred, Kept int
-	// NextRetry is the earliest RetryAt still in the future (zero: none).
-	NextRetry time.Time
 }
 
 // Diff compares what a domain should have with what its device has. It is pure: same input, same plan.
@@ -100,10 +98,7 @@ func Diff(want map[string]Want, have map[string]Have, p Policy) Plan {
 			plan.Forget = append(plan.Forget, k)
 			continue
 		}
-		if w.RetryAt.After(p.Now) {
-			if plan.NextRetry.IsZero() || w.RetryAt.Before(plan.NextRetry) {
-				plan.NextRetry = w.RetryAt
-			}
+		if w.RetryAt.After(p.Now) { // the loop schedules its next pass for the earliest of these
 			continue
 		}
 		plan.Add = append(plan.Add, k)

@@ -33,7 +33,7 @@ func TestDiff(t *testing.T) {
 			policy, Plan{Add: []string{"A", "B"}}},
 		{"a failed key waits for its retry time",
 			map[string]Want{"A": {Provisioned: now, RetryAt: now.Add(2 * time.Second)}, "B": {Provisioned: now, RetryAt: now.Add(time.Second)}, "C": {Provisioned: now, RetryAt: now}},
-			nil, policy, Plan{Add: []string{"C"}, NextRetry: now.Add(time.Second)}},
+			nil, policy, Plan{Add: []string{"C"}}},
 		{"a key that never reached the device in StaleTimeout is forgotten",
 			map[string]Want{"A": {Provisioned: ago(3 * time.Hour), RetryAt: now.Add(time.Minute)}, "B": {Provisioned: ago(3*time.Hour - time.Second)}},
 			nil, policy, Plan{Add: []string{"B"}, Forget: []string{"A"}}},
