@@ -22,16 +22,17 @@ const (
 	viaAnonymous   = "anonymous"
 )
 
-// Accounts are the credentials the server accepts, as in Options; SetAccounts replaces them while it runs.
+// Accounts are the credentials the server accepts; SetAccounts replaces them while it runs.
 type Accounts struct {
-	Workers, Monitors              map[string]Account
+	// Workers are the configured gateways by name. A worker authenticates with its own password (username =
+	// name), a client certificate naming it, or the shared password with its name as client id.
+	Workers map[string]Account
+	// Monitors are read-only accounts: they may subscribe to worker topics (metrics, status, data), never see
+	// keys or replays and never publish.
+	Monitors map[string]Account
+	// SharedUsername and SharedPassword are the reference's one credential for every worker (mqtt.username and
+	// mqtt.password); a client using it acts as the worker its client id names, for names under Workers only.
 	SharedUsername, SharedPassword string
-}
-
-// accounts returns the credentials of o.
-func (o *Options) accounts() Accounts {
-	return Accounts{Workers: o.Workers, Monitors: o.Monitors, SharedUsername: o.SharedUsername,
-		SharedPassword: o.SharedPassword}
 }
 
 // validate checks names and hashes, all problems at once.

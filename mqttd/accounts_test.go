@@ -62,7 +62,7 @@ func TestSetAccounts(t *testing.T) {
 
 	// Without credentials on loopback, anonymous clients act as workers; once a worker gets a password, the
 	// anonymous client using its name is disconnected, and so is every other anonymous client.
-	s := start(t, Options{Workers: map[string]Account{"gw-x": {}, "gw-y": {}}}, nil)
+	s := start(t, Options{Accounts: Accounts{Workers: map[string]Account{"gw-x": {}, "gw-y": {}}}}, nil)
 	testenv.Connect(t, s.Addrs()[0], "gw-x", testenv.ClientOptions{})
 	testenv.Connect(t, s.Addrs()[0], "gw-y", testenv.ClientOptions{})
 	if err := s.SetAccounts(Accounts{Workers: map[string]Account{"gw-x": {PasswordHash: hash(t, "px")}, "gw-y": {}}}); err != nil {
@@ -71,7 +71,7 @@ func TestSetAccounts(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, func() bool { return s.Clients() == 0 }, "anonymous clients kept")
 
 	// A non-loopback listener needs credentials.
-	s = start(t, Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, Workers: map[string]Account{"gw-x": {PasswordHash: hash(t, "px")}}}, nil)
+	s = start(t, Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, Accounts: Accounts{Workers: map[string]Account{"gw-x": {PasswordHash: hash(t, "px")}}}}, nil)
 	if err := s.SetAccounts(Accounts{Workers: map[string]Account{"gw-x": {}}}); err == nil {
 		t.Error("accounts without credentials accepted for a non-loopback listener")
 	}
@@ -113,7 +113,7 @@ func TestReloadRacesLogins(t *testing.T) {
 		return acc, pw
 	}
 	acc, pw := accounts(0)
-	s := start(t, Options{Workers: acc.Workers, Limits: Limits{MaxUnauthenticatedPerAddress: 1000}}, nil)
+	s := start(t, Options{Accounts: Accounts{Workers: acc.Workers}, Limits: Limits{MaxUnauthenticatedPerAddress: 1000}}, nil)
 	var connected, late atomic.Int64
 	for round := 1; round <= rounds; round++ {
 		next, nextPW := accounts(round)
@@ -173,7 +173,7 @@ func TestReloadRacesLogins(t *testing.T) {
 func TestReloadDuringPasswordCheck(t *testing.T) {
 	log, quiet := quietLogger(t)
 	s, err := New(log, Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Domains: []string{welt},
-		Workers: map[string]Account{"gw-a": {PasswordHash: hash(t, "old")}}})
+		Accounts: Accounts{Workers: map[string]Account{"gw-a": {PasswordHash: hash(t, "old")}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,8 +241,8 @@ func TestSetAccountsRemovesMonitor(t *testing.T) {
 func TestLoginWaitBounded(t *testing.T) {
 	log, quiet := quietLogger(t)
 	s, err := New(log, Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Domains: []string{welt},
-		Limits:  Limits{ConnectTimeout: 500 * time.Millisecond},
-		Workers: map[string]Account{"gw-a": {PasswordHash: hash(t, "pa")}, "gw-b": {PasswordHash: hash(t, "pb")}}})
+		Limits:   Limits{ConnectTimeout: 500 * time.Millisecond},
+		Accounts: Accounts{Workers: map[string]Account{"gw-a": {PasswordHash: hash(t, "pa")}, "gw-b": {PasswordHash: hash(t, "pb")}}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -150,7 +150,7 @@ func TestUnauthenticatedCountReleased(t *testing.T) {
 		{name: "revoked on reload, anonymous",
 			mod: func(o *Options) {
 				o.Listeners, o.AllowAnonymous = o.Listeners[:1], false
-				o.Workers, o.Monitors, o.SharedUsername, o.SharedPassword = map[string]Account{"gw-x": {}}, nil, "", ""
+				o.Accounts = Accounts{Workers: map[string]Account{"gw-x": {}}}
 			},
 			end: func(t *testing.T, f *fleet, addr, _ string) {
 				testenv.Connect(t, addr, "gw-x", testenv.ClientOptions{Dial: dial})

@@ -25,7 +25,7 @@ func BenchmarkConnect200(b *testing.B) {
 		log, quiet := quietLogger(b)
 		b.Cleanup(quiet)
 		s, err := New(log, Options{Listeners: []Listener{{Address: "127.0.0.1:0"}},
-			Domains: []string{welt}, Workers: workers, Limits: Limits{MaxUnauthenticatedPerAddress: n}})
+			Domains: []string{welt}, Accounts: Accounts{Workers: workers}, Limits: Limits{MaxUnauthenticatedPerAddress: n}})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -66,11 +66,13 @@ func newFleetCounting(t *testing.T, mod func(*Options), msg string) *fleet {
 	f := &fleet{st: openStore(t, filepath.Join(t.TempDir(), "state.db"))}
 	opts := Options{
 		Domains: []string{welt, nord},
-		Workers: map[string]Account{
-			"gw-a": {PasswordHash: hash(t, "pa")}, "gw-b": {PasswordHash: hash(t, "pb")}, "gw-c": {}, "gw-d": {},
+		Accounts: Accounts{
+			Workers: map[string]Account{
+				"gw-a": {PasswordHash: hash(t, "pa")}, "gw-b": {PasswordHash: hash(t, "pb")}, "gw-c": {}, "gw-d": {},
+			},
+			Monitors:       map[string]Account{"mon": {PasswordHash: hash(t, "pm")}},
+			SharedUsername: "wgkex", SharedPassword: "shared",
 		},
-		Monitors:       map[string]Account{"mon": {PasswordHash: hash(t, "pm")}},
-		SharedUsername: "wgkex", SharedPassword: "shared",
 		Retained: f.st,
 	}
 	if mod != nil {
@@ -220,7 +222,7 @@ func TestAnonymousRule(t *testing.T) {
 		t.Errorf("non-loopback listener without credentials: %v", err)
 	}
 	// A password without a username (WGKEX_MQTT_PASSWORD alone) is not a login: an error, not an open server.
-	if _, err := New(testenv.Logger(t), Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, SharedPassword: "x"}); err == nil {
+	if _, err := New(testenv.Logger(t), Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, Accounts: Accounts{SharedPassword: "x"}}); err == nil {
 		t.Error("mqtt.password without mqtt.username accepted")
 	}
 	s := start(t, Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, AllowAnonymous: true}, nil)
@@ -228,7 +230,7 @@ func TestAnonymousRule(t *testing.T) {
 	testenv.Connect(t, "127.0.0.1:"+port, "gw-x", testenv.ClientOptions{})
 
 	// No credentials, loopback: anonymous clients act as the configured worker their client id names.
-	s = start(t, Options{Workers: map[string]Account{"gw-x": {}}}, nil)
+	s = start(t, Options{Accounts: Accounts{Workers: map[string]Account{"gw-x": {}}}}, nil)
 	c := testenv.Connect(t, s.Addrs()[0], "gw-x", testenv.ClientOptions{})
 	c.Publish(t, wire.StatusTopic("gw-x"), "1", 1, false)
 	rogue := testenv.Connect(t, s.Addrs()[0], "rogue", testenv.ClientOptions{})

@@ -83,15 +83,8 @@ type Options struct {
 	Listeners []Listener
 	// Domains are the domains every worker serves: they name the topics a worker may use.
 	Domains []string
-	// Workers are the configured gateways by name. A worker authenticates with its own password (username =
-	// name), a client certificate naming it, or the shared password with its name as client id.
-	Workers map[string]Account
-	// Monitors are read-only accounts: they may subscribe to worker topics (metrics, status, data), never see
-	// keys or replays and never publish.
-	Monitors map[string]Account
-	// SharedUsername and SharedPassword are the reference's one credential for every worker (mqtt.username and
-	// mqtt.password); a client using it acts as the worker its client id names, for names under Workers only.
-	SharedUsername, SharedPassword string
+	// Accounts are the credentials accepted at start (SetAccounts replaces them).
+	Accounts
 	// AllowAnonymous accepts clients without credentials on every listener. Without it they are accepted only
 	// when no credential is configured at all, and only on loopback listeners; New refuses a non-loopback
 	// listener then.
@@ -159,7 +152,7 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 		passwords: passwd.New(runtime.GOMAXPROCS(0), nil), loginWait: lim.ConnectTimeout,
 		failures: failures{m: map[netip.Prefix]*failure{}}}
 	s.stopped, s.stop = context.WithCancel(context.Background())
-	set := newAccountSet(opts.accounts(), opts.Domains)
+	set := newAccountSet(opts.Accounts, opts.Domains)
 	s.acc.Store(set)
 	// A worker needs one subscription per domain and one for its replays; the rest is room for monitors.
 	s.maxSubscriptions = 2*len(opts.Domains) + 64
@@ -240,7 +233,7 @@ func withDefaults(l Limits) Limits {
 
 // validate checks the accounts and listeners, all problems at once.
 func (o *Options) validate() error {
-	errs := []error{o.accounts().validate()}
+	errs := []error{o.Accounts.validate()}
 	for _, l := range o.Listeners {
 		if l.ClientCAFile != "" && l.CertFile == "" {
 			errs = append(errs, fmt.Errorf("mqtt listener %s: client_ca_file needs cert_file and key_file", l.Address))

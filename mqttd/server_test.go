@@ -154,7 +154,7 @@ func hasRetained(st RetainStore, topic string) bool {
 }
 
 func TestAuth(t *testing.T) {
-	s := start(t, Options{SharedUsername: "wgkex", SharedPassword: "s3cret", Workers: map[string]Account{"good": {}}}, nil)
+	s := start(t, Options{Accounts: Accounts{SharedUsername: "wgkex", SharedPassword: "s3cret", Workers: map[string]Account{"good": {}}}}, nil)
 	if _, err := testenv.Dial(s.Addrs()[0], "bad", testenv.ClientOptions{Username: "wgkex", Password: "wrong"}); err == nil {
 		t.Error("wrong password accepted")
 	}

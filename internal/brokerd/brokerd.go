@@ -237,13 +237,9 @@ func Gateways(workers map[string]config.Worker) map[string]broker.Gateway {
 
 // mqttOptions maps the configuration onto the embedded MQTT server's options.
 func mqttOptions(cfg *config.Config, st *store.Store) mqttd.Options {
-	acc := mqttAccounts(cfg)
 	o := mqttd.Options{
 		Domains:        cfg.Domains,
-		Workers:        acc.Workers,
-		Monitors:       acc.Monitors,
-		SharedUsername: acc.SharedUsername,
-		SharedPassword: acc.SharedPassword,
+		Accounts:       mqttAccounts(cfg),
 		AllowAnonymous: cfg.Broker.AllowAnonymous,
 		Limits: mqttd.Limits{
 			MaxPacketSize:                uint32(cfg.Broker.MQTTLimits.MaxPacketSize),
