@@ -101,13 +101,8 @@ func (s *Server) SetAccounts(acc Accounts) error {
 		return err
 	}
 	set := newAccountSet(acc, s.opts.Domains)
-	if !set.credentials && !s.certCredentials && !s.opts.AllowAnonymous {
-		for _, l := range s.listeners {
-			if !l.loopback {
-				return fmt.Errorf("mqtt listener %s: no credentials would be left, so only loopback listeners "+
-					"would be allowed", l.Address())
-			}
-		}
+	if err := s.needsCredentials(set); err != nil {
+		return err
 	}
 	s.accMu.Lock()
 	defer s.accMu.Unlock()

@@ -177,15 +177,14 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 		}
 		s.listeners = append(s.listeners, l)
 	}
+	if err := s.needsCredentials(set); err != nil {
+		return nil, err
+	}
 	for _, l := range s.listeners {
 		switch {
 		case (set.credentials || s.certCredentials) && !opts.AllowAnonymous:
 		case opts.AllowAnonymous:
 			log.Warn("mqtt accepts clients without credentials (allow_anonymous)", "listener", l.Address())
-		case !l.loopback:
-			return nil, fmt.Errorf("mqtt listener %s: no credentials are configured, so only loopback listeners "+
-				"are allowed (set workers.<name>.password_hash, mqtt.username/password or client_ca_file, or "+
-				"broker.allow_anonymous: true)", l.Address())
 		default:
 			log.Warn("mqtt accepts clients without credentials on loopback: configure credentials for production",
 				"listener", l.Address())
@@ -206,6 +205,22 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 		}
 	}
 	return s, nil
+}
+
+// needsCredentials refuses accounts that leave no credential at all while a listener other than loopback would
+// then accept anonymous clients (Mosquitto 2.0's rule), unless AllowAnonymous.
+func (s *Server) needsCredentials(set *accountSet) error {
+	if set.credentials || s.certCredentials || s.opts.AllowAnonymous {
+		return nil
+	}
+	for _, l := range s.listeners {
+		if !l.loopback {
+			return fmt.Errorf("mqtt listener %s: no credentials are configured, so only loopback listeners "+
+				"are allowed (set workers.<name>.password_hash, mqtt.username/password or client_ca_file, or "+
+				"broker.allow_anonymous: true)", l.Address())
+		}
+	}
+	return nil
 }
 
 func withDefaults(l Limits) Limits {
