@@ -226,11 +226,6 @@ func brokersShown(t *testing.T, d *Daemon) string {
 	return out
 }
 
-// shown is the last thing seen while polling, printed when the poll times out.
-type shown struct{ s string }
-
-func (s *shown) String() string { return s.s }
-
 // TestBrokersShown: with two brokers on one Mosquitto, broker a's /metrics and status JSON show both alive; once b
 // has shut down, a counts one broker and shows b gone (up 0, not alive); once b's retained status is deleted, a no
 // longer lists it.
@@ -241,21 +236,22 @@ func TestBrokersShown(t *testing.T) {
 	b := startDaemon(t, clusterConfig(t, filepath.Join(dir, "b.db"), addr, "broker-b"))
 	both := "brokers 2 true; broker-a up 1 true; broker-b up 1 true; status broker-a:" +
 		" broker-a alive=true self=true since=false broker-b alive=true self=false since=true"
-	got := new(shown)
-	testenv.Eventually(t, 10*time.Second, func() bool { got.s = brokersShown(t, a); return got.s == both },
+	var seen string
+	got := testenv.Lazy(func() string { return seen })
+	testenv.Eventually(t, 10*time.Second, func() bool { seen = brokersShown(t, a); return seen == both },
 		"broker a shows: %s\nwant: %s", got, both)
 	if err := b.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	one := "brokers 1 true; broker-a up 1 true; broker-b up 0 true; status broker-a:" +
 		" broker-a alive=true self=true since=false broker-b alive=false self=false since=true"
-	testenv.Eventually(t, 10*time.Second, func() bool { got.s = brokersShown(t, a); return got.s == one },
+	testenv.Eventually(t, 10*time.Second, func() bool { seen = brokersShown(t, a); return seen == one },
 		"broker a shows: %s\nwant: %s", got, one)
 	// The operator deletes b's retained status, as README.md says for a broker taken out of service: a forgets it.
 	op := testenv.Connect(t, addr, "operator", testenv.ClientOptions{Username: "broker-b", Password: clusterUsers["broker-b"]})
 	op.Publish(t, wire.BrokerStatusTopic("broker-b"), "", 1, true)
 	alone := "brokers 1 true; broker-a up 1 true; broker-b up 0 false; status broker-a:" +
 		" broker-a alive=true self=true since=false"
-	testenv.Eventually(t, 10*time.Second, func() bool { got.s = brokersShown(t, a); return got.s == alone },
+	testenv.Eventually(t, 10*time.Second, func() bool { seen = brokersShown(t, a); return seen == alone },
 		"broker a shows: %s\nwant: %s", got, alone)
 }

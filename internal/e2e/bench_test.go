@@ -43,11 +43,6 @@ func keys(b *testing.B, n int) []string {
 	return out
 }
 
-// lazy is a value a failure message reads when it is printed, not when the wait starts.
-type lazy func() string
-
-func (l lazy) String() string { return l() }
-
 func percentile(d []time.Duration, p float64) time.Duration {
 	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
 	return d[int(float64(len(d)-1)*p)]
@@ -108,7 +103,7 @@ func Benchmark20kKeys(b *testing.B) {
 			r.mqtt.Publish(wire.KeyTopic("ffmuc_welt"), []byte(k), false, 0)
 		}
 		published := time.Since(start)
-		applied := lazy(func() string { return fmt.Sprint(r.agent.Stats().Applied - base) })
+		applied := testenv.Lazy(func() string { return fmt.Sprint(r.agent.Stats().Applied - base) })
 		testenv.Eventually(b, 120*time.Second, func() bool { return r.agent.Stats().Applied-base >= n }, "%v of %d keys applied", applied, n)
 		all := time.Since(start)
 		out := r.ns.Run(b, "bridge", "fdb", "show", "dev", "vx-welt")

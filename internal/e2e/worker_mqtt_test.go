@@ -223,7 +223,7 @@ func TestFailingKeyRetried(t *testing.T) {
 		t.Errorf("%v replay requests, want 1", got)
 	}
 	broken.Store(false)
-	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey+" peer route fdb") }, "failed key not retried: %v", lazy(fake.String))
+	testenv.Eventually(t, 20*time.Second, func() bool { return strings.Contains(fake.String(), nodeKey+" peer route fdb") }, "failed key not retried: %v", testenv.Lazy(fake.String))
 }
 
 // TestReplayRequestRetried: a replay request that no broker receives is lost (MQTT drops a message nobody

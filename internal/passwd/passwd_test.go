@@ -5,8 +5,8 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"time"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )

@@ -96,6 +96,12 @@ func Tool(t testing.TB, name string) string {
 	return ""
 }
 
+// Lazy is a value of a failure message that is read when the message is printed, not when the wait starts: pass
+// testenv.Lazy(func() string { … }) to Eventually to print the last thing seen.
+type Lazy func() string
+
+func (l Lazy) String() string { return l() }
+
 // Eventually polls cond every 10 ms until it is true or the deadline passes, then fails with msg.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {
 	t.Helper()
