@@ -19,7 +19,7 @@ import (
 // durable.
 func BenchmarkCatchup100k(b *testing.B) {
 	const n = 100_000
-	addr := testenv.Mosquitto(b, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL(b)}).Addr
+	addr := testenv.Mosquitto(b, testenv.MosquittoOptions{Users: clusterUsers, ACL: testenv.DeployedACL(b)}).Addr
 	dir := b.TempDir()
 	aCfg := clusterConfig(b, filepath.Join(dir, "a.db"), addr, "broker-a")
 	st, err := store.Open(aCfg.Broker.StateFile, slog.New(slog.DiscardHandler))

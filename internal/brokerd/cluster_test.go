@@ -17,12 +17,6 @@ import (
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
-// clusterACL is the ACL the repository ships for Mosquitto (each gateway may only speak for itself, each broker
-// reads and writes what a broker needs), plus a read-only observer.
-func clusterACL(t testing.TB) string {
-	return testenv.DeployedACL(t) + "\nuser observer\ntopic read #\n"
-}
-
 var clusterUsers = map[string]string{
 	"broker-a": "pa", "broker-b": "pb", "gw1": "p1", "gw2": "p2", "observer": "po",
 }
@@ -82,7 +76,7 @@ func brokersAlive(d *Daemon, n int) func() bool {
 // nodes registering alternately at both exactly by weight, answer a replay once, and a broker that was down
 // catches up on the keys it missed.
 func TestTwoBrokersOnMosquitto(t *testing.T) {
-	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL(t)}).Addr
+	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: testenv.DeployedACL(t)}).Addr
 	gw1, gw2 := gateway(t, addr, "gw1"), gateway(t, addr, "gw2")
 	dir := t.TempDir()
 	a := startDaemon(t, clusterConfig(t, filepath.Join(dir, "a.db"), addr, "broker-a"))
@@ -230,7 +224,7 @@ func brokersShown(t *testing.T, d *Daemon) string {
 // has shut down, a counts one broker and shows b gone (up 0, not alive); once b's retained status is deleted, a no
 // longer lists it.
 func TestBrokersShown(t *testing.T) {
-	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL(t)}).Addr
+	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: testenv.DeployedACL(t)}).Addr
 	dir := t.TempDir()
 	a := startDaemon(t, clusterConfig(t, filepath.Join(dir, "a.db"), addr, "broker-a"))
 	b := startDaemon(t, clusterConfig(t, filepath.Join(dir, "b.db"), addr, "broker-b"))

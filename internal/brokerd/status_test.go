@@ -62,7 +62,7 @@ func TestStatusFromDaemon(t *testing.T) {
 // TestStatusOnExternalMQTT: with broker.mqtt_server the status page and /metrics work too; the MQTT client count
 // is unknown there (-1).
 func TestStatusOnExternalMQTT(t *testing.T) {
-	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL(t)}).Addr
+	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: testenv.DeployedACL(t)}).Addr
 	gateway(t, addr, "gw1")
 	d := startDaemon(t, clusterConfig(t, filepath.Join(t.TempDir(), "state.db"), addr, "broker-a"))
 	testenv.Eventually(t, 10*time.Second, func() bool { ws := d.Broker.Workers(); return len(ws) == 1 && ws[0].Online }, "gw1 not seen")

@@ -28,11 +28,6 @@ var clusterUsers = map[string]string{
 	"broker-a": "secret-a", "broker-b": "secret-b", "gw1": "p1", "gw2": "p2", "gw3": "p3", "gw-probe": "pp", "observer": "po",
 }
 
-// clusterACL is the ACL the repository ships, plus a read-only observer.
-func clusterACL(t testing.TB) string {
-	return testenv.DeployedACL(t) + "\nuser observer\ntopic read #\n"
-}
-
 type clusterBroker struct {
 	id, cfg, port string
 	cmd           *exec.Cmd
@@ -50,7 +45,7 @@ func newCluster(t *testing.T) *cluster {
 	t.Helper()
 	s := newNetwork(t, "wg", "bridge", "nsenter", "unshare", "mosquitto", "mosquitto_passwd")
 	c := &cluster{system: s, brokers: map[string]*clusterBroker{}, mqtt: brokerIP + ":1883"}
-	testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: clusterACL(t), Addr: c.mqtt,
+	testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: testenv.DeployedACL(t), Addr: c.mqtt,
 		Wrap: []string{"nsenter", "--net=" + s.brokerNS.Path()}, Dial: s.brokerNS.Dial})
 	obs, err := testenv.Dial(c.mqtt, "observer", testenv.ClientOptions{Dial: s.brokerNS.Dial, Username: "observer", Password: clusterUsers["observer"]})
 	if err != nil {

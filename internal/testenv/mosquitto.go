@@ -124,7 +124,7 @@ func FreeAddr(t testing.TB) string {
 }
 
 // DeployedACL returns the Mosquitto ACL the repository ships (deploy/mosquitto/acl), so that the cluster tests run
-// against the file operators copy.
+// against the file operators copy, plus a user observer that reads every topic: the tests' own eyes.
 func DeployedACL(t testing.TB) string {
 	t.Helper()
 	dir, err := os.Getwd()
@@ -145,5 +145,5 @@ func DeployedACL(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(b)
+	return string(b) + "\nuser observer\ntopic read #\n"
 }
