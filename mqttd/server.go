@@ -8,7 +8,6 @@ package mqttd
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +20,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
@@ -265,13 +266,9 @@ func serverTLS(lc Listener) (*tls.Config, error) {
 	}
 	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if lc.ClientCAFile != "" {
-		pem, err := os.ReadFile(lc.ClientCAFile)
+		pool, err := tlsfiles.Pool(lc.ClientCAFile)
 		if err != nil {
-			return nil, fmt.Errorf("read client CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("client CA %s: no PEM certificate", lc.ClientCAFile)
+			return nil, fmt.Errorf("client CA: %w", err)
 		}
 		tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
 	}

@@ -1,5 +1,5 @@
-// Package tlsfiles builds the TLS configuration of an MQTT client from PEM files: the broker's client of an
-// external server (mqttc) and the worker read the same kind of files the same way.
+// Package tlsfiles builds TLS configuration from PEM files: the MQTT clients (the broker's client of an external
+// server, mqttc, and the worker) read the same kind of files the same way, and the embedded server its client CA.
 package tlsfiles
 
 import (
@@ -26,13 +26,9 @@ type Client struct {
 func (c Client) Config() (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName}
 	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
+		pool, err := Pool(c.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("%sca_file: %w", c.Keys, err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%sca_file %s: no certificate found", c.Keys, c.CAFile)
 		}
 		tc.RootCAs = pool
 	}
@@ -44,4 +40,17 @@ func (c Client) Config() (*tls.Config, error) {
 		tc.Certificates = []tls.Certificate{cert}
 	}
 	return tc, nil
+}
+
+// Pool reads a PEM bundle of CA certificates; a file without any is an error.
+func Pool(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate found", file)
+	}
+	return pool, nil
 }

@@ -32,7 +32,7 @@ func TestConfig(t *testing.T) {
 		want string
 	}{
 		{Client{Keys: "mqtt.", CAFile: missing}, "mqtt.ca_file: "},
-		{Client{Keys: "mqtt.", CAFile: keyFile}, "mqtt.ca_file " + keyFile + ": no certificate found"},
+		{Client{Keys: "mqtt.", CAFile: keyFile}, "mqtt.ca_file: " + keyFile + ": no PEM certificate found"},
 		{Client{Keys: "broker.mqtt_server.", CertFile: missing, KeyFile: missing}, "broker.mqtt_server.cert_file: "},
 		{Client{Keys: "mqtt.", CertFile: certFile, KeyFile: caFile}, "mqtt.cert_file: "},
 	} {
