@@ -2,7 +2,6 @@ package web
 
 import (
 	"bufio"
-	"bytes"
 	"io"
 	"log/slog"
 	"net"
@@ -86,8 +85,8 @@ func flood(t *testing.T, c *http.Client, url string, header map[string]string) {
 }
 
 func TestRateLimitPerPeer(t *testing.T) {
-	var logs bytes.Buffer
-	url := limited(t, Options{}, slog.New(slog.NewTextHandler(io.MultiWriter(&logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug})))
+	log, logs := testenv.CaptureLogger(t)
+	url := limited(t, Options{}, log)
 	a, b := clientFrom("127.0.0.2"), clientFrom("127.0.0.3")
 	flood(t, a, url, nil)
 	if got := send(t, b, "POST", url, `{"domain":"ffmuc_welt","public_key":"`+key1+`"}`, nil); got.code != 200 {
@@ -111,9 +110,8 @@ func TestRateLimitPerPeer(t *testing.T) {
 }
 
 func TestRateLimitBehindTrustedProxy(t *testing.T) {
-	var logs bytes.Buffer
-	url := limited(t, Options{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.4/32")}},
-		slog.New(slog.NewTextHandler(io.MultiWriter(&logs, t.Output()), &slog.HandlerOptions{Level: slog.LevelDebug})))
+	log, logs := testenv.CaptureLogger(t)
+	url := limited(t, Options{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.4/32")}}, log)
 	proxy := clientFrom("127.0.0.4")
 	flood(t, proxy, url, map[string]string{"X-Forwarded-For": "198.51.100.7"})
 	ok := `{"domain":"ffmuc_welt","public_key":"` + key1 + `"}`

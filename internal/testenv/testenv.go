@@ -40,6 +40,13 @@ func (l *Logs) String() string {
 	return l.b.String()
 }
 
+// Reset forgets everything written so far.
+func (l *Logs) Reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.Reset()
+}
+
 // CaptureLogger returns a debug logger writing to the test's output and to the returned Logs, for tests that
 // check what was logged.
 func CaptureLogger(t testing.TB) (*slog.Logger, *Logs) {
