@@ -453,7 +453,7 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	}
 	// A reload may have replaced the accounts while the password was checked (bcrypt, perhaps queued behind a
 	// reconnecting fleet): those in effect now decide, before the client is acknowledged or takes a session over.
-	if cur := s.acc.Load(); cur != id.set && !s.holds(id, cur, cl.Net.Listener) {
+	if !s.holds(id, s.acc.Load(), cl.Net.Listener) { // holds is quick when the accounts did not change
 		return refuse(reasonRevoked)
 	}
 	if w := cl.Properties.Will; w.Flag == 1 && !id.canPublish(w.TopicName) {

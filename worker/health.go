@@ -63,16 +63,8 @@ func newHealthServer(a *Agent, port int, draining func() bool) *healthServer {
 
 func (h *healthServer) loop() {
 	defer h.wg.Done()
-	t := time.NewTicker(healthRetry)
-	defer t.Stop()
-	for {
-		h.listenAll()
-		select {
-		case <-h.done:
-			return
-		case <-t.C:
-		}
-	}
+	h.listenAll()
+	every(healthRetry, h.done, h.listenAll)
 }
 
 // listenAll starts a listener for every domain whose interface exists and has none bound to its current index and
