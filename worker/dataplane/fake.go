@@ -68,15 +68,22 @@ func (f *Fake) fail(step, key string) error {
 	return f.Fail(step, key)
 }
 
+// read returns l's state for a read, or the error the read fails with (no such device, or Fail for step). f.mu is
+// held.
+func (f *Fake) read(l Link, step string) (*fakeLink, error) {
+	fl, ok := f.links[l]
+	if !ok {
+		return nil, fmt.Errorf("device %s: %w", l.WG, ErrNoDevice)
+	}
+	return fl, f.fail(step, "")
+}
+
 // Device implements Dataplane.
 func (f *Fake) Device(l Link) (Device, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	fl, ok := f.links[l]
-	if !ok {
-		return Device{}, fmt.Errorf("device %s: %w", l.WG, ErrNoDevice)
-	}
-	if err := f.fail("device", ""); err != nil {
+	fl, err := f.read(l, "device")
+	if err != nil {
 		return Device{}, err
 	}
 	d := fl.dev
@@ -91,11 +98,8 @@ func (f *Fake) Device(l Link) (Device, error) {
 func (f *Fake) Interface(l Link) (Device, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	fl, ok := f.links[l]
-	if !ok {
-		return Device{}, fmt.Errorf("device %s: %w", l.WG, ErrNoDevice)
-	}
-	if err := f.fail("interface", ""); err != nil {
+	fl, err := f.read(l, "interface")
+	if err != nil {
 		return Device{}, err
 	}
 	return Device{Index: fl.dev.Index, LinkAddress: fl.dev.LinkAddress}, nil
@@ -105,11 +109,8 @@ func (f *Fake) Interface(l Link) (Device, error) {
 func (f *Fake) Forwarding(l Link) (Forwarding, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	fl, ok := f.links[l]
-	if !ok {
-		return Forwarding{}, fmt.Errorf("device %s: %w", l.WG, ErrNoDevice)
-	}
-	if err := f.fail("forwarding", ""); err != nil {
+	fl, err := f.read(l, "forwarding")
+	if err != nil {
 		return Forwarding{}, err
 	}
 	var fw Forwarding
