@@ -11,9 +11,6 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// ErrInUse reports a state file that another process (a running broker) holds open.
-var ErrInUse = errors.New("state file in use: stop the broker first")
-
 // Compact rewrites the state file at path without its free pages and replaces it, so that it shrinks after the
 // retention sweep deleted many keys (bbolt reuses free pages but never returns them). The broker must be stopped:
 // a file that is locked is refused with ErrInUse. The write-ahead log beside the file is left as it is (the next

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"fmt"
 	"os"
 	"time"
 
@@ -58,7 +59,7 @@ func (s *Store) keyWriter() {
 		select {
 		case w, ok := <-s.keys:
 			if !ok {
-				s.finish(busy, merged)
+				s.finishErr = s.finish(busy, merged)
 				return
 			}
 			batch, recs = append(batch[:0], w), append(recs[:0], w.r)
@@ -139,23 +140,33 @@ func (s *Store) appendLog(recs []broker.KeyRecord) []error {
 	return errs
 }
 
-// finish ends the key writer at Close: it merges everything and removes the log.
-func (s *Store) finish(busy bool, merged chan error) {
+// finish ends the key writer at Close: it merges every registration left into bbolt and then removes the log. A
+// segment is removed only once its records are in bbolt: when the merge fails (a full disk, say), every segment
+// stays for the next start to merge, and the error says so.
+func (s *Store) finish(busy bool, merged chan error) error {
 	if busy {
 		s.mergeDone(<-merged)
 	}
-	clean := true
-	if s.startMerge(merged) {
-		err := <-merged
-		s.mergeDone(err)
-		clean = err == nil
-	}
 	s.wal.close()
-	if clean { // everything is in bbolt: the last, empty segment goes too
-		if err := os.Remove(segmentName(s.walBase, s.wal.seg)); err != nil {
-			s.logf("remove write-ahead log: %v", err)
+	s.mu.Lock()
+	o, n := s.pending, s.pendingN
+	s.mu.Unlock()
+	if n > 0 {
+		if err := s.merge(o); err != nil {
+			return fmt.Errorf("%d registrations not merged into the state file, kept in its write-ahead log %s.* "+
+				"for the next start (free space, then start the broker again): %w", n, s.walBase, err)
 		}
 	}
+	segs, err := segments(s.walBase)
+	if err != nil {
+		return err
+	}
+	for _, seg := range segs {
+		if err := os.Remove(segmentName(s.walBase, seg)); err != nil {
+			return fmt.Errorf("remove merged write-ahead log: %w", err)
+		}
+	}
+	return nil
 }
 
 // startMerge starts a new log segment and merges the records of the older ones into bbolt in the background; the

@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -91,8 +92,17 @@ func (s *Store) merge(o overlay) error {
 	return nil
 }
 
+// DamagedSegment is a write-ahead log segment that Open found damaged and kept aside.
+type DamagedSegment struct {
+	File      string // where it is now: the segment's name with .damaged appended
+	Recovered int    // registrations read from it and merged
+	Lost      int    // unreadable stretches in it, each at least one registration
+}
+
 // recoverLog merges what earlier runs left in the write-ahead log into the bbolt file, deletes those segments
-// and starts a new one. A segment corrupted before its end stops it (see readSegment).
+// and starts a new one. A damaged segment is not deleted: every registration that can be read from it is merged,
+// and it is renamed to <segment>.damaged and reported (an ERROR line, Damaged and the store's metrics), since it
+// held data that could not be read.
 func (s *Store) recoverLog() error {
 	segs, err := segments(s.walBase)
 	if err != nil {
@@ -100,15 +110,19 @@ func (s *Store) recoverLog() error {
 	}
 	o := overlay{}
 	n := 0
+	damaged := map[int]segmentRead{}
 	for _, seg := range segs {
-		recs, err := readSegment(segmentName(s.walBase, seg))
+		rd, err := readSegment(segmentName(s.walBase, seg))
 		if err != nil {
 			return fmt.Errorf("read write-ahead log: %w", err)
 		}
-		for _, r := range recs {
+		for _, r := range rd.recs {
 			o.add(r)
 		}
-		n += len(recs)
+		n += len(rd.recs)
+		if rd.damaged {
+			damaged[seg] = rd
+		}
 	}
 	if n > 0 {
 		if err := s.db.Update(func(tx *bolt.Tx) error { return mergeTx(tx, o.sorted()) }); err != nil {
@@ -117,14 +131,42 @@ func (s *Store) recoverLog() error {
 	}
 	next := 0
 	for _, seg := range segs {
-		if err := os.Remove(segmentName(s.walBase, seg)); err != nil {
+		name := segmentName(s.walBase, seg)
+		next = seg + 1
+		rd, bad := damaged[seg]
+		if !bad {
+			if err := os.Remove(name); err != nil {
+				return err
+			}
+			continue
+		}
+		aside := name + ".damaged"
+		for i := 1; fileExists(aside); i++ {
+			aside = fmt.Sprintf("%s.damaged.%d", name, i)
+		}
+		if err := os.Rename(name, aside); err != nil {
+			return fmt.Errorf("keep damaged write-ahead log segment aside: %w", err)
+		}
+		s.damaged = append(s.damaged, DamagedSegment{File: aside, Recovered: len(rd.recs), Lost: rd.lost})
+		s.log.Error("damaged write-ahead log segment kept aside; the registrations that could be read were recovered",
+			"file", aside, "recovered", len(rd.recs), "lost at least", rd.lost, "unreadable bytes", rd.unreadable)
+	}
+	if len(damaged) > 0 {
+		if err := syncDir(filepath.Dir(s.walBase)); err != nil {
 			return err
 		}
-		next = seg + 1
 	}
 	s.recovered = n
 	s.wal, err = openSegment(s.walBase, next)
 	return err
+}
+
+// Damaged lists the write-ahead log segments that Open found damaged and kept aside.
+func (s *Store) Damaged() []DamagedSegment { return s.damaged }
+
+func fileExists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 // releaseMapped unmaps the state file's pages from the process (madvise MADV_DONTNEED on bbolt's read-only shared

@@ -8,7 +8,9 @@ import (
 )
 
 // RegisterMetrics registers the store's metrics with reg: wgkex_wal_fsync_seconds (a histogram of the write-ahead
-// log's fdatasync calls, one per group of registrations) and wgkex_state_file_bytes (the size of the bbolt file).
+// log's fdatasync calls, one per group of registrations), wgkex_state_file_bytes (the size of the bbolt file) and
+// wgkex_wal_damaged_segment_records (per damaged segment that Open kept aside, the registrations recovered from
+// it and the unreadable stretches lost).
 func (s *Store) RegisterMetrics(reg prometheus.Registerer) error {
 	fsync := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "wgkex_wal_fsync_seconds",
@@ -25,7 +27,16 @@ func (s *Store) RegisterMetrics(reg prometheus.Registerer) error {
 		}
 		return float64(fi.Size())
 	})
-	for _, c := range []prometheus.Collector{fsync, size} {
+	damaged := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "wgkex_wal_damaged_segment_records",
+		Help: "Per write-ahead log segment found damaged at start and kept aside (file): registrations recovered " +
+			"from it (state=recovered) and unreadable stretches, each at least one registration (state=lost).",
+	}, []string{"file", "state"})
+	for _, d := range s.damaged {
+		damaged.WithLabelValues(d.File, "recovered").Set(float64(d.Recovered))
+		damaged.WithLabelValues(d.File, "lost").Set(float64(d.Lost))
+	}
+	for _, c := range []prometheus.Collector{fsync, size, damaged} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

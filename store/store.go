@@ -4,12 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 )
@@ -49,8 +52,10 @@ type Store struct {
 	keys      chan keyWrite
 	keysDone  chan struct{}
 	flush     chan chan error
-	mergeUpTo int // newest segment in the running merge; keyWriter only
-	recovered int // records merged from the log at Open
+	mergeUpTo int              // newest segment in the running merge; keyWriter only
+	finishErr error            // the last merge at Close; set before keysDone closes
+	recovered int              // records merged from the log at Open
+	damaged   []DamagedSegment // segments Open kept aside
 	mu        sync.RWMutex
 	pending   overlay // in the current segment
 	merging   overlay // in older segments, being merged
@@ -82,23 +87,28 @@ type write struct {
 var _ broker.Store = (*Store)(nil)
 
 // Open opens (creating if needed) the database at path, migrates an older layout, merges what a previous run left
-// in its write-ahead log (path.wal.*) and starts the writers. A file another process holds open is refused after
-// 5 seconds.
+// in its write-ahead log (path.wal.*) and starts the writers. A file another process holds open is refused at once
+// with ErrInUse; a file that is damaged, truncated or not a state file at all with a *DamagedError, never a panic.
+// A damaged log segment is salvaged: its readable registrations are merged and it is kept aside (see recoverLog).
 func Open(path string, log *slog.Logger) (*Store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, FreelistType: bolt.FreelistMapType})
+	db, err := openDB(path)
 	if err != nil {
-		return nil, fmt.Errorf("open state file %s: %w", path, err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error { return initialise(tx, log) }); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("initialise state file %s: %w", path, err)
+		return nil, err
 	}
 	s := &Store{db: db, path: path, log: log, writes: make(chan write, maxBatch), done: make(chan struct{}),
 		walBase: path + ".wal", keys: make(chan keyWrite, maxBatch), keysDone: make(chan struct{}),
 		flush: make(chan chan error), pending: overlay{}, stopBG: make(chan struct{})}
-	if err := s.recoverLog(); err != nil {
+	if err := guard(path, func() error {
+		if err := db.Update(func(tx *bolt.Tx) error { return initialise(tx, log) }); err != nil {
+			return fmt.Errorf("initialise state file %s: %w", path, err)
+		}
+		if err := s.recoverLog(); err != nil {
+			return fmt.Errorf("recover %s: %w", path, err)
+		}
+		return nil
+	}); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("recover %s: %w", path, err)
+		return nil, err
 	}
 	if s.recovered > 0 {
 		log.Info("registrations recovered from the write-ahead log", "count", s.recovered)
@@ -106,6 +116,68 @@ func Open(path string, log *slog.Logger) (*Store, error) {
 	go s.writer()
 	go s.keyWriter()
 	return s, nil
+}
+
+// lockWait is how long Open waits for another process to release the state file: long enough for a broker that
+// is being restarted to let go of it, short enough to say at once that another one runs.
+const lockWait = 500 * time.Millisecond
+
+// ErrInUse reports a state file that another process (a running broker) holds open.
+var ErrInUse = errors.New("in use by another process (is another wgkex-broker running on it?)")
+
+// DamagedError reports a state file that cannot be read: truncated, damaged, or not a state file at all.
+type DamagedError struct {
+	File string
+	Err  error
+}
+
+func (e *DamagedError) Error() string {
+	return fmt.Sprintf("state file %s is damaged or not a wgkex state file (%v): move it aside and restore the "+
+		"last backup (wgkex-broker backup; README \"Backup and restore\"), keeping the write-ahead log files "+
+		"%s.wal.* beside it, or move it aside alone to start with an empty state", e.File, e.Err, e.File)
+}
+
+func (e *DamagedError) Unwrap() error { return e.Err }
+
+// openDB opens the bbolt file and checks what its opening cannot: that the file holds every page its meta page
+// names. bbolt trusts its file: on a truncated or damaged one it panics, or faults on a page beyond the end of the
+// mapping, and both are turned into a *DamagedError here.
+func openDB(path string) (db *bolt.DB, err error) {
+	err = guard(path, func() error {
+		db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: lockWait, FreelistType: bolt.FreelistMapType})
+		switch {
+		case errors.Is(err, berrors.ErrTimeout):
+			return fmt.Errorf("state file %s: %w", path, ErrInUse)
+		case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrChecksum):
+			return &DamagedError{File: path, Err: err}
+		case err != nil:
+			return fmt.Errorf("open state file %s: %w", path, err)
+		}
+		fi, err := os.Stat(path)
+		if err != nil {
+			db.Close()
+			return fmt.Errorf("state file %s: %w", path, err)
+		}
+		var need int64
+		db.View(func(tx *bolt.Tx) error { need = tx.Size(); return nil })
+		if need > fi.Size() {
+			db.Close()
+			return &DamagedError{File: path, Err: fmt.Errorf("truncated: %d bytes, its pages need %d", fi.Size(), need)}
+		}
+		return nil
+	})
+	return db, err
+}
+
+// guard runs fn, turning a panic or a memory fault of bbolt reading a damaged file into a *DamagedError of path.
+func guard(path string, fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = &DamagedError{File: path, Err: fmt.Errorf("%v", r)}
+		}
+	}()
+	return fn()
 }
 
 // initialise creates the buckets of a new file, or migrates an older schema to the current one.
@@ -142,7 +214,8 @@ func initialise(tx *bolt.Tx, log *slog.Logger) error {
 func (s *Store) logf(format string, args ...any) { s.log.Error(fmt.Sprintf(format, args...)) }
 
 // Close stops the retention sweep, merges the write-ahead log, stops the writers and closes the file. Writes
-// still queued are committed first; later ones fail with ErrClosed. Closing twice is harmless.
+// still queued are committed first; later ones fail with ErrClosed. If the log cannot be merged, its segments stay
+// for the next Open and Close says so. Closing twice is harmless.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closeMu.Lock()
@@ -157,7 +230,7 @@ func (s *Store) Close() error {
 		s.closeMu.Unlock()
 		close(s.writes)
 		<-s.done
-		s.closeErr = s.db.Close()
+		s.closeErr = errors.Join(s.finishErr, s.db.Close())
 	})
 	return s.closeErr
 }

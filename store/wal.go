@@ -26,8 +26,9 @@ import (
 // Payload: last seen (8, Unix ns) | first seen (8) | len+domain | len+key | len+gateway (one length byte each)
 //
 // A group is written only after the previous one is on disk, so a crash can tear only the last group of a segment,
-// and nothing but zeros follows it. A bad group followed by data is corruption: readSegment refuses it. Segments
-// of the first version (records without magic and groups) are still read, up to their first bad record.
+// and nothing but zeros follows it. A bad group followed by data is damage (a disk, or a hand): readSegment takes
+// every record whose own checksum holds from it and reads on, and the store keeps the segment aside. Segments of
+// the first version (records without magic and groups) are still read, up to their first bad record.
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -126,72 +127,113 @@ var segmentMagic = []byte("WGKXWAL\x02")
 // maxGroup is the longest group an append writes: maxBatch records of the longest kind.
 const maxGroup = maxBatch * (8 + 16 + 3 + 3*maxField)
 
-// CorruptError reports a write-ahead log segment with a bad group before its end: registrations that were
-// acknowledged may follow it, so the store refuses to start rather than drop them silently.
-type CorruptError struct {
-	File   string
-	Offset int64
+// segmentRead is what readSegment found in one segment.
+type segmentRead struct {
+	recs []broker.KeyRecord
+	// damaged: bytes that cannot be read lie before readable data (or the segment's magic is wrong), so
+	// registrations that were acknowledged may be lost. A bad stretch at the end is a torn last group instead: a
+	// crash during its write, never acknowledged.
+	damaged bool
+	// lost counts the unreadable stretches before the end; each cost at least one registration.
+	lost int
+	// unreadable counts the bytes in those stretches.
+	unreadable int
 }
 
-func (e *CorruptError) Error() string {
-	return fmt.Sprintf("write-ahead log %s is corrupt at byte offset %d and data follows; to start anyway, cut it "+
-		"there (the registrations after it are lost): truncate -s %d %s", e.File, e.Offset, e.Offset, e.File)
-}
-
-// readSegment returns the records of one segment. A torn last group (a crash during its write, never
-// acknowledged) is dropped; a bad group followed by data is a *CorruptError.
-func readSegment(path string) ([]broker.KeyRecord, error) {
+// readSegment returns every registration that can be read from one segment. Groups are read whole where their
+// checksum holds; where one does not, every record with a right checksum is still taken from the bad stretch, and
+// reading goes on with the next whole group. A bad stretch at the end, followed by nothing but zeros, is a torn
+// last group and not damage.
+func readSegment(path string) (segmentRead, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return segmentRead{}, err
 	}
-	if !bytes.HasPrefix(b, segmentMagic) {
-		if allZero(b) { // created, but the crash came before its magic reached the disk
-			return nil, nil
+	return parseSegment(b), nil
+}
+
+// parseSegment is readSegment on the bytes of a segment.
+func parseSegment(b []byte) segmentRead {
+	var out segmentRead
+	switch {
+	case allZero(b): // created, but the crash came before its magic reached the disk
+		return out
+	case bytes.HasPrefix(b, segmentMagic):
+	case legacySegment(b):
+		out.recs = readLegacySegment(b)
+		return out
+	case len(b) < len(segmentMagic):
+		return out // a magic cut short: nothing followed it
+	default: // a damaged magic: the groups after it are still read
+		out.damaged = true
+	}
+	end := len(bytes.TrimRight(b, "\x00")) // the preallocated tail is zeros
+	off := len(segmentMagic)
+	for off < end {
+		if recs, n, ok := readGroup(b[off:]); ok {
+			out.recs = append(out.recs, recs...)
+			off += n
+			continue
 		}
-		return readLegacySegment(b), nil
+		// A bad group: take every valid record after its header until a whole group starts again. Bytes that
+		// are neither are a bad stretch; the header alone is not one (its records tell what was lost).
+		bad, p := 0, min(off+8, end)
+		for p < end {
+			if _, _, ok := readGroup(b[p:]); ok {
+				break
+			}
+			if r, n, err := readRecord(b[p:]); err == nil && plausible(r) {
+				if bad > 0 {
+					out.lost++
+					out.unreadable += bad
+					bad = 0
+				}
+				out.recs = append(out.recs, r)
+				p += n
+				continue
+			}
+			bad++
+			p++
+		}
+		if bad > 0 && p < end { // readable data follows the last bad bytes
+			out.lost++
+			out.unreadable += bad
+		}
+		off = p
+	}
+	out.damaged = out.damaged || out.lost > 0
+	return out
+}
+
+// readGroup reads the group at the start of b: its records and its length, if it is whole and right.
+func readGroup(b []byte) ([]broker.KeyRecord, int, bool) {
+	if len(b) < 8 {
+		return nil, 0, false
+	}
+	n := int(binary.BigEndian.Uint32(b))
+	if n == 0 || n > maxGroup || 8+n > len(b) || crc32.Checksum(b[8:8+n], crcTable) != binary.BigEndian.Uint32(b[4:]) {
+		return nil, 0, false
 	}
 	var out []broker.KeyRecord
-	off := len(segmentMagic)
-	for off < len(b) {
-		rest := b[off:]
-		if allZero(rest) {
-			break // the preallocated end
+	for p := b[8 : 8+n]; len(p) > 0; {
+		r, m, err := readRecord(p)
+		if err != nil { // a record alone has the shape of a group, but not its content
+			return nil, 0, false
 		}
-		torn := func(end int) error { // the group is bad; it is a torn tail if nothing but zeros follows end
-			if end < len(rest) && !allZero(rest[end:]) {
-				return &CorruptError{File: path, Offset: int64(off)}
-			}
-			return nil
-		}
-		if len(rest) < 8 {
-			return out, nil // a header cut short by the end of the file
-		}
-		n := int(binary.BigEndian.Uint32(rest))
-		switch {
-		case n == 0 || n > maxGroup:
-			// The header itself is bad (not yet on disk, or garbage), so the group's extent is unknown: it is
-			// torn unless a whole group follows somewhere.
-			if validGroupAfter(rest[1:]) {
-				return out, &CorruptError{File: path, Offset: int64(off)}
-			}
-			return out, nil
-		case 8+n > len(rest):
-			return out, nil // cut short by the end of the file
-		case crc32.Checksum(rest[8:8+n], crcTable) != binary.BigEndian.Uint32(rest[4:]):
-			return out, torn(8 + n)
-		}
-		for p := rest[8 : 8+n]; len(p) > 0; {
-			r, m, err := readRecord(p)
-			if err != nil { // the group's checksum was right: a writer bug, not a crash
-				return out, &CorruptError{File: path, Offset: int64(off)}
-			}
-			out = append(out, r)
-			p = p[m:]
-		}
-		off += 8 + n
+		out = append(out, r)
+		p = p[m:]
 	}
-	return out, nil
+	return out, 8 + n, true
+}
+
+// plausible reports whether a record found by scanning a bad stretch is one the broker wrote, not bytes that
+// happen to carry a right checksum: the broker records only keys and domains that are not empty.
+func plausible(r broker.KeyRecord) bool { return r.Key != "" && r.Domain != "" }
+
+// legacySegment reports whether b is a segment of the first version: records from its first byte.
+func legacySegment(b []byte) bool {
+	r, _, err := readRecord(b)
+	return err == nil && plausible(r)
 }
 
 // readLegacySegment reads a segment of the first version, whose records were not grouped: up to the first bad
@@ -207,30 +249,6 @@ func readLegacySegment(b []byte) []broker.KeyRecord {
 		b = b[n:]
 	}
 	return out
-}
-
-// validGroupAfter reports whether a whole group with a right checksum starts anywhere in b.
-func validGroupAfter(b []byte) bool {
-	for i := 0; i+8 < len(b); i++ {
-		n := int(binary.BigEndian.Uint32(b[i:]))
-		if n > 0 && n <= maxGroup && i+8+n <= len(b) && crc32.Checksum(b[i+8:i+8+n], crcTable) == binary.BigEndian.Uint32(b[i+4:]) &&
-			wholeRecords(b[i+8:i+8+n]) { // a record alone has the shape of a group, but not its content
-			return true
-		}
-	}
-	return false
-}
-
-// wholeRecords reports whether p is a sequence of valid records.
-func wholeRecords(p []byte) bool {
-	for len(p) > 0 {
-		_, n, err := readRecord(p)
-		if err != nil {
-			return false
-		}
-		p = p[n:]
-	}
-	return true
 }
 
 func allZero(b []byte) bool {

@@ -3,11 +3,9 @@ package store
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -15,6 +13,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
@@ -190,8 +190,9 @@ func recs(t0 time.Time, keys ...string) []broker.KeyRecord {
 	return out
 }
 
-// TestReadSegment: a torn last group is dropped, whatever part of it reached the disk; a bad group with data
-// after it is corruption.
+// TestReadSegment: a torn last group is dropped, whatever part of it reached the disk; from a bad stretch with
+// data after it (damage) every record whose own checksum holds is still read, and the segment is reported damaged
+// with the number of unreadable stretches.
 func TestReadSegment(t *testing.T) {
 	t0 := time.Unix(1_700_000_000, 0)
 	whole, offs := segmentBytes(t, recs(t0, "a", "b"), recs(t0, "c"), recs(t0, "d", "e"))
@@ -200,27 +201,33 @@ func TestReadSegment(t *testing.T) {
 	flip := func(b []byte, at int) []byte { b = bytes.Clone(b); b[at] ^= 0x40; return b }
 	zero := func(b []byte, from, to int) []byte { b = bytes.Clone(b); clear(b[from:to]); return b }
 	last := offs[2]
+	rec := len(whole[offs[1]+8:]) - (len(whole) - offs[2]) // the length of record c
+	all := []string{"a", "b", "c", "d", "e"}
 	tests := []struct {
 		name    string
 		data    []byte
 		want    []string
-		corrupt int // offset of the error, -1 none
+		damaged bool
+		lost    int
 	}{
-		{"whole", whole, []string{"a", "b", "c", "d", "e"}, -1},
-		{"whole, preallocated", cat(whole, zeros), []string{"a", "b", "c", "d", "e"}, -1},
-		{"empty", nil, nil, -1},
-		{"magic only", cat(segmentMagic, zeros), nil, -1},
-		{"zeros only (crash before the magic)", zeros, nil, -1},
-		{"last group cut short", whole[:len(whole)-5], []string{"a", "b", "c"}, -1},
-		{"last group header cut short", whole[:last+5], []string{"a", "b", "c"}, -1},
-		{"last group's end not on disk", cat(zero(whole, len(whole)-10, len(whole)), zeros), []string{"a", "b", "c"}, -1},
-		{"last group's header not on disk", cat(zero(whole, last, last+8), zeros), []string{"a", "b", "c"}, -1},
-		{"last group garbled", cat(flip(whole, len(whole)-3), zeros), []string{"a", "b", "c"}, -1},
-		{"middle group garbled", cat(flip(whole, offs[1]+12), zeros), []string{"a", "b"}, offs[1]},
-		{"first group garbled", flip(whole, 20), nil, offs[0]},
-		{"middle group's header garbled", flip(whole, offs[1]+1), []string{"a", "b"}, offs[1]},
-		{"middle group zeroed", zero(whole, offs[1], offs[2]), []string{"a", "b"}, offs[1]},
-		{"data far after a zero header", cat(whole[:last], make([]byte, maxGroup+8), whole[last:]), []string{"a", "b", "c"}, last},
+		{"whole", whole, all, false, 0},
+		{"whole, preallocated", cat(whole, zeros), all, false, 0},
+		{"empty", nil, nil, false, 0},
+		{"magic only", cat(segmentMagic, zeros), nil, false, 0},
+		{"zeros only (crash before the magic)", zeros, nil, false, 0},
+		{"magic cut short", segmentMagic[:5], nil, false, 0},
+		{"last group cut short", whole[:len(whole)-5], []string{"a", "b", "c", "d"}, false, 0},
+		{"last group header cut short", whole[:last+5], []string{"a", "b", "c"}, false, 0},
+		{"last group's end not on disk", cat(zero(whole, len(whole)-10, len(whole)), zeros), []string{"a", "b", "c", "d"}, false, 0},
+		{"last group's header not on disk", cat(zero(whole, last, last+8), zeros), all, false, 0},
+		{"last group garbled", cat(flip(whole, len(whole)-3), zeros), []string{"a", "b", "c", "d"}, false, 0},
+		{"magic garbled", flip(whole, 2), all, true, 0},
+		{"magic garbled, preallocated", cat(flip(whole, 0), zeros), all, true, 0},
+		{"middle group's record garbled", cat(flip(whole, offs[1]+12), zeros), []string{"a", "b", "d", "e"}, true, 1},
+		{"first group's first record garbled", flip(whole, 20), []string{"b", "c", "d", "e"}, true, 1},
+		{"middle group's header garbled", flip(whole, offs[1]+1), all, false, 0},
+		{"middle group zeroed", zero(whole, offs[1], offs[1]+8+rec), []string{"a", "b", "d", "e"}, true, 1},
+		{"data far after a zero header", cat(whole[:last], make([]byte, maxGroup+8), whole[last:]), all, true, 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -229,31 +236,29 @@ func TestReadSegment(t *testing.T) {
 				t.Fatal(err)
 			}
 			got, err := readSegment(path)
+			if err != nil {
+				t.Fatal(err)
+			}
 			var keys []string
-			for _, r := range got {
+			for _, r := range got.recs {
 				keys = append(keys, r.Key)
 			}
 			if diff := cmp.Diff(tc.want, keys); diff != "" {
 				t.Errorf("records (-want +got):\n%s", diff)
 			}
-			var ce *CorruptError
-			switch {
-			case tc.corrupt < 0 && err != nil:
-				t.Errorf("error %v, want none", err)
-			case tc.corrupt >= 0 && !errors.As(err, &ce):
-				t.Errorf("error %v, want a CorruptError", err)
-			case tc.corrupt >= 0 && (ce.Offset != int64(tc.corrupt) || ce.File != path):
-				t.Errorf("corrupt at %s:%d, want offset %d", ce.File, ce.Offset, tc.corrupt)
+			if got.damaged != tc.damaged || got.lost != tc.lost {
+				t.Errorf("damaged %v, lost %d; want %v, %d", got.damaged, got.lost, tc.damaged, tc.lost)
 			}
 		})
 	}
 }
 
-// TestCorruptLogRefusedThenSalvaged: a log with a bad group in the middle stops Open with a message naming the
-// file, the offset and the truncate command that README documents; after that command the store opens with the
-// records before the bad group.
-func TestCorruptLogRefusedThenSalvaged(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "state.db")
+// TestDamagedSegmentKeptAside: a segment with a garbled group in the middle does not stop Open and is not
+// deleted: every registration that can be read from it is recovered, the segment is renamed to .damaged, an ERROR
+// line names it with the counts, and so do Damaged and the metrics.
+func TestDamagedSegmentKeptAside(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state.db")
 	t0 := time.Unix(1_700_000_000, 0)
 	data, offs := segmentBytes(t, recs(t0, "a"), recs(t0, "b"), recs(t0, "c"))
 	data[offs[1]+12] ^= 1
@@ -261,18 +266,48 @@ func TestCorruptLogRefusedThenSalvaged(t *testing.T) {
 	if err := os.WriteFile(seg, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Open(path, testenv.Logger(t))
-	want := fmt.Sprintf("truncate -s %d %s", offs[1], seg)
-	if err == nil || !strings.Contains(err.Error(), want) {
-		t.Fatalf("Open = %v, want an error that says %q", err, want)
+	log, logs := testenv.CaptureLogger(t)
+	s, err := Open(path, log)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
 	}
-	if err := exec.Command("truncate", "-s", fmt.Sprint(offs[1]), seg).Run(); err != nil {
+	defer s.Close()
+	if diff := cmp.Diff([]string{"a", "c"}, allKeys(t, s, "d", t0)); diff != "" {
+		t.Errorf("keys recovered (-want +got):\n%s", diff)
+	}
+	aside := seg + ".damaged"
+	if b, err := os.ReadFile(aside); err != nil || !bytes.Equal(b, data) {
+		t.Errorf("damaged segment not kept aside unchanged as %s: %v", aside, err)
+	}
+	want := []DamagedSegment{{File: aside, Recovered: 2, Lost: 1}}
+	if diff := cmp.Diff(want, s.Damaged()); diff != "" {
+		t.Errorf("Damaged (-want +got):\n%s", diff)
+	}
+	if line := lineWith(logs.String(), "damaged write-ahead log segment"); !strings.Contains(line, "level=ERROR") || !strings.Contains(line, aside) {
+		t.Errorf("log line %q, want an ERROR naming %s", line, aside)
+	}
+	reg := prometheus.NewRegistry()
+	if err := s.RegisterMetrics(reg); err != nil {
 		t.Fatal(err)
 	}
-	s := open(t, path)
-	defer s.Close()
-	if diff := cmp.Diff([]string{"a"}, allKeys(t, s, "d", t0)); diff != "" {
-		t.Errorf("keys after salvage (-want +got):\n%s", diff)
+	wantMetric := fmt.Sprintf(`
+# HELP wgkex_wal_damaged_segment_records Per write-ahead log segment found damaged at start and kept aside (file): registrations recovered from it (state=recovered) and unreadable stretches, each at least one registration (state=lost).
+# TYPE wgkex_wal_damaged_segment_records gauge
+wgkex_wal_damaged_segment_records{file=%q,state="lost"} 1
+wgkex_wal_damaged_segment_records{file=%q,state="recovered"} 2
+`, aside, aside)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(wantMetric), "wgkex_wal_damaged_segment_records"); err != nil {
+		t.Error(err)
+	}
+	// The next start finds nothing to recover and leaves the kept segment alone.
+	s.Close()
+	s2 := open(t, path)
+	defer s2.Close()
+	if len(s2.Damaged()) != 0 || !fileExists(aside) {
+		t.Errorf("second start: damaged %v, kept segment exists %v", s2.Damaged(), fileExists(aside))
+	}
+	if diff := cmp.Diff([]string{"a", "c"}, allKeys(t, s2, "d", t0)); diff != "" {
+		t.Errorf("keys after the second start (-want +got):\n%s", diff)
 	}
 }
 
@@ -311,14 +346,52 @@ func TestWriteFailureStartsNewSegment(t *testing.T) {
 	var got []string
 	for _, n := range segs {
 		rs, err := readSegment(segmentName(path+".wal", n))
-		if err != nil {
-			t.Fatal(err)
+		if err != nil || rs.damaged {
+			t.Fatal(err, rs.damaged)
 		}
-		for _, r := range rs {
+		for _, r := range rs.recs {
 			got = append(got, fmt.Sprintf("%d:%s", n, r.Key))
 		}
 	}
 	if diff := cmp.Diff([]string{"0:before", "1:after1", "1:after2"}, got); diff != "" {
 		t.Errorf("segment:key on disk (-want +got):\n%s", diff)
 	}
+}
+
+// lineWith returns the first line of s that contains sub.
+func lineWith(s, sub string) string {
+	for line := range strings.Lines(s) {
+		if strings.Contains(line, sub) {
+			return line
+		}
+	}
+	return ""
+}
+
+// FuzzParseSegment: whatever a segment file holds, reading it ends without a panic, returns only records the
+// broker could have written, and one byte changed in an undamaged segment costs at most one record.
+func FuzzParseSegment(f *testing.F) {
+	t0 := time.Unix(1_700_000_000, 0)
+	whole, _ := segmentBytes(&testing.T{}, recs(t0, "a", "b"), recs(t0, "c"))
+	f.Add(whole, -1, byte(0))
+	f.Add(whole, 3, byte(0x40))
+	f.Add(whole, 20, byte(1))
+	f.Add(append(bytes.Clone(whole), make([]byte, 64)...), 40, byte(0xff))
+	f.Fuzz(func(t *testing.T, data []byte, at int, x byte) {
+		base := parseSegment(data)
+		for _, r := range base.recs {
+			if !plausible(r) {
+				t.Fatalf("implausible record %+v", r)
+			}
+		}
+		if at < 0 || at >= len(data) || x == 0 {
+			return
+		}
+		changed := bytes.Clone(data)
+		changed[at] ^= x
+		got := parseSegment(changed)
+		if bytes.HasPrefix(data, segmentMagic) && !base.damaged && len(got.recs) < len(base.recs)-1 {
+			t.Fatalf("one changed byte at %d lost %d of %d records", at, len(base.recs)-len(got.recs), len(base.recs))
+		}
+	})
 }
