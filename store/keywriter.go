@@ -1,8 +1,8 @@
 package store
 
 import (
+	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
@@ -29,8 +29,22 @@ func (s *Store) PutKey(r broker.KeyRecord) error {
 
 // Flush merges every registration waiting in the write-ahead log into the bbolt file now (before a backup, say).
 func (s *Store) Flush() error {
-	reply := make(chan error, 1)
-	return request(s, s.flush, reply, reply)
+	_, err := s.flushUpTo()
+	return err
+}
+
+// flushUpTo is Flush, and returns the segment the log went on in: every segment before it is merged.
+func (s *Store) flushUpTo() (int, error) {
+	f := flushRequest{seg: make(chan int, 1), err: make(chan error, 1)}
+	if err := request(s, s.flush, f, f.err); err != nil {
+		return 0, err
+	}
+	return <-f.seg, nil
+}
+
+type flushRequest struct {
+	seg chan int
+	err chan error
 }
 
 // request hands v to the key writer on ch, unless the store is closed, and waits for the answer on reply.
@@ -95,7 +109,7 @@ func (s *Store) keyWriter() {
 			if !busy {
 				busy = s.startMerge(merged)
 			}
-		case reply := <-s.flush:
+		case f := <-s.flush:
 			if busy {
 				s.mergeDone(<-merged)
 				busy = false
@@ -104,8 +118,11 @@ func (s *Store) keyWriter() {
 			if s.startMerge(merged) {
 				err = <-merged
 				s.mergeDone(err)
+			} else if s.pendingN > 0 { // no new segment could be started: nothing was merged
+				err = errors.New("write-ahead log merge could not start a new segment")
 			}
-			reply <- err
+			f.seg <- s.wal.seg
+			f.err <- err
 		case err := <-merged:
 			s.mergeDone(err)
 			busy = false
@@ -162,8 +179,8 @@ func (s *Store) finish(busy bool, merged chan error) error {
 		return err
 	}
 	for _, seg := range segs {
-		if err := os.Remove(segmentName(s.walBase, seg)); err != nil {
-			return fmt.Errorf("remove merged write-ahead log: %w", err)
+		if err := s.retire(seg); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -214,8 +231,8 @@ func (s *Store) mergeDone(err error) {
 	segs, _ := segments(s.walBase)
 	for _, seg := range segs {
 		if seg <= s.mergeUpTo {
-			if err := os.Remove(segmentName(s.walBase, seg)); err != nil {
-				s.logf("remove merged write-ahead log segment: %v", err)
+			if err := s.retire(seg); err != nil {
+				s.logf("%v", err)
 			}
 		}
 	}

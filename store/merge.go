@@ -135,7 +135,7 @@ func (s *Store) recoverLog() error {
 		next = seg + 1
 		rd, bad := damaged[seg]
 		if !bad {
-			if err := os.Remove(name); err != nil {
+			if err := s.retire(seg); err != nil {
 				return err
 			}
 			continue
@@ -156,6 +156,15 @@ func (s *Store) recoverLog() error {
 			return err
 		}
 	}
+	// Segment numbers never go back: the archive and the last backup name segments by number.
+	arch, err := archived(s.walBase)
+	if err != nil {
+		return fmt.Errorf("read the write-ahead log archive: %w", err)
+	}
+	if len(arch) > 0 {
+		next = max(next, arch[len(arch)-1]+1)
+	}
+	next = max(next, int(s.backupSeg.Load()))
 	s.recovered = n
 	s.wal, err = openSegment(s.walBase, next)
 	return err

@@ -51,9 +51,12 @@ type Store struct {
 	wal       *wal // owned by keyWriter
 	keys      chan keyWrite
 	keysDone  chan struct{}
-	flush     chan chan error
+	flush     chan flushRequest
 	mergeUpTo int              // newest segment in the running merge; keyWriter only
 	finishErr error            // the last merge at Close; set before keysDone closes
+	backupSeg atomic.Int64     // the first segment the last backup does not hold; -1: no backup (archive.go)
+	pruneMu   sync.Mutex       // held while the archive is pruned
+	lastPrune time.Time        // under pruneMu
 	recovered int              // records merged from the log at Open
 	damaged   []DamagedSegment // segments Open kept aside
 	mu        sync.RWMutex
@@ -97,11 +100,13 @@ func Open(path string, log *slog.Logger) (*Store, error) {
 	}
 	s := &Store{db: db, path: path, log: log, writes: make(chan write, maxBatch), done: make(chan struct{}),
 		walBase: path + ".wal", keys: make(chan keyWrite, maxBatch), keysDone: make(chan struct{}),
-		flush: make(chan chan error), pending: overlay{}, stopBG: make(chan struct{})}
+		flush: make(chan flushRequest), pending: overlay{}, stopBG: make(chan struct{})}
 	if err := guard(path, func() error {
 		if err := db.Update(func(tx *bolt.Tx) error { return initialise(tx, log) }); err != nil {
 			return fmt.Errorf("initialise state file %s: %w", path, err)
 		}
+		s.backupSeg.Store(-1)
+		db.View(func(tx *bolt.Tx) error { s.backupSeg.Store(int64(readBackupSegment(tx))); return nil })
 		if err := s.recoverLog(); err != nil {
 			return fmt.Errorf("recover %s: %w", path, err)
 		}
@@ -120,7 +125,7 @@ func Open(path string, log *slog.Logger) (*Store, error) {
 
 // lockWait is how long Open waits for another process to release the state file: long enough for a broker that
 // is being restarted to let go of it, short enough to say at once that another one runs.
-const lockWait = 500 * time.Millisecond
+const lockWait = 100 * time.Millisecond
 
 // ErrInUse reports a state file that another process (a running broker) holds open.
 var ErrInUse = errors.New("in use by another process (is another wgkex-broker running on it?)")

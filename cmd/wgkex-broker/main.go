@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/freifunkMUC/wgkex-go/internal/admin"
 	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/mqttd"
@@ -45,13 +46,20 @@ func main() {
 	}
 }
 
-// run serves until ctx ends, logging to logOut; "compact" and "hash-password" do their one job instead.
+// run serves until ctx ends, logging to logOut; "compact", "hash-password", "backup" and "restore" do their one
+// job instead.
 func run(ctx context.Context, args []string, logOut io.Writer) error {
 	if len(args) > 0 && args[0] == "compact" {
 		return compact(args[1:], os.Stdout)
 	}
 	if len(args) > 0 && args[0] == "hash-password" {
 		return hashPassword(args[1:], os.Stdin, os.Stdout)
+	}
+	if len(args) > 0 && args[0] == "backup" {
+		return backup(ctx, args[1:], os.Stdout)
+	}
+	if len(args) > 0 && args[0] == "restore" {
+		return restore(args[1:], os.Stdout)
 	}
 	cfg, err := config.FromArgs("wgkex-broker", args)
 	if err != nil {
@@ -78,6 +86,53 @@ func compact(args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "%s: %d bytes, now %d\n", cfg.Broker.StateFile, before, after)
 	return nil
+}
+
+// backup is `wgkex-broker backup [--config FILE] BACKUP`: the running broker writes a consistent copy of its state
+// to BACKUP through its administration socket, and the copy is checked page by page.
+func backup(ctx context.Context, args []string, out io.Writer) error {
+	cfg, path, err := fileCommand("backup", args)
+	if err != nil {
+		return err
+	}
+	n, err := admin.Dial(cfg.Broker.AdminSocketPath()).Backup(ctx, path)
+	if err != nil {
+		return err
+	}
+	keys, err := store.Check(path)
+	if err != nil {
+		return fmt.Errorf("backup written to %s but it does not check: %w", path, err)
+	}
+	fmt.Fprintf(out, "%s: %d bytes, %d keys, checked\n", path, n, keys)
+	return nil
+}
+
+// restore is `wgkex-broker restore [--config FILE] BACKUP`: with the broker stopped, it puts BACKUP in place of
+// the state file (kept aside) and the write-ahead log archived since the backup back beside it.
+func restore(args []string, out io.Writer) error {
+	cfg, path, err := fileCommand("restore", args)
+	if err != nil {
+		return err
+	}
+	r, err := store.Restore(path, cfg.Broker.StateFile)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%s restored from %s: %d keys, %d write-ahead log segments since the backup to merge at the next start\n",
+		cfg.Broker.StateFile, path, r.Keys, r.Segments)
+	if r.Previous != "" {
+		fmt.Fprintf(out, "the state file it replaced is kept as %s\n", r.Previous)
+	}
+	return nil
+}
+
+// fileCommand reads the arguments of `wgkex-broker NAME [--config FILE] FILE`.
+func fileCommand(name string, args []string) (*config.Config, string, error) {
+	if len(args) == 0 || strings.HasPrefix(args[len(args)-1], "-") {
+		return nil, "", fmt.Errorf("usage: wgkex-broker %s [--config FILE] BACKUP_FILE", name)
+	}
+	cfg, err := config.FromArgs("wgkex-broker "+name, args[:len(args)-1])
+	return cfg, args[len(args)-1], err
 }
 
 // hashPassword reads a password from the first line of in (not from the command line, where other users could

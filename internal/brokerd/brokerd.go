@@ -18,6 +18,7 @@ import (
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 	"github.com/freifunkMUC/wgkex-go/broker/keylist"
+	"github.com/freifunkMUC/wgkex-go/internal/admin"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 	"github.com/freifunkMUC/wgkex-go/mqttc"
@@ -60,6 +61,7 @@ type Daemon struct {
 	served chan error
 	ran    chan struct{}
 
+	admin     *http.Server // the administration socket (internal/admin)
 	https     *http.Server // nil without broker_listen.tls_port
 	httpsLn   net.Listener
 	storeOnce sync.Once
@@ -182,6 +184,19 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		mq.Close()
 		return nil, err
 	}
+	adminLn, err := admin.Listen(cfg.Broker.AdminSocketPath())
+	if err != nil {
+		cancel()
+		ln.Close()
+		mq.Close()
+		return nil, err
+	}
+	d.admin = &http.Server{Handler: admin.Handler(st, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := d.admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("administration socket", "err", err)
+		}
+	}()
 	go keys.Run(ctx)
 	go func() { d.sample(ctx, cfg.Broker.Dashboard.SampleInterval.D()); close(d.sampled) }()
 	go func() { d.served <- d.http.Serve(web.Listener(ln)) }()
@@ -189,7 +204,8 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 	if clusterOn {
 		go catchUpLoop(ctx, b, catchUp)
 	}
-	log.Info("broker started", "http", ln.Addr().String(), "https", d.HTTPSAddr(), "mqtt", mq.Addrs(), "state", cfg.Broker.StateFile)
+	log.Info("broker started", "http", ln.Addr().String(), "https", d.HTTPSAddr(), "mqtt", mq.Addrs(), "state", cfg.Broker.StateFile,
+		"admin", cfg.Broker.AdminSocketPath())
 	return d, nil
 }
 
@@ -289,6 +305,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	var errs []error
 	if err := d.http.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+	}
+	if err := d.admin.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("administration socket shutdown: %w", err))
 	}
 	if d.https != nil {
 		if err := d.https.Shutdown(ctx); err != nil {

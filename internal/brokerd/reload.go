@@ -17,6 +17,7 @@ func restartOnly(cfg *config.Config) map[string]any {
 		"domain_prefixes":                  cfg.DomainPrefixes,
 		"broker_listen":                    cfg.BrokerListen,
 		"broker.state_file":                cfg.Broker.StateFile,
+		"broker.admin_socket":              cfg.Broker.AdminSocketPath(),
 		"broker.mqtt_listeners":            cfg.Broker.MQTTListeners,
 		"broker.mqtt_server":               cfg.Broker.MQTTServer,
 		"broker.replay_window":             cfg.Broker.ReplayWindow,

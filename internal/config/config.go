@@ -145,10 +145,21 @@ type Log struct {
 	Format string `koanf:"format"`
 }
 
+// AdminSocketPath is where the administration socket is: broker.admin_socket, else beside the state file.
+func (b Broker) AdminSocketPath() string {
+	if b.AdminSocket != "" {
+		return b.AdminSocket
+	}
+	return b.StateFile + ".sock"
+}
+
 // Broker holds what only wgkex-broker needs.
 type Broker struct {
 	// StateFile is the bbolt database of keys, workers and retained MQTT messages.
 	StateFile string `koanf:"state_file"`
+	// AdminSocket is the Unix socket of the administration interface (wgkex-broker backup); empty: the state file's
+	// name with .sock appended.
+	AdminSocket string `koanf:"admin_socket"`
 	// MQTTListeners are the embedded MQTT server's listeners.
 	MQTTListeners []MQTTListener `koanf:"mqtt_listeners"`
 	// ReplayWindow is how far back a returning worker is sent the keys of its domains.
