@@ -129,6 +129,7 @@ type Server struct {
 
 // New creates the server and opens its listeners; Serve starts accepting clients.
 func New(log *slog.Logger, opts Options) (_ *Server, err error) {
+	log = redactingLogger(log) // mochi logs whole packets, passwords included
 	opts.Limits = withDefaults(opts.Limits)
 	if err := opts.validate(); err != nil {
 		return nil, err
