@@ -11,10 +11,14 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/freifunkMUC/wgkex-go/internal/passwd"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
@@ -157,4 +161,52 @@ func TestRedact(t *testing.T) {
 			t.Errorf("%s: logged %q, want %q", c.name, got, c.want)
 		}
 	}
+}
+
+// TestUsernamesNotEnumerable: an unknown username was refused without bcrypt (about 1 ms) and a wrong password
+// for a real one after a bcrypt comparison (60 ms at cost 10), so that the time of a refusal told which usernames
+// exist. Every refusal of a login with a password now costs the same bcrypt comparison, whatever the username
+// (unknown, a worker without a password of its own, the shared username with a wrong password), and counts
+// towards the address's lockout the same way.
+func TestUsernamesNotEnumerable(t *testing.T) {
+	f := newFleet(t, nil)
+	var calls atomic.Int64
+	f.s.passwords = passwd.New(2, func(h, pw []byte) error { calls.Add(1); return bcrypt.CompareHashAndPassword(h, pw) })
+	attempt := func(ip, user, pass string) (bcrypts int64, failures int) {
+		t.Helper()
+		before, badBefore := calls.Load(), f.refusedN(reasonBadLogin)
+		for range 2 {
+			if c, err := testenv.Dial(f.addr, user, testenv.ClientOptions{Username: user, Password: pass,
+				Dial: dialFrom(ip)}); err == nil {
+				c.Close()
+				t.Fatalf("%s with %q accepted", user, pass)
+			}
+		}
+		if n := f.refusedN(reasonBadLogin) - badBefore; n != 2 {
+			t.Errorf("%s: %d refusals as bad_login, want 2", user, n)
+		}
+		f.s.failures.mu.Lock()
+		defer f.s.failures.mu.Unlock()
+		if e := f.s.failures.m[addrKey(ip+":1")]; e != nil {
+			failures = e.count
+		}
+		return calls.Load() - before, failures
+	}
+	wantCalls, wantFailures := attempt("127.0.0.20", "gw-a", "wrong")
+	if wantCalls != 2 || wantFailures != 2 {
+		t.Fatalf("a wrong password, twice: %d bcrypt comparisons, %d failures remembered; want 2, 2", wantCalls, wantFailures)
+	}
+	for i, c := range []struct{ name, user, pass string }{
+		{"unknown username", "nobody", "wrong"},
+		{"unknown username with a real password", "nobody", "pa"},
+		{"a worker without a password of its own", "gw-c", "wrong"},
+		{"the shared username with a wrong password", "wgkex", "wrong"},
+	} {
+		calls, failures := attempt(fmt.Sprintf("127.0.0.%d", 21+i), c.user, c.pass)
+		if calls != wantCalls || failures != wantFailures {
+			t.Errorf("%s, twice: %d bcrypt comparisons, %d failures remembered; a wrong password: %d, %d",
+				c.name, calls, failures, wantCalls, wantFailures)
+		}
+	}
+	f.unchanged(t)
 }
