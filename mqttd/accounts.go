@@ -11,6 +11,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/freifunkMUC/wgkex-go/internal/passwd"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
@@ -71,14 +72,22 @@ type accountSet struct {
 	maxFilterLen int
 	// sharedKey identifies the shared login (a SHA-256), so that a reload can tell whether it changed.
 	sharedKey string
+	// cost is the bcrypt cost of most password hashes: a login with an unknown username costs as much
+	// (passwd.Cost); 0 without any.
+	cost int
 }
 
 func newAccountSet(a Accounts, domains []string) *accountSet {
 	a.Workers, a.Monitors = maps.Clone(a.Workers), maps.Clone(a.Monitors)
 	set := &accountSet{Accounts: a, credentials: a.SharedUsername != "" || len(a.Monitors) > 0}
-	for _, w := range a.Workers {
-		set.credentials = set.credentials || w.PasswordHash != ""
+	var hashes []string
+	for _, m := range []map[string]Account{a.Workers, a.Monitors} {
+		for _, acc := range m {
+			set.credentials = set.credentials || acc.PasswordHash != ""
+			hashes = append(hashes, acc.PasswordHash)
+		}
 	}
+	set.cost = passwd.Cost(hashes...)
 	longest := func(names []string) int { return len(slices.MaxFunc(append(names, ""), cmpLen)) }
 	set.maxFilterLen = 1024 + longest(slices.Collect(maps.Keys(a.Workers))) + longest(domains)
 	if a.SharedUsername != "" {

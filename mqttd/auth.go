@@ -96,7 +96,7 @@ func (s *Server) identify(set *accountSet, cl *mqtt.Client, pk packets.Packet) (
 	}
 	pass := pk.Connect.Password
 	if hash := set.hashOf(user); hash != nil {
-		if reason := s.checkPassword(hash, pass); reason != "" {
+		if reason := s.checkPassword(set, hash, pass); reason != "" {
 			return nil, reason
 		}
 		if clientID != user {
@@ -117,7 +117,9 @@ func (s *Server) identify(set *accountSet, cl *mqtt.Client, pk packets.Packet) (
 		}
 		return id, reason
 	}
-	return nil, reasonBadLogin
+	// An unknown username, a worker without a password of its own, the shared username with a wrong password:
+	// refused after the bcrypt comparison a wrong password costs, so that the time does not tell them apart.
+	return nil, s.checkPassword(set, nil, pass)
 }
 
 // anonymous returns the identity of an anonymous client with a client id of its own: the worker it names (any
@@ -151,15 +153,19 @@ func (s *Server) sharedWorker(set *accountSet, name string) (*identity, string) 
 // checkPassword compares pass with a bcrypt hash, one check per core at a time (a reconnecting fleet is served
 // first come, first served, instead of every login finishing at the end of the storm), waiting at most the connect
 // timeout for its turn. A password that matched is remembered for its hash, so that a reconnecting worker does not
-// pay for bcrypt again. It returns the reason of a refusal, or "": a login that was not checked in time is refused
-// as a timeout, not as a wrong password, so that its address is not locked out.
-func (s *Server) checkPassword(hash, pass []byte) string {
+// pay for bcrypt again. A nil hash (a username without one) is refused after the same wait and a comparison of
+// the same cost (passwd.Checker.CheckUnknown). It returns the reason of a refusal, or "": a login that was not
+// checked in time is refused as a timeout, not as a wrong password, so that its address is not locked out.
+func (s *Server) checkPassword(set *accountSet, hash, pass []byte) string {
 	ctx, cancel := context.WithTimeout(s.stopped, s.loginWait)
 	defer cancel()
 	switch {
+	case hash == nil:
+		s.passwords.CheckUnknown(ctx, set.cost, pass)
 	case s.passwords.Check(ctx, hash, pass):
 		return ""
-	case ctx.Err() != nil:
+	}
+	if ctx.Err() != nil {
 		return reasonConnectTimeout
 	}
 	return reasonBadLogin

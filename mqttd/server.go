@@ -8,6 +8,7 @@ package mqttd
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -122,6 +123,10 @@ type Server struct {
 	loginDelay time.Duration
 	refusedVec *prometheus.CounterVec
 	done       chan struct{}
+	// certs are the TLS listeners' certificates, reloaded while the server runs (certRuns).
+	certs    []*tlsfiles.Certificate
+	certOnce sync.Once // Serve runs the certificates' watchers, or Close releases them unrun
+	certRuns sync.WaitGroup
 	// closing is set before the server disconnects its clients on shutdown, so that their last wills, fired by
 	// our own shutdown, do not mark every worker offline in the broker's state.
 	closing atomic.Bool
@@ -129,6 +134,7 @@ type Server struct {
 
 // New creates the server and opens its listeners; Serve starts accepting clients.
 func New(log *slog.Logger, opts Options) (_ *Server, err error) {
+	log = redactingLogger(log) // mochi logs whole packets, passwords included
 	opts.Limits = withDefaults(opts.Limits)
 	if err := opts.validate(); err != nil {
 		return nil, err
@@ -160,6 +166,9 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 	defer func() {
 		if err != nil {
 			s.closeListeners()
+			for _, c := range s.certs {
+				c.Close()
+			}
 		}
 	}()
 	slots := make(chan struct{}, lim.MaxClients)
@@ -168,9 +177,11 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 		l := &listener{id: "tcp" + strconv.Itoa(i), address: lc.Address, slots: slots, uncredited: uncredited,
 			connectTimeout: lim.ConnectTimeout, refused: s.refused, disconnect: s.closeClients, log: log}
 		if lc.CertFile != "" {
-			if l.tls, err = serverTLS(lc); err != nil {
+			var cert *tlsfiles.Certificate
+			if l.tls, cert, err = serverTLS(lc, log); err != nil {
 				return nil, fmt.Errorf("mqtt listener %s: %w", lc.Address, err)
 			}
+			s.certs = append(s.certs, cert)
 			s.certCredentials = s.certCredentials || lc.ClientCAFile != ""
 		}
 		if err := l.listen(); err != nil {
@@ -258,21 +269,34 @@ func (o *Options) validate() error {
 	return errors.Join(errs...)
 }
 
-// serverTLS loads a listener's certificate and, if given, the CA its clients' certificates are verified with.
-func serverTLS(lc Listener) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(lc.CertFile, lc.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load certificate: %w", err)
-	}
-	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+// serverTLS loads a listener's certificate, which Serve reloads whenever its files change and
+// ReloadCertificates on request, and, if given, the CA its clients' certificates are verified with.
+func serverTLS(lc Listener, log *slog.Logger) (*tls.Config, *tlsfiles.Certificate, error) {
+	var pool *x509.CertPool
 	if lc.ClientCAFile != "" {
-		pool, err := tlsfiles.Pool(lc.ClientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("client CA: %w", err)
+		var err error
+		if pool, err = tlsfiles.Pool(lc.ClientCAFile); err != nil {
+			return nil, nil, fmt.Errorf("client CA: %w", err)
 		}
+	}
+	cert, err := tlsfiles.LoadCertificate(lc.CertFile, lc.KeyFile, 0, log.With("listener", lc.Address))
+	if err != nil {
+		return nil, nil, err
+	}
+	tc := &tls.Config{GetCertificate: cert.GetCertificate, MinVersion: tls.VersionTLS12}
+	if pool != nil {
 		tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
 	}
-	return tc, nil
+	return tc, cert, nil
+}
+
+// ReloadCertificates reads the TLS listeners' certificates again now (SIGHUP); Serve also reloads each whenever
+// its files change. Only new TLS handshakes get a new certificate: connected clients stay connected. A pair that
+// does not load is logged as an error naming the files, and the listener keeps the certificate in force.
+func (s *Server) ReloadCertificates() {
+	for _, c := range s.certs {
+		c.Reload()
+	}
 }
 
 // metrics creates the collectors and registers them with reg when it is not nil.
@@ -367,6 +391,11 @@ func (s *Server) Serve() error {
 	if err := s.srv.Serve(); err != nil {
 		return fmt.Errorf("start mqtt server: %w", err)
 	}
+	s.certOnce.Do(func() {
+		for _, c := range s.certs {
+			s.certRuns.Go(func() { c.Run(s.stopped) })
+		}
+	})
 	for _, a := range s.Addrs() {
 		s.log.Info("mqtt listening", "address", a)
 	}
@@ -392,7 +421,14 @@ func (s *Server) Close() error {
 	}
 	close(s.done)
 	s.stop()
-	return s.srv.Close()
+	err := s.srv.Close()
+	s.certOnce.Do(func() {
+		for _, c := range s.certs {
+			c.Close()
+		}
+	})
+	s.certRuns.Wait()
+	return err
 }
 
 // authHook authenticates clients (auth.go) and enforces the topic rules (acl.go) and the per-client limits.

@@ -2,6 +2,8 @@ package web
 
 import (
 	"bufio"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -10,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
@@ -293,5 +297,73 @@ func TestBrokenBodyIs400(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "level=ERROR") {
 		t.Errorf("a client's broken body logged as an error:\n%s", logs.String())
+	}
+}
+
+// TestSmugglingClosesConnection: a request with both Content-Length and Transfer-Encoding is how a request is
+// smuggled past a proxy that reads the other length: net/http reads it by Transfer-Encoding and served the
+// request pipelined behind it on the same connection. It is refused with 400 and "Connection: close", and the
+// connection is closed, so that nothing behind it is served. Requests with one of the two keep the connection.
+func TestSmugglingClosesConnection(t *testing.T) {
+	s, _, _ := newServer(t)
+	addr := serve(t, s)
+	exchange := `{"domain":"ffmuc_welt","public_key":"` + key1 + `"}`
+	chunked := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(exchange), exchange)
+	next := "GET /api/v1/locations HTTP/1.1\r\nHost: x\r\n\r\n"
+	for _, tt := range []struct {
+		name, request string
+		codes         []int // the answers, in order
+		closed        bool  // the server closes the connection after them
+	}{
+		{"smuggled GET behind an empty chunked body",
+			"POST /api/v2/wg/key/exchange HTTP/1.1\r\nHost: x\r\nContent-Length: 47\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + next,
+			[]int{400}, true},
+		{"Transfer-Encoding first, other spelling",
+			"POST /api/v1/wg/key/exchange HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n" + chunked + next,
+			[]int{400}, true},
+		{"behind a good request",
+			"GET /api/v1/locations HTTP/1.1\r\nHost: x\r\n\r\nPOST /api/v1/wg/key/exchange HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n" + chunked + next,
+			[]int{200, 400}, true},
+		{"chunked alone", "POST /api/v1/wg/key/exchange HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked + next,
+			[]int{200, 200}, false},
+		{"Content-Length alone", fmt.Sprintf("POST /api/v1/wg/key/exchange HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(exchange), exchange) + next,
+			[]int{200, 200}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Write([]byte(tt.request)); err != nil {
+				t.Fatal(err)
+			}
+			r := bufio.NewReader(c)
+			var codes []int
+			for range tt.codes {
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				resp, err := http.ReadResponse(r, nil)
+				if err != nil {
+					t.Fatalf("after %v: %v", codes, err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				codes = append(codes, resp.StatusCode)
+				if resp.StatusCode == 400 && (!resp.Close || resp.Header.Get("Content-Type") != "application/json") {
+					t.Errorf("400 without Connection: close or JSON: %v", resp.Header)
+				}
+			}
+			if diff := cmp.Diff(tt.codes, codes); diff != "" {
+				t.Errorf("answers (-want +got):\n%s", diff)
+			}
+			// What follows: nothing, and the end of the connection at once; or, kept alive, the deadline.
+			c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			rest, err := io.ReadAll(r)
+			var ne net.Error
+			timedOut := errors.As(err, &ne) && ne.Timeout()
+			if len(rest) > 0 || timedOut == tt.closed {
+				t.Errorf("after the answers: %q, %v; want the connection closed: %v", rest, err, tt.closed)
+			}
+		})
 	}
 }

@@ -68,6 +68,7 @@ func New(b *broker.Broker, log *slog.Logger, opts Options) *Server {
 	}
 	e.IPExtractor = clientIP(opts.TrustedProxies)
 	e.HTTPErrorHandler = s.handleError
+	e.Pre(s.refuseAmbiguousLength)
 	e.Use(middleware.BodyLimit(MaxBody))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogLevel: 0}))
 	s.routes()
@@ -105,12 +106,29 @@ func (s *Server) HTTPServer(addr string) *http.Server {
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    16 << 10,
+		ConnContext:       withConn,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 }
 
 // errRateLimited is answered with 429 and Retry-After.
 var errRateLimited = echo.NewHTTPError(http.StatusTooManyRequests)
+
+// errAmbiguousLength is answered with 400 and "Connection: close".
+var errAmbiguousLength = errors.New("both Content-Length and Transfer-Encoding")
+
+// refuseAmbiguousLength refuses a request that came with both Content-Length and Transfer-Encoding (net/http
+// reads its body by Transfer-Encoding and drops Content-Length, so the connection's framing tells): a proxy in
+// front that reads the other length would take part of the body for a request of its own, which this server
+// would answer. The answer closes the connection, so nothing pipelined behind the request is served.
+func (s *Server) refuseAmbiguousLength(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if r := c.Request(); len(r.TransferEncoding) > 0 && ambiguousLength(r) {
+			return errAmbiguousLength
+		}
+		return next(c)
+	}
+}
 
 // rateLimit refuses a client address that exceeds its token bucket.
 func (s *Server) rateLimit(next echo.HandlerFunc) echo.HandlerFunc {
@@ -213,6 +231,10 @@ func (s *Server) handleError(err error, c echo.Context) {
 	case errors.Is(err, broker.ErrNoGatewayData):
 		msg = msgNoData
 		s.log.Warn("gateway without endpoint data", "reason", err)
+	case errors.Is(err, errAmbiguousLength):
+		code, msg = http.StatusBadRequest, http.StatusText(http.StatusBadRequest)
+		c.Response().Header().Set(echo.HeaderConnection, "close") // net/http closes the connection after the answer
+		s.log.Info("request refused, connection closed", "remote", c.RealIP(), "path", c.Request().URL.Path, "reason", err)
 	case errors.As(err, &he):
 		code = he.Code
 		msg = http.StatusText(code)

@@ -135,15 +135,19 @@ func (s *Server) securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 // loginWait bounds how long a request waits for its password check.
 const loginWait = 5 * time.Second
 
-// checkPassword compares the username in constant time and the password against its bcrypt hash.
+// checkPassword compares the username in constant time and the password against its bcrypt hash. A wrong
+// username costs a bcrypt comparison of the same cost, whatever the password (passwd.Checker.CheckUnknown), so
+// that the time of a refusal tells neither whether the username was right nor whether the password was.
 func (s *Server) checkPassword(user, pass string, c echo.Context) (bool, error) {
 	d := s.dashboardOptions()
 	userOK := subtle.ConstantTimeCompare([]byte(user), []byte(d.Username)) == 1
 	// A flood of wrong passwords queues for the one bcrypt slot: a request waits its turn for a few seconds at most.
 	ctx, cancel := context.WithTimeout(c.Request().Context(), loginWait)
 	defer cancel()
-	passOK := s.dash.passwords.Check(ctx, d.PasswordHash, []byte(pass))
-	return userOK && passOK, nil
+	if !userOK {
+		return s.dash.passwords.CheckUnknown(ctx, passwd.Cost(string(d.PasswordHash)), []byte(pass)), nil
+	}
+	return s.dash.passwords.Check(ctx, d.PasswordHash, []byte(pass)), nil
 }
 
 func (s *Server) index(c echo.Context) error {

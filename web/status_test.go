@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -291,8 +292,8 @@ func TestDashboardAuthCost(t *testing.T) {
 		t.Errorf("a wrong user with the remembered password: %d", rec.Code)
 	}
 	mu.Lock()
-	if calls != 2 {
-		t.Errorf("12 requests ran bcrypt %d times, want 2 (the first right one, the wrong password)", calls)
+	if calls != 3 {
+		t.Errorf("12 requests ran bcrypt %d times, want 3 (the first right one, the wrong password, the wrong user)", calls)
 	}
 	// New credentials (a reload): the remembered password no longer counts.
 	hash2, _ := bcrypt.GenerateFromPassword([]byte("n3w"), bcrypt.MinCost)
@@ -352,5 +353,41 @@ func TestStatusHistoryEncodedOnce(t *testing.T) {
 	short, long := allocs("/api/v1/status?history=0"), allocs("/api/v1/status")
 	if long > short+20 {
 		t.Errorf("a full answer from the cache makes %.0f allocations, ?history=0 %.0f", long, short)
+	}
+}
+
+// TestDashboardUsernamesNotEnumerable: a wrong username costs the bcrypt comparison a wrong password does, also
+// with the password that is remembered for the right one (which used to answer a wrong username without bcrypt,
+// telling from the time that the password was right).
+func TestDashboardUsernamesNotEnumerable(t *testing.T) {
+	s, _, _ := newServer(t)
+	var calls atomic.Int64
+	s.dash.passwords = passwd.New(1, func(hash, pw []byte) error { calls.Add(1); return bcrypt.CompareHashAndPassword(hash, pw) })
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetDashboard(Dashboard{Username: "ops", PasswordHash: hash})
+	basic := func(u, p string) http.Header {
+		req, _ := http.NewRequest("GET", "/", nil)
+		req.SetBasicAuth(u, p)
+		return req.Header
+	}
+	if rec := get(s, "GET", "/api/v1/status", basic("ops", "s3cret")); rec.Code != 200 { // now remembered
+		t.Fatalf("right credentials: %d", rec.Code)
+	}
+	for _, c := range []struct{ name, user, pass string }{
+		{"a wrong password", "ops", "wrong"},
+		{"a wrong username", "admin", "wrong"},
+		{"a wrong username with the right password", "admin", "s3cret"},
+		{"an empty username", "", "s3cret"},
+	} {
+		before := calls.Load()
+		if rec := get(s, "GET", "/api/v1/status", basic(c.user, c.pass)); rec.Code != 401 {
+			t.Errorf("%s: %d", c.name, rec.Code)
+		}
+		if n := calls.Load() - before; n != 1 {
+			t.Errorf("%s: %d bcrypt comparisons, want 1", c.name, n)
+		}
 	}
 }

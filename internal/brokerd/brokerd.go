@@ -20,6 +20,7 @@ import (
 	"github.com/freifunkMUC/wgkex-go/broker/keylist"
 	"github.com/freifunkMUC/wgkex-go/internal/admin"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 	"github.com/freifunkMUC/wgkex-go/mqttc"
 	"github.com/freifunkMUC/wgkex-go/mqttd"
@@ -64,6 +65,7 @@ type Daemon struct {
 	admin     *http.Server // the administration socket (internal/admin)
 	https     *http.Server // nil without broker_listen.tls_port
 	httpsLn   net.Listener
+	httpsCert *tlsfiles.Certificate // nil without broker_listen.tls_port
 	storeOnce sync.Once
 	storeErr  error
 
@@ -215,16 +217,17 @@ func (d *Daemon) listenTLS(ctx context.Context, l config.Listen, ws *web.Server)
 	if l.TLSPort == 0 {
 		return nil
 	}
-	cert, err := web.LoadCertificate(l.CertFile, l.KeyFile, 0, d.log.With("component", "web"))
+	cert, err := tlsfiles.LoadCertificate(l.CertFile, l.KeyFile, 0, d.log.With("component", "web"))
 	if err != nil {
 		return err
 	}
 	addr := net.JoinHostPort(l.Host, strconv.Itoa(l.TLSPort))
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
+		cert.Close()
 		return fmt.Errorf("listen for https: %w", err)
 	}
-	d.https, d.httpsLn = ws.HTTPServer(ln.Addr().String()), ln
+	d.https, d.httpsLn, d.httpsCert = ws.HTTPServer(ln.Addr().String()), ln, cert
 	go cert.Run(ctx)
 	go func() { d.served <- d.https.Serve(web.TLSListener(ln, cert)) }()
 	return nil
@@ -347,7 +350,8 @@ type Reloads struct {
 
 // Run starts the broker and serves until ctx ends, then shuts down within 10 seconds. On each of
 // reloads.Signals it re-reads the configuration and applies it (Reload); a file that does not load, or a change
-// that needs a restart, is logged and the configuration in effect stays.
+// that needs a restart, is logged and the configuration in effect stays. It also re-reads the TLS certificates
+// (ReloadCertificates), whatever became of the configuration.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, reloads Reloads) error {
 	d, err := Start(cfg, log)
 	if err != nil {

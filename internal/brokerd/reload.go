@@ -84,8 +84,22 @@ func sortedKeys(m map[string]any) []string {
 	return ks
 }
 
-// reload loads the configuration and applies it, logging the outcome.
+// ReloadCertificates reads the certificates of the HTTPS listener and of the embedded MQTT server's TLS
+// listeners again now, as on SIGHUP; each is also reloaded whenever its files change. Connections made before
+// keep theirs. A pair that does not load is logged as an error naming the files, and the certificate in force
+// stays.
+func (d *Daemon) ReloadCertificates() {
+	if d.httpsCert != nil {
+		d.httpsCert.Reload()
+	}
+	if d.MQTT != nil {
+		d.MQTT.ReloadCertificates()
+	}
+}
+
+// reload re-reads the certificates, then loads the configuration and applies it, logging the outcome.
 func (d *Daemon) reload(load func() (*config.Config, error)) {
+	d.ReloadCertificates()
 	cfg, err := load()
 	if err != nil {
 		d.log.Error("configuration reload failed, keeping the configuration in effect", "err", err)

@@ -1,13 +1,17 @@
 // Package passwd checks passwords against bcrypt hashes for the broker's logins (the embedded MQTT server's
 // accounts, the status page). A password that matched a hash is remembered as its SHA-256, so that a client that
 // logs in again and again (a reconnecting gateway, a status page polling every 2 seconds) pays for bcrypt once;
-// and only so many bcrypt checks run at once, so that a flood of wrong passwords cannot take every core.
+// and only so many bcrypt checks run at once, so that a flood of wrong passwords cannot take every core. A
+// username without a hash is refused in the time a wrong password takes (CheckUnknown), so that the time of a
+// refusal does not tell which usernames exist.
 package passwd
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"fmt"
 	"sync"
 
 	"golang.org/x/crypto/bcrypt"
@@ -20,6 +24,7 @@ type Checker struct {
 	mu      sync.Mutex
 	known   map[string][sha256.Size]byte // hash → SHA-256 of the password that matched it
 	gen     uint64                       // counts Forget calls: a check that began before one remembers nothing
+	dummies map[int][]byte               // cost → a hash of a random password (CheckUnknown)
 }
 
 // New returns a Checker that runs at most concurrent bcrypt checks at a time (at least one), comparing with
@@ -28,7 +33,8 @@ func New(concurrent int, compare func(hash, password []byte) error) *Checker {
 	if compare == nil {
 		compare = bcrypt.CompareHashAndPassword
 	}
-	return &Checker{slots: make(chan struct{}, max(concurrent, 1)), compare: compare, known: map[string][sha256.Size]byte{}}
+	return &Checker{slots: make(chan struct{}, max(concurrent, 1)), compare: compare, known: map[string][sha256.Size]byte{},
+		dummies: map[int][]byte{}}
 }
 
 // Check reports whether password matches hash. It waits for a free bcrypt slot first, unless the password is the
@@ -72,4 +78,65 @@ func (c *Checker) Forget(keep func(hash string) bool) {
 			delete(c.known, h)
 		}
 	}
+}
+
+// CheckUnknown refuses a user who has no hash the way Check refuses a wrong password, and in the same time: it
+// waits for a bcrypt slot, as Check does, and compares password with a hash of a random password at cost (see
+// Cost), which nothing matches. Call it for an unknown username, so that the time of a refusal does not tell an
+// attacker which usernames exist. It always returns false; when ctx ends while it waits, it returns at once, as
+// Check does. With cost 0 (no hash in use, so no login pays for bcrypt) it compares nothing.
+func (c *Checker) CheckUnknown(ctx context.Context, cost int, password []byte) bool {
+	if cost == 0 {
+		return false
+	}
+	select {
+	case c.slots <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	defer func() { <-c.slots }()
+	dummy, err := c.dummy(cost)
+	if err != nil {
+		return false
+	}
+	_ = c.compare(dummy, password)
+	return false
+}
+
+// dummy returns the hash CheckUnknown compares with at cost, making it on first use (which costs one bcrypt
+// hash, once per cost).
+func (c *Checker) dummy(cost int) ([]byte, error) {
+	c.mu.Lock()
+	h, ok := c.dummies[cost]
+	c.mu.Unlock()
+	if ok {
+		return h, nil
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(rand.Text()), cost)
+	if err != nil {
+		return nil, fmt.Errorf("make a hash of cost %d: %w", cost, err)
+	}
+	c.mu.Lock()
+	c.dummies[cost] = h
+	c.mu.Unlock()
+	return h, nil
+}
+
+// Cost returns the bcrypt cost that most of hashes have (the higher one on a tie), ignoring what is not a bcrypt
+// hash; 0 when none is. It is the cost for CheckUnknown: a refusal of an unknown username then takes as long as
+// that of most known ones.
+func Cost(hashes ...string) int {
+	n := map[int]int{}
+	best := 0
+	for _, h := range hashes {
+		cost, err := bcrypt.Cost([]byte(h))
+		if err != nil {
+			continue
+		}
+		n[cost]++
+		if n[cost] > n[best] || n[cost] == n[best] && cost > best {
+			best = cost
+		}
+	}
+	return best
 }

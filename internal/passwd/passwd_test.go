@@ -115,3 +115,108 @@ func TestForgetDuringCheck(t *testing.T) {
 		t.Errorf("%d bcrypt calls, want 2: the match of a check that began before Forget was remembered", n)
 	}
 }
+
+// TestCheckUnknown: a user without a hash costs one bcrypt comparison at the cost asked for, like a wrong
+// password, and is never accepted, not even with a password that another hash remembers; it queues for a slot
+// like Check and gives up when its context ends. Cost 0 compares nothing.
+func TestCheckUnknown(t *testing.T) {
+	var calls atomic.Int64
+	var costs []int
+	var mu sync.Mutex
+	c := New(1, func(h, pw []byte) error {
+		calls.Add(1)
+		cost, err := bcrypt.Cost(h)
+		mu.Lock()
+		costs = append(costs, cost)
+		mu.Unlock()
+		if err != nil {
+			return err
+		}
+		return bcrypt.CompareHashAndPassword(h, pw)
+	})
+	ctx := context.Background()
+	a := hash(t, "secret-a")
+	for range 2 { // then remembered
+		if !c.Check(ctx, a, []byte("secret-a")) {
+			t.Fatal("the right password was refused")
+		}
+	}
+	wrong := calls.Load()
+	c.Check(ctx, a, []byte("wrong"))
+	wrong = calls.Load() - wrong
+	for _, pw := range []string{"secret-a", "wrong", ""} {
+		before := calls.Load()
+		if c.CheckUnknown(ctx, bcrypt.MinCost, []byte(pw)) {
+			t.Errorf("an unknown user with %q was accepted", pw)
+		}
+		if n := calls.Load() - before; n != wrong {
+			t.Errorf("an unknown user with %q ran bcrypt %d times, a wrong password %d", pw, n, wrong)
+		}
+	}
+	mu.Lock()
+	for _, cost := range costs {
+		if cost != bcrypt.MinCost {
+			t.Errorf("compared with a hash of cost %d, want %d", cost, bcrypt.MinCost)
+		}
+	}
+	mu.Unlock()
+	before := calls.Load()
+	if c.CheckUnknown(ctx, 0, []byte("x")); calls.Load() != before {
+		t.Error("cost 0 ran bcrypt")
+	}
+	// The slot taken: an unknown user waits like anyone and gives up with its context.
+	c.slots <- struct{}{}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if c.CheckUnknown(short, bcrypt.MinCost, []byte("x")); calls.Load() != before || short.Err() == nil {
+		t.Error("CheckUnknown did not wait for a slot")
+	}
+	<-c.slots
+}
+
+func TestCost(t *testing.T) {
+	h4, h5, h6 := string(hash(t, "a")), costHash(t, 5), costHash(t, 6)
+	for _, c := range []struct {
+		name   string
+		hashes []string
+		want   int
+	}{
+		{"none", nil, 0},
+		{"not bcrypt", []string{"", "plain", "$2a$99$"}, 0},
+		{"one", []string{h5}, 5},
+		{"most", []string{h4, h4, h6}, 4},
+		{"tie takes the higher", []string{h4, h6}, 6},
+		{"garbage ignored", []string{"x", h5, "$2b$"}, 5},
+	} {
+		if got := Cost(c.hashes...); got != c.want {
+			t.Errorf("%s: Cost = %d, want %d", c.name, got, c.want)
+		}
+	}
+}
+
+func costHash(t *testing.T, cost int) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte("pw"), cost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(h)
+}
+
+// FuzzCost: whatever the configured hashes, Cost is 0 or the cost of one of them.
+func FuzzCost(f *testing.F) {
+	f.Add("$2a$04$abcdefghijklmnopqrstuu5Lw0b1vCNfL1Rh6fS2VSRqgHdA1sOaK", "$2b$10$")
+	f.Add("", "$2y$31$")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		got := Cost(a, b)
+		if got == 0 {
+			return
+		}
+		for _, h := range []string{a, b} {
+			if c, err := bcrypt.Cost([]byte(h)); err == nil && c == got {
+				return
+			}
+		}
+		t.Errorf("Cost(%q, %q) = %d, the cost of neither", a, b, got)
+	})
+}

@@ -1,0 +1,124 @@
+package mqttd
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// redactHandler is the handler of the server's logger, mochi's included. mochi logs whole packets as attributes
+// ("error processing packet" on a protocol violation such as a second CONNECT, "packet rejected" and "publish
+// packet rejected" at debug level), and a CONNECT carries the client's password, an AUTH packet its
+// authentication data. redactHandler replaces every packet among a record's attributes (also those added with
+// Logger.With, and inside groups) by what identifies it: its type, packet id and topic. A secret so never reaches
+// a log line, whatever the level or the handler's format.
+type redactHandler struct{ slog.Handler }
+
+// redactingLogger returns log with packets among its attributes redacted.
+func redactingLogger(log *slog.Logger) *slog.Logger {
+	if _, ok := log.Handler().(redactHandler); ok {
+		return log
+	}
+	return slog.New(redactHandler{log.Handler()})
+}
+
+// Handle passes r on, with a copy of its attributes redacted if one of them holds a packet.
+func (h redactHandler) Handle(ctx context.Context, r slog.Record) error {
+	secret := false
+	r.Attrs(func(a slog.Attr) bool {
+		secret = needsRedaction(a.Value)
+		return !secret
+	})
+	if !secret {
+		return h.Handler.Handle(ctx, r)
+	}
+	nr := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		nr.AddAttrs(redact(a))
+		return true
+	})
+	return h.Handler.Handle(ctx, nr)
+}
+
+// WithAttrs redacts the attributes too.
+func (h redactHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	out := make([]slog.Attr, len(as))
+	for i, a := range as {
+		out[i] = redact(a)
+	}
+	return redactHandler{h.Handler.WithAttrs(out)}
+}
+
+// WithGroup keeps redacting in the group.
+func (h redactHandler) WithGroup(name string) slog.Handler {
+	return redactHandler{h.Handler.WithGroup(name)}
+}
+
+// needsRedaction reports whether v holds a packet or a CONNECT's parameters, also inside a group or behind a
+// slog.LogValuer.
+func needsRedaction(v slog.Value) bool {
+	switch v.Kind() {
+	case slog.KindLogValuer:
+		return needsRedaction(v.Resolve())
+	case slog.KindGroup:
+		for _, a := range v.Group() {
+			if needsRedaction(a.Value) {
+				return true
+			}
+		}
+	case slog.KindAny:
+		switch v.Any().(type) {
+		case packets.Packet, *packets.Packet, packets.ConnectParams, *packets.ConnectParams:
+			return true
+		}
+	}
+	return false
+}
+
+// redact returns a with every packet in it replaced by packetValue.
+func redact(a slog.Attr) slog.Attr {
+	if !needsRedaction(a.Value) {
+		return a
+	}
+	v := a.Value.Resolve()
+	switch v.Kind() {
+	case slog.KindGroup:
+		g := v.Group()
+		out := make([]slog.Attr, len(g))
+		for i, x := range g {
+			out[i] = redact(x)
+		}
+		return slog.Attr{Key: a.Key, Value: slog.GroupValue(out...)}
+	case slog.KindAny:
+		switch pk := v.Any().(type) {
+		case packets.Packet:
+			return slog.Attr{Key: a.Key, Value: packetValue(&pk)}
+		case *packets.Packet:
+			if pk == nil {
+				return slog.Attr{Key: a.Key, Value: slog.StringValue("<nil>")}
+			}
+			return slog.Attr{Key: a.Key, Value: packetValue(pk)}
+		}
+	}
+	return slog.String(a.Key, "[redacted]") // a CONNECT's parameters
+}
+
+// packetValue is what a log line shows of a packet: its type, and its packet id and topic where it has them.
+func packetValue(pk *packets.Packet) slog.Value {
+	name, ok := packets.PacketNames[pk.FixedHeader.Type]
+	if !ok {
+		name = "unknown"
+	}
+	as := []slog.Attr{slog.String("type", name)}
+	if pk.PacketID != 0 {
+		as = append(as, slog.Int("id", int(pk.PacketID)))
+	}
+	if pk.TopicName != "" {
+		as = append(as, slog.String("topic", pk.TopicName))
+	}
+	if pk.FixedHeader.Type == packets.Connect {
+		as = append(as, slog.String("client", pk.Connect.ClientIdentifier))
+	}
+	return slog.GroupValue(as...)
+}
