@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/freifunkMUC/wgkex-go/broker"
 	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
@@ -118,6 +121,35 @@ func (o *outageRig) waitKeys(name string, keys []string) {
 	}, "%s lacks %d of %d answered keys, e.g. %v", name, len(missing), len(keys), testenv.Lazy(func() string { return fmt.Sprint(first(missing)) }))
 }
 
+// mqttState reads the broker's MQTT connection from GET /api/v1/status, and wgkex_broker_mqtt_connected and
+// wgkex_broker_workers_awaiting from GET /metrics: "connected=true awaiting=[] metrics=1,0".
+func (o *outageRig) mqttState() string {
+	o.t.Helper()
+	get := func(path string) []byte {
+		resp, err := http.Get("http://" + o.d.HTTPAddr() + path)
+		if err != nil {
+			o.t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return b
+	}
+	var st struct{ MQTT broker.MQTTState }
+	if err := json.Unmarshal(get("/api/v1/status?history=0"), &st); err != nil {
+		o.t.Fatal(err)
+	}
+	metric := func(name string) string {
+		for _, l := range strings.Split(string(get("/metrics")), "\n") {
+			if v, ok := strings.CutPrefix(l, name+" "); ok {
+				return v
+			}
+		}
+		return "absent"
+	}
+	return fmt.Sprintf("connected=%v awaiting=%v metrics=%s,%s", st.MQTT.Connected, st.MQTT.Awaiting,
+		metric("wgkex_broker_mqtt_connected"), metric("wgkex_broker_workers_awaiting"))
+}
+
 // outage stops Mosquitto with SIGTERM and waits until the broker has noticed.
 func (o *outageRig) outage() {
 	o.t.Helper()
@@ -141,13 +173,16 @@ func TestMosquittoRestart(t *testing.T) {
 	for i := range 20 {
 		keys = append(keys, o.mustV2(fmt.Sprintf("%d during the outage", i), "gw1", "gw2"))
 	}
+	if got, want := o.mqttState(), "connected=false awaiting=[gw1 gw2] metrics=0,2"; got != want {
+		t.Errorf("during the outage the broker says %s, want %s", got, want)
+	}
 
 	o.startMosquitto(o.mosq.Addr)
 	// Nodes keep registering while the broker and the workers reconnect.
 	testenv.Eventually(t, 30*time.Second, func() bool {
 		keys = append(keys, o.mustV2("after the restart", "gw1", "gw2"))
-		return o.d.Client.Connected() && online(o.d, "gw1") && online(o.d, "gw2")
-	}, "gateways not back")
+		return o.mqttState() == "connected=true awaiting=[] metrics=1,0" && online(o.d, "gw1") && online(o.d, "gw2")
+	}, "gateways not back: %s", testenv.Lazy(o.mqttState))
 	o.waitKeys("gw1", keys)
 	o.waitKeys("gw2", keys)
 	if l := o.logs.String(); strings.Contains(l, "online=false") {
