@@ -194,7 +194,7 @@ func TestMosquittoRestart(t *testing.T) {
 // among the gateways it knew during the outage, then marks gw2 offline once the grace after its reconnect has
 // passed without a word from gw2, and sends every node to gw1 from then on; the keys answered with gw2 reach gw1.
 func TestMosquittoRestartGatewayGone(t *testing.T) {
-	o := newOutageRig(t, "3s")
+	o := newOutageRig(t, "8s") // gw1 reconnects within it even when its backoff has grown to 4 s
 	o.outage()
 	o.stops["gw2"]()
 	var keys []string
