@@ -150,18 +150,29 @@ func (o *outageRig) mqttState() string {
 		metric("wgkex_broker_mqtt_connected"), metric("wgkex_broker_workers_awaiting"))
 }
 
-// outage stops Mosquitto with SIGTERM and waits until the broker has noticed.
-func (o *outageRig) outage() {
+// outage stops Mosquitto with SIGTERM (kill: SIGKILL, no wills) and waits until the broker has noticed.
+func (o *outageRig) outage(kill bool) {
 	o.t.Helper()
-	o.mosq.Terminate()
+	if kill {
+		o.mosq.Stop()
+	} else {
+		o.mosq.Terminate()
+	}
 	testenv.Eventually(o.t, 10*time.Second, func() bool { return !o.d.Client.Connected() }, "broker did not notice that Mosquitto stopped")
 }
 
-// TestMosquittoRestart: Mosquitto restarts cleanly under a broker and its gateways. Nodes registering during the
-// outage are answered 200 with a gateway's endpoint, every answered key reaches both gateways once they are back
-// (by the queued publish or the replay), no gateway is ever marked offline, not even by the persisted wills
-// Mosquitto delivers again after its restart, and the broker says that its connection is down while it is.
+// TestMosquittoRestart: Mosquitto restarts cleanly (SIGTERM: it sends every worker's will first) or not (SIGKILL)
+// under a broker and its gateways. Nodes registering during the outage are answered 200 with a gateway's endpoint,
+// every answered key reaches both gateways once they are back (by the queued publish or the replay), no gateway
+// is ever marked offline, not even by the persisted wills Mosquitto delivers again after its restart, and the
+// broker says that its connection is down while it is.
 func TestMosquittoRestart(t *testing.T) {
+	for _, kill := range []bool{false, true} {
+		t.Run(map[bool]string{false: "SIGTERM", true: "SIGKILL"}[kill], func(t *testing.T) { testMosquittoRestart(t, kill) })
+	}
+}
+
+func testMosquittoRestart(t *testing.T, kill bool) {
 	o := newOutageRig(t, "1m")
 	var keys []string
 	for range 5 {
@@ -169,7 +180,7 @@ func TestMosquittoRestart(t *testing.T) {
 	}
 	o.waitKeys("gw1", keys)
 
-	o.outage()
+	o.outage(kill)
 	for i := range 20 {
 		keys = append(keys, o.mustV2(fmt.Sprintf("%d during the outage", i), "gw1", "gw2"))
 	}
@@ -195,7 +206,7 @@ func TestMosquittoRestart(t *testing.T) {
 // passed without a word from gw2, and sends every node to gw1 from then on; the keys answered with gw2 reach gw1.
 func TestMosquittoRestartGatewayGone(t *testing.T) {
 	o := newOutageRig(t, "8s") // gw1 reconnects within it even when its backoff has grown to 4 s
-	o.outage()
+	o.outage(false)
 	o.stops["gw2"]()
 	var keys []string
 	for i := range 10 {
