@@ -97,8 +97,19 @@ type Options struct {
 	Gateways map[string]Gateway
 	// ReplayWindow is how far back keys are replayed to a returning worker.
 	ReplayWindow time.Duration
-	// ReconnectGrace is how long workers that were online before a restart have to reconnect.
+	// ReconnectGrace is how long workers that were online before a restart, or before the connection to an
+	// external MQTT server broke, have to reconnect (outage.go).
 	ReconnectGrace time.Duration
+	// External is set when the broker reaches the workers through a connection to an MQTT server that can break
+	// (broker.mqtt_server); the MQTT side then reports it with MQTTUp and MQTTDown, and the reconnect grace after
+	// a start counts from the first MQTTUp. See outage.go.
+	External bool
+	// OfflineDelay is how long a worker's status 0 waits before it takes effect when External (default 5 s):
+	// when the server goes down cleanly it sends every worker's last will just before it closes the broker's
+	// connection, and those wills are dropped.
+	OfflineDelay time.Duration
+	// Clock times the reconnect grace and the offline delay (default time.Now); Now stamps what is recorded.
+	Clock func() time.Time
 	// ReplayBatch is the number of keys per replay message (default 1000).
 	ReplayBatch int
 	// Now is the clock (default time.Now).
@@ -127,7 +138,7 @@ type Broker struct {
 	records   map[string]*record  // status and write order of each worker
 	gws       []selection.Gateway // sorted by name, rebuilt when dirty; shares the Peers maps of workers
 	dirty     bool
-	awaiting  map[string]bool // online before a restart, not yet reconnected
+	link      link // the connection to the MQTT server, the reconnect grace and the offline delay (outage.go)
 
 	replay  replayer
 	cluster cluster
@@ -142,15 +153,21 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, erro
 	if opts.ReplayBatch <= 0 {
 		opts.ReplayBatch = 1000
 	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	if opts.OfflineDelay <= 0 {
+		opts.OfflineDelay = defaultOfflineDelay
+	}
 	b := &Broker{
 		st: st, pub: pub, log: log, opts: opts,
-		domain:   map[string]bool{},
-		workers:  map[string]*WorkerState{},
-		awaiting: map[string]bool{},
-		records:  map[string]*record{},
-		dirty:    true,
-		meters:   newMeters(),
+		domain:  map[string]bool{},
+		workers: map[string]*WorkerState{},
+		records: map[string]*record{},
+		dirty:   true,
+		meters:  newMeters(),
 	}
+	b.link.init(opts)
 	if err := b.registerMetrics(opts.Metrics); err != nil {
 		return nil, err
 	}
@@ -173,12 +190,15 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, erro
 		}
 		b.workers[w.Name] = &w
 		if w.Online {
-			b.awaiting[w.Name] = true
+			b.link.awaiting[w.Name] = sinceStart
 		}
+	}
+	if !opts.External && len(b.link.awaiting) > 0 {
+		b.link.graceEnd = opts.Clock().Add(opts.ReconnectGrace)
 	}
 	b.replay.init(b)
 	b.cluster.init(b)
-	log.Info("worker state loaded", "workers", len(stored), "online", len(b.awaiting))
+	log.Info("worker state loaded", "workers", len(stored), "online", len(b.link.awaiting))
 	return b, nil
 }
 
@@ -209,31 +229,28 @@ func (b *Broker) setGateways(gateways map[string]Gateway) {
 	b.dirty = true
 }
 
-// Run marks workers that were online before the restart offline if they have not reconnected within the grace
-// period, and serves replay requests until ctx ends.
+// Run marks workers offline whose status 0 has waited out the offline delay and workers that were online before
+// the restart or the MQTT outage and have not reconnected within the grace period (outage.go), until ctx ends.
 func (b *Broker) Run(ctx context.Context) {
-	t := time.NewTimer(b.opts.ReconnectGrace)
+	t := time.NewTimer(time.Hour)
 	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return
-	case <-t.C:
+	for {
+		var fire <-chan time.Time
+		if next, ok := b.tick(b.opts.Clock()); ok {
+			t.Reset(max(next.Sub(b.opts.Clock()), 0))
+			fire = t.C
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-fire:
+		case <-b.link.wake:
+		}
 	}
-	b.mu.Lock()
-	var gone []string
-	for name := range b.awaiting {
-		gone = append(gone, name)
-	}
-	b.mu.Unlock()
-	sort.Strings(gone)
-	for _, name := range gone {
-		b.expire(name)
-	}
-	<-ctx.Done()
 }
 
-// lockStatus takes worker name's status lock, which orders a grace expiry against the worker's own status 1 (see
-// expire), and returns its unlock.
+// lockStatus takes worker name's status lock, which orders a grace expiry or a delayed status 0 against the
+// worker's own status 1 (see expire), and returns its unlock.
 func (b *Broker) lockStatus(name string) (unlock func()) {
 	b.mu.Lock()
 	r := b.recordOf(name)
@@ -242,24 +259,29 @@ func (b *Broker) lockStatus(name string) (unlock func()) {
 	return r.status.Unlock
 }
 
-// expire marks a worker that was online before the restart offline unless it has reported status 1 since, and
-// publishes what its last will would have: retained status 0. It holds the worker's status lock from the check to
-// the end of the publish, so that no 1 the broker takes in between is overwritten.
+// expire marks a worker that was online before the restart or the MQTT outage offline unless it has reported
+// status 1 since (or the connection is down again), and publishes what its last will would have: retained status
+// 0. It holds the worker's status lock from the check to the end of the publish, so that no 1 the broker takes in
+// between is overwritten.
 func (b *Broker) expire(name string) {
 	defer b.lockStatus(name)()
 	b.mu.Lock()
-	waiting := b.awaiting[name]
-	delete(b.awaiting, name)
+	c, waiting := b.link.awaiting[name]
+	if b.link.down {
+		waiting = false // frozen; the grace starts again with the next MQTTUp
+	} else {
+		delete(b.link.awaiting, name)
+	}
 	b.mu.Unlock()
 	if !waiting {
 		return
 	}
-	b.log.Warn("worker did not reconnect after broker start, marking offline", "worker", name)
+	b.log.Warn("worker did not reconnect within the grace, marking offline", "worker", name, "after", c.String(), "grace", b.opts.ReconnectGrace)
 	if err := b.pub.Publish(wire.StatusTopic(name), []byte("0"), true, 1); err != nil {
 		b.log.Error("publish offline status", "worker", name, "err", err)
 	}
 	// The embedded server hands the 0 to HandleStatus as well; this covers a publisher that does not.
-	b.setStatus(name, 0)
+	b.setOnline(name, false)
 }
 
 // Request is a key registration as a node posts it.
@@ -322,9 +344,22 @@ func (b *Broker) register(r Request, gateway string) error {
 	}
 	// The key is durable: if this publish fails, the replay delivers it.
 	if err := b.pub.Publish(wire.KeyTopic(r.Domain), []byte(r.PublicKey), false, b.keyQoS()); err != nil {
-		b.log.Warn("publish key", "domain", r.Domain, "err", err)
+		b.publishFailed("publish key", "domain", r.Domain, "err", err)
 	}
 	return nil
+}
+
+// publishFailed logs a publish that failed: a warning, or a debug line while the connection to the MQTT server is
+// known to be down (MQTTDown said so once).
+func (b *Broker) publishFailed(msg string, args ...any) {
+	b.mu.Lock()
+	down := b.link.down
+	b.mu.Unlock()
+	if down {
+		b.log.Debug(msg, args...)
+		return
+	}
+	b.log.Warn(msg, args...)
 }
 
 // choose picks the gateway and counts the new peer on it at once (the reference's interpolation), under the lock.

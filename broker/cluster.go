@@ -155,7 +155,7 @@ func (b *Broker) announceChoice(worker, domain string) {
 		return
 	}
 	if err := b.pub.Publish(wire.ChoiceTopic(b.opts.ID), wire.FormatChoice(worker, domain), false, 0); err != nil {
-		b.log.Warn("announce choice", "worker", worker, "domain", domain, "err", err)
+		b.publishFailed("announce choice", "worker", worker, "domain", domain, "err", err)
 	}
 }
 

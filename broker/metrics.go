@@ -102,6 +102,10 @@ var (
 		"Brokers alive on the MQTT server, this one included (1 with the embedded server).", nil, nil)
 	descClusterBrokerUp = prometheus.NewDesc("wgkex_cluster_broker_up",
 		"1 while a broker on the MQTT server is alive, 0 when its last status says it is gone.", []string{"broker"}, nil)
+	descMQTTConnected = prometheus.NewDesc("wgkex_broker_mqtt_connected",
+		"1 while the broker is connected to its MQTT server (always with the embedded server), 0 while worker states are frozen.", nil, nil)
+	descWorkersAwaiting = prometheus.NewDesc("wgkex_broker_workers_awaiting",
+		"Workers online before the broker's start or its last MQTT outage that have not reconnected yet.", nil, nil)
 )
 
 func (stateCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -110,6 +114,8 @@ func (stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descPeers
 	ch <- descClusterBrokers
 	ch <- descClusterBrokerUp
+	ch <- descMQTTConnected
+	ch <- descWorkersAwaiting
 }
 
 func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -141,6 +147,13 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descClusterBrokers, prometheus.GaugeValue, float64(alive))
+	m := c.b.MQTT()
+	connected := 0.0
+	if m.Connected {
+		connected = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descMQTTConnected, prometheus.GaugeValue, connected)
+	ch <- prometheus.MustNewConstMetric(descWorkersAwaiting, prometheus.GaugeValue, float64(len(m.Awaiting)))
 }
 
 // Malformed counts a registration whose body could not be parsed (the web package parses bodies) and returns err.

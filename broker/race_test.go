@@ -125,3 +125,45 @@ func TestWorkerRecordsInOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestDelayedOfflineLosesNoReconnect: with an external server, many workers' status 0 reach the end of the offline
+// delay while each worker reports 1 again at the same moment. Whichever comes first, a worker that reported 1
+// must end online: the 1 either withdraws the 0 or is taken after it. Run with -race.
+func TestDelayedOfflineLosesNoReconnect(t *testing.T) {
+	const n = 60
+	o := newOutageEnv(t, "", true)
+	o.play(t, "at 0: up")
+	var names []string
+	for i := range n {
+		names = append(names, fmt.Sprintf("gw%02d", i))
+		o.b.HandleStatus(wire.StatusTopic(names[i]), []byte("1"))
+	}
+	for _, name := range names {
+		o.b.HandleStatus(wire.StatusTopic(name), []byte("0"))
+	}
+	due := o.clock.Add(5 * time.Second)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			o.b.HandleStatus(wire.StatusTopic(name), []byte("1"))
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		<-start
+		o.b.Tick(due)
+	}()
+	close(start)
+	wg.Wait()
+	o.b.Tick(due.Add(time.Hour))
+	for _, w := range o.b.Workers() {
+		if !w.Online {
+			t.Errorf("%s reported 1 while its 0 took effect but is offline", w.Name)
+		}
+	}
+}

@@ -16,6 +16,8 @@ type Status struct {
 	Activity Activity `json:"activity"`
 	// Brokers lists the brokers on the MQTT server (ClusterBrokers); empty with the embedded server.
 	Brokers []BrokerState `json:"brokers"`
+	// MQTT is the broker's connection to its MQTT server and the workers awaited after a start or an outage.
+	MQTT MQTTState `json:"mqtt"`
 }
 
 // GatewayStatus is one worker: its configuration, its last reports and where it stands against its weighted share.
@@ -82,7 +84,7 @@ func (b *Broker) Status() Status {
 	if total < 1 {
 		total = 1
 	}
-	st := Status{Activity: act, Brokers: b.ClusterBrokers()}
+	st := Status{Activity: act, Brokers: b.ClusterBrokers(), MQTT: b.MQTT()}
 	if st.Brokers == nil {
 		st.Brokers = []BrokerState{}
 	}

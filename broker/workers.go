@@ -2,6 +2,7 @@ package broker
 
 import (
 	"sync"
+	"time"
 
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
@@ -52,22 +53,76 @@ func (b *Broker) HandleStatus(topic string, payload []byte) {
 }
 
 func (b *Broker) setStatus(worker string, n int) {
-	online := n >= 1
-	if online {
-		// Wait for a grace expiry of this worker in progress (see expire). Only a 1 waits: the expiry's own 0
-		// comes back here on the expiry's goroutine.
-		defer b.lockStatus(worker)()
-	}
-	b.mu.Lock()
-	if online {
-		delete(b.awaiting, worker)
-	}
-	_, known := b.workers[worker]
-	b.mu.Unlock()
-	if !online && !known {
-		b.log.Debug("offline status of unknown worker ignored", "worker", worker)
+	if n >= 1 {
+		b.confirm(worker)
 		return
 	}
+	b.reportOffline(worker)
+}
+
+// confirm takes a worker's status 1: it ends its wait for a reconnect and withdraws a status 0 still waiting for
+// the offline delay.
+func (b *Broker) confirm(worker string) {
+	// Wait for a grace expiry or a delayed 0 of this worker in progress (see expire). Only a 1 waits: the
+	// expiry's own 0 comes back here on the expiry's goroutine.
+	defer b.lockStatus(worker)()
+	b.mu.Lock()
+	c, waited := b.link.awaiting[worker]
+	delete(b.link.awaiting, worker)
+	_, withdrawn := b.link.offline[worker]
+	delete(b.link.offline, worker)
+	allBack := waited && len(b.link.awaiting) == 0 && !b.link.graceEnd.IsZero()
+	if allBack {
+		b.link.graceEnd = time.Time{}
+	}
+	b.mu.Unlock()
+	switch {
+	case waited && c == sinceOutage:
+		b.log.Info("worker confirmed online after the mqtt outage", "worker", worker)
+	case withdrawn:
+		b.log.Info("worker back before its offline status took effect", "worker", worker)
+	}
+	if allBack {
+		b.log.Info("every worker online before has reconnected", "after", c.String())
+	}
+	b.setOnline(worker, true)
+}
+
+// reportOffline takes a worker's status 0 (its last will or its farewell). With an external MQTT server it
+// takes effect only after the offline delay (outage.go); a worker waiting to reconnect after an MQTT outage
+// ignores it, since the server may hand the broker a will it retained from its own shutdown.
+func (b *Broker) reportOffline(worker string) {
+	b.mu.Lock()
+	w, known := b.workers[worker]
+	c, waiting := b.link.awaiting[worker]
+	switch {
+	case !known:
+		b.mu.Unlock()
+		b.log.Debug("offline status of unknown worker ignored", "worker", worker)
+		return
+	case waiting && c == sinceOutage:
+		b.mu.Unlock()
+		b.log.Debug("offline status ignored: the worker has until the end of the grace to reconnect", "worker", worker)
+		return
+	case b.opts.External && w.Online:
+		_, pending := b.link.offline[worker]
+		if !pending {
+			b.link.offline[worker] = b.opts.Clock().Add(b.opts.OfflineDelay)
+			b.link.kick()
+		}
+		b.mu.Unlock()
+		if !pending {
+			b.log.Debug("offline status, taking effect after the delay", "worker", worker, "delay", b.opts.OfflineDelay)
+		}
+		return
+	}
+	delete(b.link.awaiting, worker)
+	b.mu.Unlock()
+	b.setOnline(worker, false)
+}
+
+// setOnline records the worker's status.
+func (b *Broker) setOnline(worker string, online bool) {
 	b.change(worker, func(w *WorkerState) bool {
 		if w.Online == online {
 			return false
@@ -105,12 +160,12 @@ func (b *Broker) HandleData(topic string, payload []byte) {
 	})
 }
 
-// record orders what happens to one worker. Its status lock orders the reconnect-grace expiry against the status
-// 1 reports the broker takes: a 1 is either seen by the expiry (which then publishes nothing) or taken after the
+// record orders what happens to one worker. Its status lock orders the reconnect-grace expiry and a delayed status
+// 0 against the status 1 reports the broker takes: a 1 is either seen by the expiry (which then publishes nothing) or taken after the
 // expiry's 0. Its writes are ordered too: every change takes the next seq, and a write stores the state as it is
 // when the write starts, so the last write to finish carries the newest state.
 type record struct {
-	status sync.Mutex // held by expire and by a status 1 being taken
+	status sync.Mutex // held by expire, by a delayed status 0 taking effect and by a status 1 being taken
 	write  sync.Mutex // held while the state is written
 	seq    uint64     // changes made, under Broker.mu
 	stored uint64     // changes on disk, under Broker.mu

@@ -95,6 +95,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 	}
 	st.StartRetention(store.Retention{Keep: cfg.Broker.KeyRetention.D()})
 	var (
+		b         *broker.Broker // the MQTT client's callbacks need it; they run only after Serve
 		mq        bus
 		embedded  *mqttd.Server
 		client    *mqttc.Client
@@ -103,7 +104,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		clusterOn = cfg.Broker.MQTTServer.URL != ""
 	)
 	if clusterOn {
-		client, id, err = dialServer(cfg.Broker.MQTTServer, log.With("component", "mqtt"), catchUp)
+		client, id, err = dialServer(cfg.Broker.MQTTServer, log.With("component", "mqtt"), catchUp, &b)
 		mq = client
 	} else {
 		opts := mqttOptions(cfg, st)
@@ -128,11 +129,12 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 			keys.Close()
 		}
 	}()
-	b, err := broker.New(st, mq, log.With("component", "broker"), broker.Options{
+	b, err = broker.New(st, mq, log.With("component", "broker"), broker.Options{
 		Domains:        cfg.Domains,
 		Gateways:       Gateways(cfg.Workers),
 		ReplayWindow:   cfg.Broker.ReplayWindow.D(),
 		ReconnectGrace: cfg.Broker.ReconnectGrace.D(),
+		External:       clusterOn,
 		Keys:           keys,
 		ID:             id,
 		Metrics:        reg,

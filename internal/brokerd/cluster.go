@@ -21,8 +21,9 @@ const catchupMargin = 2 * time.Minute
 // dialServer prepares the client of broker.mqtt_server. The broker's name among the others is its client id,
 // wgkex-broker-<hostname> unless configured. Its liveness is a retained 1 on wgkex/broker/{id}/status, 0 as its
 // will. After every connect it sends catchUp the time from which keys may have been missed: zero (the whole
-// replay window) after the start, shortly before the connection was lost after a reconnect.
-func dialServer(s config.MQTTServer, log *slog.Logger, catchUp chan<- time.Time) (*mqttc.Client, string, error) {
+// replay window) after the start, shortly before the connection was lost after a reconnect. It tells the broker
+// *b (set before the client serves) when the connection comes up and goes down.
+func dialServer(s config.MQTTServer, log *slog.Logger, catchUp chan<- time.Time, b **broker.Broker) (*mqttc.Client, string, error) {
 	if s.ClientID == "" {
 		host, err := os.Hostname()
 		if err != nil {
@@ -38,6 +39,7 @@ func dialServer(s config.MQTTServer, log *slog.Logger, catchUp chan<- time.Time)
 		Hello:     &mqttc.Message{Topic: wire.BrokerStatusTopic(id), Payload: []byte("1"), QoS: 1, Retain: true},
 		SyncTopic: wire.BrokerSyncTopic(id),
 		OnUp: func() {
+			(*b).MQTTUp()
 			var since time.Time
 			if n := down.Load(); n != 0 {
 				since = time.Unix(0, n).Add(-catchupMargin)
@@ -47,7 +49,10 @@ func dialServer(s config.MQTTServer, log *slog.Logger, catchUp chan<- time.Time)
 			default:
 			}
 		},
-		OnDown: func() { down.Store(time.Now().UnixNano()) },
+		OnDown: func() {
+			down.Store(time.Now().UnixNano())
+			(*b).MQTTDown()
+		},
 	})
 	return c, id, err
 }

@@ -164,8 +164,8 @@ type Broker struct {
 	MQTTListeners []MQTTListener `koanf:"mqtt_listeners"`
 	// ReplayWindow is how far back a returning worker is sent the keys of its domains.
 	ReplayWindow Duration `koanf:"replay_window"`
-	// ReconnectGrace is how long after a broker start a worker that was online may take to reconnect before it
-	// is marked offline.
+	// ReconnectGrace is how long a worker that was online may take to reconnect before it is marked offline:
+	// after a broker start, and with an external MQTT server after the broker's connection to it comes back.
 	ReconnectGrace Duration `koanf:"reconnect_grace"`
 	// KeyRetention is how long a key not registered again is kept; a background sweep deletes older ones.
 	KeyRetention Duration `koanf:"key_retention"`

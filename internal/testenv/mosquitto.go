@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -25,6 +26,9 @@ type MosquittoOptions struct {
 	Dial func(network, addr string) (net.Conn, error)
 	// Extra is appended to the configuration, after the listener (e.g. its cafile, certfile, keyfile).
 	Extra string
+	// Persist is a folder where the server keeps retained messages and sessions across a restart (as a packaged
+	// Mosquitto does); empty: none.
+	Persist string
 }
 
 // MosquittoServer is a running Mosquitto.
@@ -42,6 +46,23 @@ func (m *MosquittoServer) Stop() {
 	}
 }
 
+// Terminate stops the server as systemd does, with SIGTERM: it sends the last wills of its clients, saves what it
+// persists and exits. It waits for the exit (at most 10 s, then it kills).
+func (m *MosquittoServer) Terminate() {
+	if m.cmd.ProcessState != nil {
+		return
+	}
+	m.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { m.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		m.cmd.Process.Kill()
+		<-done
+	}
+}
+
 // Mosquitto starts Debian's Mosquitto and waits until it accepts connections. It is stopped at cleanup.
 func Mosquitto(t testing.TB, o MosquittoOptions) *MosquittoServer {
 	t.Helper()
@@ -55,7 +76,15 @@ func Mosquitto(t testing.TB, o MosquittoOptions) *MosquittoServer {
 		addr = FreeAddr(t)
 	}
 	host, port, _ := net.SplitHostPort(addr)
-	conf := fmt.Sprintf("listener %s %s\npersistence false\nmax_queued_messages 100000\nset_tcp_nodelay true\n", port, host)
+	persist := "persistence false\n"
+	if o.Persist != "" {
+		if err := os.MkdirAll(o.Persist, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(o.Persist, 0o777) // written by the user mosquitto when started as root
+		persist = "persistence true\npersistence_location " + o.Persist + "/\nautosave_interval 1\n"
+	}
+	conf := fmt.Sprintf("listener %s %s\n%smax_queued_messages 100000\nset_tcp_nodelay true\n", port, host, persist)
 	if len(o.Users) == 0 {
 		conf += "allow_anonymous true\n"
 	} else {

@@ -59,6 +59,12 @@
 		$("uptime").textContent = duration(b.uptime_seconds);
 		$("uptime").title = "since " + new Date(b.started).toLocaleString();
 		$("mqtt-clients").textContent = b.mqtt_clients < 0 ? "external" : b.mqtt_clients;
+		const m = st.mqtt || { external: false, connected: true, awaiting: [] };
+		const server = $("mqtt-server");
+		server.textContent = !m.external ? "embedded" : m.connected ? "connected" : "down";
+		server.classList.toggle("bad", !m.connected);
+		server.title = m.since ? "since " + new Date(m.since).toLocaleString() : "";
+		$("mqtt-down").hidden = m.connected;
 		$("state-size").textContent = bytes(b.state_file_bytes);
 		const gws = st.gateways || [];
 		$("gateways-online").textContent = gws.filter(g => g.online).length + " / " + gws.length;
@@ -125,6 +131,7 @@
 	function renderDomains(st) {
 		const gws = {};
 		for (const g of st.gateways || []) gws[g.name] = g;
+		const awaiting = new Set((st.mqtt && st.mqtt.awaiting) || []);
 		const box = $("domains");
 		box.replaceChildren();
 		for (const d of st.domains || []) {
@@ -157,6 +164,7 @@
 				cell(tr, "Location", "location", g.location || "–");
 				cell(tr, "Weight", "num weight", g.weight);
 				const s = cell(tr, "Status", "status", g.online ? "online" : "offline");
+				if (g.online && awaiting.has(dg.name)) s.appendChild(el("span", "note", "not reconnected yet"));
 				if (g.since) {
 					const since = new Date(g.since);
 					const sp = el("span", "since", "since " + since.toLocaleString());
