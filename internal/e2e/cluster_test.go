@@ -37,16 +37,19 @@ type clusterBroker struct {
 
 type cluster struct {
 	*system
-	brokers map[string]*clusterBroker
-	mqtt    string
+	brokers  map[string]*clusterBroker
+	mqtt     string
+	mosq     *testenv.MosquittoServer
+	mosqOpts testenv.MosquittoOptions // to start it again
 }
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
 	s := newNetwork(t, "wg", "bridge", "nsenter", "unshare", "mosquitto", "mosquitto_passwd")
 	c := &cluster{system: s, brokers: map[string]*clusterBroker{}, mqtt: brokerIP + ":1883"}
-	testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: testenv.DeployedACL(t), Addr: c.mqtt,
-		Wrap: []string{"nsenter", "--net=" + s.brokerNS.Path()}, Dial: s.brokerNS.Dial})
+	c.mosqOpts = testenv.MosquittoOptions{Users: clusterUsers, ACL: testenv.DeployedACL(t), Addr: c.mqtt,
+		Wrap: []string{"nsenter", "--net=" + s.brokerNS.Path()}, Dial: s.brokerNS.Dial, Persist: filepath.Join(s.dir, "mosquitto")}
+	c.mosq = testenv.Mosquitto(t, c.mosqOpts)
 	obs, err := testenv.Dial(c.mqtt, "observer", testenv.ClientOptions{Dial: s.brokerNS.Dial, Username: "observer", Password: clusterUsers["observer"]})
 	if err != nil {
 		t.Fatal(err)

@@ -233,3 +233,42 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestFaultMosquittoRestartBinaries: fault 5 with the real binaries in network namespaces: two wgkex-broker
+// binaries and two wgkex-worker binaries with userspace WireGuard on Debian's Mosquitto (persistence, passwords,
+// the deployed ACL). Mosquitto is stopped with SIGTERM, which sends every gateway's last will; nodes registering
+// at either broker meanwhile are answered 200 with a gateway's endpoint, and once Mosquitto is back every key
+// answered is a peer with route and FDB entry on both gateways. The old code answered 400 "no gateway online"
+// for the whole outage.
+func TestFaultMosquittoRestartBinaries(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := newCluster(t)
+	var answered []string
+	register := func(when string, n int) {
+		for i := range n {
+			id := []string{"broker-a", "broker-b"}[i%2]
+			k := testenv.NewKey(t).PublicKey().String()
+			code, body, err := c.post(id, "v2", k)
+			var e endpoint
+			json.Unmarshal([]byte(body), &e)
+			if err != nil || code != 200 || (e.Endpoint.Address != "192.0.2.11" && e.Endpoint.Address != "192.0.2.12") {
+				t.Fatalf("v2 at %s %s: %d %s %v", id, when, code, body, err)
+			}
+			answered = append(answered, k)
+		}
+	}
+	register("before the outage", 6)
+	c.mosq.Terminate()
+	register("while Mosquitto is down", 20)
+	c.mosq = testenv.Mosquitto(t, c.mosqOpts)
+	register("right after Mosquitto is back", 6)
+	for _, g := range c.gws {
+		c.waitPeers(g, answered, 90*time.Second)
+	}
+	register("once the gateways are back", 6)
+	for _, g := range c.gws {
+		c.waitPeers(g, answered, 30*time.Second)
+		c.checkConsistent(g)
+	}
+	t.Logf("%d keys answered 200 (20 while Mosquitto was down), all on both gateways", len(answered))
+}

@@ -121,9 +121,13 @@ var (
 	buildErr  error
 )
 
-// binary builds cmd/<name> once per test run and returns its path.
+// binary builds cmd/<name> once per test run and returns its path. With WGKEX_E2E_BIN set, it takes the binaries
+// in that folder instead (to run a test against an older build: does it fail there?).
 func binary(t *testing.T, name string) string {
 	t.Helper()
+	if dir := os.Getenv("WGKEX_E2E_BIN"); dir != "" {
+		return filepath.Join(dir, name)
+	}
 	buildOnce.Do(func() {
 		buildDir, buildErr = os.MkdirTemp("", "wgkex-e2e-bin")
 		if buildErr != nil {
