@@ -148,7 +148,9 @@ type session struct {
 
 	// pub orders what tells the broker which domains this gateway serves (endpoint data, connected-peer counts,
 	// withdrawals, status): the setup, the readiness round and the metrics round take it, so that a count can
-	// never follow a withdrawal of its domain.
+	// never follow a withdrawal of its domain. A round that finds it held skips its turn: the setup holding it
+	// publishes the current state, and the round's goroutine must not wait on a publish the shutdown would end
+	// only after waiting for that goroutine.
 	pub sync.Mutex
 
 	draining atomic.Bool // the worker is stopping: the health check answers 503
@@ -534,7 +536,9 @@ func (r *replayWait) unanswered(ready map[string]bool, skip []string) []string {
 // its device read and its keys replayed; a domain that can no longer be served is withdrawn; the status follows.
 func (s *session) readyRound() {
 	s.a.CheckReady()
-	s.pub.Lock()
+	if !s.pub.TryLock() {
+		return // a setup publishes the state now; waiting for it could hold up the worker's shutdown
+	}
 	defer s.pub.Unlock()
 	gen, up, published := s.state()
 	if !up {
@@ -566,7 +570,9 @@ func (s *session) readyRound() {
 // metricsRound runs every metrics interval while the session is up: it publishes the connected-peer counts and
 // asks again for replays not answered yet.
 func (s *session) metricsRound() {
-	s.pub.Lock()
+	if !s.pub.TryLock() {
+		return // a setup publishes the counts now
+	}
 	defer s.pub.Unlock()
 	_, up, ready := s.state()
 	if !up {
