@@ -387,9 +387,18 @@ func (b *Broker) rebuild() {
 	b.gws = b.gws[:0]
 	for name, w := range b.workers {
 		g, configured := b.gateways[name]
+		var noEndpoint map[string]bool
+		for d := range w.Peers {
+			if _, ok := w.Data[d]; !ok {
+				if noEndpoint == nil {
+					noEndpoint = map[string]bool{}
+				}
+				noEndpoint[d] = true
+			}
+		}
 		b.gws = append(b.gws, selection.Gateway{
 			Name: name, Weight: g.Weight, Configured: configured, Location: g.Location,
-			Online: w.Online, Peers: w.Peers,
+			Online: w.Online, Peers: w.Peers, NoEndpoint: noEndpoint,
 		})
 	}
 	sort.Slice(b.gws, func(i, j int) bool { return b.gws[i].Name < b.gws[j].Name })

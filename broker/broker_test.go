@@ -181,11 +181,48 @@ func TestExchangeV2(t *testing.T) {
 	if _, err := e.b.ExchangeV2(r); !errors.Is(err, broker.ErrNoGateway) {
 		t.Errorf("all offline: err = %v", err)
 	}
-	// An online worker with metrics but no data for the domain → ErrNoGatewayData.
+	// An online worker with metrics but no data for the domain is not offered: the reference chose it and
+	// answered 500 "could not get gateway data"; a node is better off with a gateway that can take it, or a 400.
 	e.b.HandleStatus(wire.StatusTopic("gw09"), []byte("1"))
 	e.b.HandleMetric(wire.MetricTopic("ffwert_city", "gw09"), []byte("0"))
-	if _, err := e.b.ExchangeV2(broker.Request{PublicKey: key1, Domain: "ffwert_city"}); !errors.Is(err, broker.ErrNoGatewayData) {
+	if _, err := e.b.ExchangeV2(broker.Request{PublicKey: key1, Domain: "ffwert_city"}); !errors.Is(err, broker.ErrNoGateway) {
 		t.Errorf("no data: err = %v", err)
+	}
+}
+
+// TestEndpointWithdrawn: an empty payload on a worker's data topic (its retained data cleared) withdraws its
+// endpoint: the gateway is not offered for that domain until it publishes its data again, and the status page
+// no longer lists it as serving the domain.
+func TestEndpointWithdrawn(t *testing.T) {
+	e := newEnv(t, "", nil)
+	e.worker("gw04.in.ffmuc.net", "ffmuc_welt", gwKey4, 5)
+	e.worker("gw07.in.ffmuc.net", "ffmuc_welt", gwKey7, 0)
+	r := broker.Request{PublicKey: key1, Domain: "ffmuc_welt"}
+	if d, err := e.b.ExchangeV2(r); err != nil || d.PublicKey != gwKey7 {
+		t.Fatalf("before: %+v, %v", d, err)
+	}
+	e.b.HandleData(wire.DataTopic("gw07.in.ffmuc.net", "ffmuc_welt"), nil)
+	for range 3 {
+		if d, err := e.b.ExchangeV2(r); err != nil || d.PublicKey != gwKey4 {
+			t.Fatalf("gw07 withdrawn: %+v, %v", d, err)
+		}
+	}
+	st := e.b.Status()
+	serving := map[string][]string{}
+	for _, g := range st.Gateways {
+		serving[g.Name] = g.Serving
+	}
+	want := map[string][]string{"gw04.in.ffmuc.net": {"ffmuc_welt"}, "gw07.in.ffmuc.net": {}}
+	if diff := cmp.Diff(want, serving); diff != "" {
+		t.Errorf("serving (-want +got):\n%s", diff)
+	}
+	e.b.HandleData(wire.DataTopic("gw04.in.ffmuc.net", "ffmuc_welt"), nil)
+	if _, err := e.b.ExchangeV2(r); !errors.Is(err, broker.ErrNoGateway) {
+		t.Errorf("both withdrawn: err = %v", err)
+	}
+	e.b.HandleData(wire.DataTopic("gw-unknown", "ffmuc_welt"), nil)
+	if len(e.b.Workers()) != 2 {
+		t.Errorf("a withdrawal by an unknown worker created it: %+v", e.b.Workers())
 	}
 }
 

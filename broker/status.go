@@ -42,6 +42,10 @@ type GatewayStatus struct {
 	Distance float64 `json:"distance"`
 	// AssignedLastHour is the number of nodes API v2 sent to it in the last hour.
 	AssignedLastHour int `json:"assigned_last_hour"`
+	// Serving lists the domains it is offered for, in configuration order: it is online, its metric there is ≥ 0
+	// and its endpoint is known. A domain missing here is one the gateway cannot serve now (its log and its
+	// wgkex_worker_domain_ready metric say why).
+	Serving []string `json:"serving"`
 }
 
 // DomainStatus is one domain and the gateways that serve it.
@@ -62,6 +66,8 @@ type DomainGateway struct {
 	Endpoint string `json:"endpoint"`
 	// AssignedLastHour is the number of nodes of this domain API v2 sent to it in the last hour.
 	AssignedLastHour int `json:"assigned_last_hour"`
+	// Serving reports whether API v2 offers the gateway for the domain (see GatewayStatus.Serving).
+	Serving bool `json:"serving"`
 }
 
 // Status returns the state of every domain and gateway and the activity of the last hour.
@@ -114,12 +120,13 @@ func (b *Broker) Status() Status {
 				g.AssignedLastHour += n
 			}
 		}
+		g.Serving = []string{}
 		st.Gateways = append(st.Gateways, g)
 	}
 	sort.Slice(st.Gateways, func(i, j int) bool { return st.Gateways[i].Name < st.Gateways[j].Name })
 	for _, d := range b.opts.Domains {
 		ds := DomainStatus{Name: d, Gateways: []DomainGateway{}}
-		for _, g := range st.Gateways {
+		for i, g := range st.Gateways {
 			w := byName[g.Name]
 			n, reported := w.Peers[d]
 			data, hasData := w.Data[d]
@@ -135,6 +142,9 @@ func (b *Broker) Status() Status {
 			}
 			if w.Online && dg.Peers > 0 {
 				ds.Peers += dg.Peers
+			}
+			if dg.Serving = w.Online && reported && n >= 0 && hasData; dg.Serving {
+				st.Gateways[i].Serving = append(st.Gateways[i].Serving, d)
 			}
 			ds.Gateways = append(ds.Gateways, dg)
 		}

@@ -134,7 +134,8 @@ func (b *Broker) setOnline(worker string, online bool) {
 	})
 }
 
-// HandleData takes wireguard-worker/{worker}/{domain}/data, the worker's endpoint in a domain.
+// HandleData takes wireguard-worker/{worker}/{domain}/data, the worker's endpoint in a domain. An empty payload
+// (the retained message cleared) withdraws it: the worker no longer serves the domain and is not offered there.
 func (b *Broker) HandleData(topic string, payload []byte) {
 	worker, domain, err := wire.ParseDataTopic(topic)
 	if err != nil {
@@ -143,6 +144,23 @@ func (b *Broker) HandleData(topic string, payload []byte) {
 	}
 	if !b.domain[domain] {
 		b.log.Warn("dropped worker data for unknown domain", "topic", topic)
+		return
+	}
+	if len(payload) == 0 {
+		b.mu.Lock()
+		_, known := b.workers[worker]
+		b.mu.Unlock()
+		if !known {
+			return
+		}
+		b.change(worker, func(w *WorkerState) bool {
+			if _, ok := w.Data[domain]; !ok {
+				return false
+			}
+			delete(w.Data, domain)
+			b.log.Info("worker endpoint withdrawn", "worker", worker, "domain", domain)
+			return true
+		})
 		return
 	}
 	d, err := wire.ParseWorkerData(payload)

@@ -84,10 +84,10 @@ func TestStatusJSON(t *testing.T) {
 	// Four configured workers of weight 1; gw05 is offline, so only gw04's 10+3 peers are online.
 	wantGW := []broker.GatewayStatus{
 		{Name: "gw04", Location: "MUC", Weight: 1, Configured: true, Online: true, Peers: 13, Share: 0.25,
-			Target: 3.25, Distance: 9.75, AssignedLastHour: 3},
-		{Name: "gw05", Location: "Vienna", Weight: 1, Configured: true, Peers: 30, Share: 0.25},
-		{Name: "gw06", Location: "MUC", Weight: 1, Configured: true, Share: 0.25},
-		{Name: "gw07", Weight: 1, Configured: true, Share: 0.25},
+			Target: 3.25, Distance: 9.75, AssignedLastHour: 3, Serving: []string{"ffmuc_welt"}},
+		{Name: "gw05", Location: "Vienna", Weight: 1, Configured: true, Peers: 30, Share: 0.25, Serving: []string{}},
+		{Name: "gw06", Location: "MUC", Weight: 1, Configured: true, Share: 0.25, Serving: []string{}},
+		{Name: "gw07", Weight: 1, Configured: true, Share: 0.25, Serving: []string{}},
 	}
 	if d := cmp.Diff(wantGW, got.Gateways, cmpopts.IgnoreFields(broker.GatewayStatus{}, "Since", "LastReport")); d != "" {
 		t.Errorf("gateways (-want +got):\n%s", d)
@@ -96,7 +96,7 @@ func TestStatusJSON(t *testing.T) {
 		t.Errorf("since: %v", got.Gateways)
 	}
 	wantDomains := []broker.DomainStatus{{Name: "ffmuc_welt", Peers: 13, Gateways: []broker.DomainGateway{
-		{Name: "gw04", Peers: 13, Endpoint: "gw04.ext:51820", AssignedLastHour: 3},
+		{Name: "gw04", Peers: 13, Endpoint: "gw04.ext:51820", AssignedLastHour: 3, Serving: true},
 		{Name: "gw05", Peers: 30, Endpoint: "gw05.ext:51820"},
 		{Name: "gw06", Peers: -1},
 		{Name: "gw07", Peers: -1},

@@ -73,6 +73,16 @@ func (a *Agent) pass() time.Time {
 	var next time.Time
 	for _, d := range a.Domains() {
 		ds := a.domains[d]
+		a.m.desired.WithLabelValues(d).Set(float64(len(ds.want)))
+		if known, err := a.probed(d); known && err != nil {
+			// Not ready (an interface missing, no permission): trying would only fail. The keys wait in the
+			// desired state; CheckReady wakes the loop when the domain is ready.
+			ds.blocked = true
+			continue
+		}
+		if ds.blocked {
+			a.unblock(ds)
+		}
 		retry := !ds.nextRetry.IsZero() && !ds.nextRetry.After(now)
 		read := ds.needRead && !ds.readRetry.After(now)
 		if len(dirty[d]) > 0 || retry || read {
@@ -87,6 +97,21 @@ func (a *Agent) pass() time.Time {
 		a.m.pending.WithLabelValues(d).Set(float64(len(ds.failures)))
 	}
 	return next
+}
+
+// unblock readies a domain that was not ready for its next diff: the device is read, and every wanted key is
+// tried at once, whatever delay its failures while the domain was not ready had earned it.
+func (a *Agent) unblock(ds *domainState) {
+	ds.blocked = false
+	ds.needRead, ds.readRetry, ds.readFailures = true, time.Time{}, 0
+	for k, w := range ds.want {
+		if !w.RetryAt.IsZero() {
+			w.RetryAt = time.Time{}
+			ds.want[k] = w
+		}
+	}
+	clear(ds.failures)
+	ds.nextRetry = time.Time{}
 }
 
 // reconcile runs one domain's pass: read the device if asked, diff, apply. After a read the whole domain is

@@ -19,6 +19,7 @@ type metrics struct {
 	removals  *prometheus.CounterVec
 	dpErrors  *prometheus.CounterVec
 	mqttUp    prometheus.Gauge
+	ready     *prometheus.GaugeVec
 	connects  prometheus.Counter
 	// connectErrors counts failed connection attempts.
 	connectErrors prometheus.Counter
@@ -47,6 +48,9 @@ func newMetrics(reg prometheus.Registerer, inbox func() int) (*metrics, error) {
 			Help: "Failed dataplane steps, by step (peer, route, fdb, remove, read)."}, []string{"step"}),
 		mqttUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wgkex_worker_mqtt_connected",
 			Help: "1 while the worker is connected to MQTT and has published its status, else 0."}),
+		ready: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "wgkex_worker_domain_ready",
+			Help: "1 while the worker can serve the domain (both interfaces exist and it may change them), else 0; the log says why not."},
+			[]string{"domain"}),
 		connects: prometheus.NewCounter(prometheus.CounterOpts{Name: "wgkex_worker_mqtt_connects_total",
 			Help: "MQTT connections established (CONNACK received)."}),
 		connectErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "wgkex_worker_mqtt_connect_errors_total",
@@ -58,7 +62,7 @@ func newMetrics(reg prometheus.Registerer, inbox func() int) (*metrics, error) {
 	inboxGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wgkex_worker_inbox_keys",
 		Help: "Keys received and not yet taken by the reconcile loop."}, func() float64 { return float64(inbox()) })
 	for _, c := range []prometheus.Collector{m.keys, m.applied, m.latency, m.desired, m.pending, m.peers,
-		m.connected, m.removals, m.dpErrors, m.mqttUp, m.connects, m.connectErrors, inboxGauge} {
+		m.connected, m.removals, m.dpErrors, m.mqttUp, m.ready, m.connects, m.connectErrors, inboxGauge} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register worker metrics: %w", err)
 		}

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -48,6 +49,8 @@ type RunOptions struct {
 	CleanupInterval time.Duration
 	// HealthPort, when not 0, serves the gateway health check on [LinkAddress%wg-X]:HealthPort.
 	HealthPort int
+	// ReadyInterval is how often every domain is probed (default 5 s).
+	ReadyInterval time.Duration
 }
 
 // ServerURL turns mqtt.broker_url and mqtt.broker_port into the URL the client dials. broker_url may be a host
@@ -140,7 +143,15 @@ type session struct {
 	cancel context.CancelFunc // ends the current generation's setup
 	up     bool
 	ready  map[string]bool // domains whose endpoint data was published in the current generation
+	status string          // the status last published in the current generation ("" none yet)
 	setups sync.WaitGroup
+
+	// pub orders what tells the broker which domains this gateway serves (endpoint data, connected-peer counts,
+	// withdrawals, status): the setup, the readiness round and the metrics round take it, so that a count can
+	// never follow a withdrawal of its domain. A round that finds it held skips its turn: the setup holding it
+	// publishes the current state, and the round's goroutine must not wait on a publish the shutdown would end
+	// only after waiting for that goroutine.
+	pub sync.Mutex
 
 	draining atomic.Bool // the worker is stopping: the health check answers 503
 }
@@ -161,7 +172,7 @@ func (s *session) next() (uint64, context.Context) {
 	s.a.replays.reset()
 	ctx, cancel := context.WithCancel(s.base)
 	s.cancel = cancel
-	s.up, s.ready = false, map[string]bool{}
+	s.up, s.ready, s.status = false, map[string]bool{}, ""
 	s.a.m.mqttUp.Set(0)
 	return s.gen, ctx
 }
@@ -175,6 +186,15 @@ func (s *session) markReady(gen uint64, domain string) bool {
 	}
 	s.ready[domain] = true
 	return true
+}
+
+// unmarkReady records that domain was withdrawn, if gen is still current.
+func (s *session) unmarkReady(gen uint64, domain string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gen == s.gen {
+		delete(s.ready, domain)
+	}
 }
 
 // markUp records that the status was published, if gen is still current.
@@ -272,6 +292,9 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	}
 	cfg.WillMessage = &paho.WillMessage{Topic: wire.StatusTopic(a.opts.Name), Payload: []byte("0"), QoS: 1, Retain: true}
 
+	// The first setup publishes what the first probe found.
+	a.CheckReady()
+
 	cm, err := autopaho.NewConnection(connCtx, cfg)
 	if err != nil {
 		return fmt.Errorf("mqtt: %w", err)
@@ -285,8 +308,9 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	loopCtx, cancelLoop := context.WithCancel(context.Background())
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); a.RunLoop(loopCtx) }()
+	go func() { defer wg.Done(); every(cmp.Or(opts.ReadyInterval, readyInterval), done, s.readyRound) }()
 	go func() { defer wg.Done(); every(opts.MetricsInterval, done, s.metricsRound) }()
 	go func() { defer wg.Done(); every(opts.CleanupInterval, done, func() { a.SyncAll(true) }) }()
 	var hs *healthServer
@@ -329,8 +353,9 @@ func every(interval time.Duration, done <-chan struct{}, fn func()) {
 // maxSetupDelay caps the doubling wait before the connection setup is tried again.
 const maxSetupDelay = 30 * time.Second
 
-// connected runs after every (re)connect: subscribe, publish endpoint data per domain, status 1, metrics, and ask
-// the broker to replay the keys of the ready domains. A step that fails (a SUBSCRIBE or PUBLISH lost, or its
+// connected runs after every (re)connect: subscribe, publish endpoint data per ready domain and -1 for the others,
+// the status (1 while at least one domain is ready, else 0), metrics, and ask the broker to replay the keys of the
+// ready domains. A step that fails (a SUBSCRIBE or PUBLISH lost, or its
 // acknowledgement later than paho waits) makes it start over after a doubling delay, each step being idempotent,
 // for as long as the connection lasts: a connection is never left without subscriptions or status. It changes
 // the session state only while gen is current; ctx ends with the generation.
@@ -356,13 +381,17 @@ func (s *session) setup(ctx context.Context, gen uint64) bool {
 		a.log.Warn("mqtt subscribe failed", "err", err)
 		return ctx.Err() != nil
 	}
+	s.pub.Lock()
+	defer s.pub.Unlock()
 	var ready []string
 	for _, d := range a.Domains() {
-		if s.publishData(ctx, gen, d) {
+		if !a.Ready(d) {
+			s.withdraw(ctx, gen, d)
+		} else if s.publishData(ctx, gen, d) {
 			ready = append(ready, d)
 		}
 	}
-	if err := s.publish(ctx, wire.StatusTopic(a.opts.Name), []byte("1"), 1, true); err != nil {
+	if err := s.publishStatus(ctx, gen); err != nil {
 		a.log.Warn("publish status", "err", err)
 		return ctx.Err() != nil
 	}
@@ -374,6 +403,43 @@ func (s *session) setup(ctx context.Context, gen uint64) bool {
 	s.publishMetrics(ctx)
 	s.requestReplay(ctx, ready)
 	return true
+}
+
+// publishStatus publishes 1 while at least one domain's endpoint is published, else 0 (QoS 1, retained), unless
+// that is the status already published on this connection.
+func (s *session) publishStatus(ctx context.Context, gen uint64) error {
+	_, _, ready := s.state()
+	st := "0"
+	if len(ready) > 0 {
+		st = "1"
+	}
+	s.mu.Lock()
+	same := s.gen == gen && s.status == st
+	s.mu.Unlock()
+	if same {
+		return nil
+	}
+	if err := s.publish(ctx, wire.StatusTopic(s.a.opts.Name), []byte(st), 1, true); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.gen == gen {
+		s.status = st
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// withdraw tells the broker that this gateway does not serve domain: its connected-peer count -1 (QoS 1,
+// retained), which the reference broker honours too. The endpoint data stays as it was: an empty data message
+// would clear it, but a reference broker cannot parse one. A domain whose withdrawal could not be published stays
+// marked, so that the next round tries again.
+func (s *session) withdraw(ctx context.Context, gen uint64, domain string) {
+	if err := s.publish(ctx, wire.MetricTopic(domain, s.a.opts.Name), []byte("-1"), 1, true); err != nil {
+		s.a.log.Warn("publish domain withdrawal", "domain", domain, "err", err)
+		return
+	}
+	s.unmarkReady(gen, domain)
 }
 
 // publishData publishes the domain's endpoint data (QoS 1, retained) and reports success.
@@ -465,11 +531,16 @@ func (r *replayWait) unanswered(ready map[string]bool, skip []string) []string {
 	return out
 }
 
-// metricsRound runs every metrics interval while the session is up: it publishes the connected-peer counts, asks
-// again for replays not answered yet and retries domains whose interfaces were missing: once one works, its data
-// is published, its device read and its keys replayed.
-func (s *session) metricsRound() {
-	gen, up, ready := s.state()
+// readyRound runs every ReadyInterval: it probes every domain and, while the session is up, brings what the
+// broker knows in line. A domain that became ready gets its endpoint data and its connected-peer count published,
+// its device read and its keys replayed; a domain that can no longer be served is withdrawn; the status follows.
+func (s *session) readyRound() {
+	s.a.CheckReady()
+	if !s.pub.TryLock() {
+		return // a setup publishes the state now; waiting for it could hold up the worker's shutdown
+	}
+	defer s.pub.Unlock()
+	gen, up, published := s.state()
 	if !up {
 		return
 	}
@@ -477,21 +548,49 @@ func (s *session) metricsRound() {
 	defer cancel()
 	var late []string
 	for _, d := range s.a.Domains() {
-		if !ready[d] && s.publishData(ctx, gen, d) {
-			late = append(late, d)
-			s.a.Sync(d, false)
+		switch ready := s.a.Ready(d); {
+		case ready && !published[d]:
+			if s.publishData(ctx, gen, d) {
+				late = append(late, d)
+				s.a.Sync(d, false)
+			}
+		case !ready && published[d]:
+			s.withdraw(ctx, gen, d)
 		}
 	}
-	s.requestReplay(ctx, append(late, s.a.replays.unanswered(ready, late)...))
+	if err := s.publishStatus(ctx, gen); err != nil {
+		s.a.log.Warn("publish status", "err", err)
+	}
+	if len(late) > 0 {
+		s.publishMetrics(ctx, late...)
+		s.requestReplay(ctx, late)
+	}
+}
+
+// metricsRound runs every metrics interval while the session is up: it publishes the connected-peer counts and
+// asks again for replays not answered yet.
+func (s *session) metricsRound() {
+	if !s.pub.TryLock() {
+		return // a setup publishes the counts now
+	}
+	defer s.pub.Unlock()
+	_, up, ready := s.state()
+	if !up {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s.requestReplay(ctx, s.a.replays.unanswered(ready, nil))
 	s.publishMetrics(ctx)
 }
 
-// publishMetrics publishes each ready domain's connected-peer count (retained). A device that cannot be read
-// skips this round for that domain.
-func (s *session) publishMetrics(ctx context.Context) {
+// publishMetrics publishes the connected-peer count (retained) of each domain whose endpoint is published and
+// that is still ready, or of only the domains given. A device that cannot be read skips this round for that
+// domain. Callers hold pub.
+func (s *session) publishMetrics(ctx context.Context, only ...string) {
 	_, _, ready := s.state()
 	for _, d := range s.a.Domains() {
-		if !ready[d] {
+		if !ready[d] || !s.a.Ready(d) || len(only) > 0 && !slices.Contains(only, d) {
 			continue
 		}
 		n, err := s.a.ConnectedPeers(d)

@@ -62,6 +62,7 @@ type Agent struct {
 	in *inbox
 
 	replays replayWait // replay requests not answered yet
+	ready   readiness  // which domains the worker can serve (CheckReady)
 
 	// Owned by the loop (pass); tests call pass directly instead of running the loop.
 	domains map[string]*domainState
@@ -81,6 +82,8 @@ type domainState struct {
 	failures map[string]int
 	// read: have was read from the device at least once (until then, peers on the device are unknown).
 	read bool
+	// blocked: the last probe found the domain not ready; its keys wait in want, untried, until it is.
+	blocked bool
 	// needRead and needSweep are the pending sync request; a failed read is tried again at readRetry.
 	needRead, needSweep bool
 	readFailures        int
@@ -120,6 +123,9 @@ func New(dp dataplane.Dataplane, log *slog.Logger, opts Options) (*Agent, error)
 		return nil, err
 	}
 	a.m = m
+	for d := range opts.Domains {
+		m.ready.WithLabelValues(d).Set(0)
+	}
 	return a, nil
 }
 

@@ -17,6 +17,9 @@ type Gateway struct {
 	Online bool
 	// Peers maps a domain to the worker's connected_peers metric; -1 or absent means the domain is offline there.
 	Peers map[string]int
+	// NoEndpoint holds the domains the gateway reports a metric for but has no endpoint published in (never, or
+	// withdrawn): a node could not be told where to go, so it is no candidate there.
+	NoEndpoint map[string]bool
 }
 
 // Choice is the chosen gateway, how far its peer count lies from its target, and its peer count.
@@ -27,7 +30,7 @@ type Choice struct {
 }
 
 // Choose picks the gateway for a node in domain. totalWeight is the sum of the configured weights (floored at 1).
-// A gateway is a candidate when it is online and its metric for domain is ≥ 0. Its peers are summed over all its
+// A gateway is a candidate when it is online, its metric for domain is ≥ 0 and its endpoint there is known. Its peers are summed over all its
 // domains; its target is its relative weight times the peers of all online gateways. The candidate with the lowest
 // peers − target wins, ties going to the lower name. With a location, only candidates there are considered, unless
 // there are none, in which case all are. ok is false when no gateway is a candidate.
@@ -55,7 +58,7 @@ func choose(gws []Gateway, totalWeight int, domain, location string) (Choice, bo
 		if !g.Online || location != "" && g.Location != location {
 			continue
 		}
-		if n, ok := g.Peers[domain]; !ok || n < 0 {
+		if n, ok := g.Peers[domain]; !ok || n < 0 || g.NoEndpoint[domain] {
 			continue
 		}
 		w := 1

@@ -30,6 +30,8 @@ func TestChooseReferenceVectors(t *testing.T) {
 		{"no workers", nil, 0, "d", "", Choice{}, false},
 		{"domain offline (-1)", []Gateway{gw("1", true, map[string]int{"d": -1})}, 0, "d", "", Choice{}, false},
 		{"domain metric missing", []Gateway{gw("1", true, map[string]int{"e": 1})}, 0, "d", "", Choice{}, false},
+		{"no endpoint in the domain", []Gateway{{Name: "1", Online: true, Peers: map[string]int{"d": 1}, NoEndpoint: map[string]bool{"d": true}},
+			gw("2", true, map[string]int{"d": 9})}, 0, "d", "", Choice{"2", -1, 9}, true},
 		{"tie goes to the lower name", []Gateway{gw("b", true, map[string]int{"d": 5}), gw("a", true, map[string]int{"d": 5})}, 0, "d", "", Choice{"a", -5, 5}, true},
 	}
 	for _, tt := range tests {

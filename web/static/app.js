@@ -159,11 +159,13 @@
 			for (const dg of d.gateways) {
 				const g = gws[dg.name] || { name: dg.name };
 				const tr = el("tr", g.online ? "online" : "offline");
+				if (g.online && !dg.serving) tr.classList.add("not-serving");
 				tr.setAttribute("data-gateway", dg.name);
 				cell(tr, "Gateway", "name", dg.name);
 				cell(tr, "Location", "location", g.location || "–");
 				cell(tr, "Weight", "num weight", g.weight);
-				const s = cell(tr, "Status", "status", g.online ? "online" : "offline");
+				// An online gateway that cannot serve this domain (an interface missing, no CAP_NET_ADMIN) is not offered.
+				const s = cell(tr, "Status", "status", g.online ? (dg.serving ? "online" : "online, not serving") : "offline");
 				if (g.online && awaiting.has(dg.name)) s.appendChild(el("span", "note", "not reconnected yet"));
 				if (g.since) {
 					const since = new Date(g.since);

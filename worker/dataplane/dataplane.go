@@ -59,7 +59,19 @@ type Dataplane interface {
 	// RemovePeer removes the FDB entry, then the route, then the peer, so that a partial failure leaves the peer
 	// to be found and finished by the next sweep. It is idempotent: what is already absent counts as removed.
 	RemovePeer(link Link, key string) error
+	// Probe checks that the worker can serve link: both interfaces exist, link.WG is a WireGuard device, and the
+	// dataplane may change them. It does so with changes that change nothing (an empty WireGuard configuration,
+	// a link request without attributes), so that a missing permission shows as it would on a real change. It
+	// is idempotent. A missing interface wraps ErrNoInterface, a refused change ErrNotPermitted.
+	Probe(link Link) error
 }
+
+// ErrNoInterface is Probe's answer for a domain interface that does not exist.
+var ErrNoInterface = errors.New("no such interface")
+
+// ErrNotPermitted is Probe's answer when the kernel refuses changes to a domain's interfaces: the worker runs
+// without CAP_NET_ADMIN.
+var ErrNotPermitted = errors.New("operation not permitted: run with CAP_NET_ADMIN")
 
 // Forwarding is what the kernel holds for a domain's peers besides WireGuard: the destinations of the /128
 // routes via the WireGuard link and of the FDB entries on the VXLAN link.

@@ -17,8 +17,9 @@ type Fake struct {
 	mu      sync.Mutex
 	links   map[Link]*fakeLink
 	indexes int // interface indexes handed out
-	// Fail, when set, is asked before every step ("device", "forwarding", "add" with no key, "peer", "route",
-	// "fdb", "remove-fdb", "remove-route", "remove-peer"); a non-nil answer fails that step.
+	// Fail, when set, is asked before every step ("device", "interface", "forwarding", "probe" and "add" with no
+	// key, "peer", "route", "fdb", "remove-fdb", "remove-route", "remove-peer"); a non-nil answer fails that step.
+	// A probe failing with an error that wraps ErrNotPermitted plays a worker without CAP_NET_ADMIN.
 	Fail func(step, key string) error
 	// Log records every call: "add wg-welt 2", "remove wg-welt KEY".
 	Log []string
@@ -52,6 +53,13 @@ func (f *Fake) AddLink(l Link) {
 		dev:   Device{Index: f.indexes, ListenPort: 51820, PublicKey: "TszFS3oFRdhsJP3K0VOlklGMGYZy+oFCtlaghXJqW2g=", LinkAddress: "fe80::1"},
 		peers: map[string]time.Time{}, route: map[string]bool{}, fdb: map[string]bool{},
 	}
+}
+
+// RemoveLink deletes a link (as an operator deleting wg-X would); its peers go with it.
+func (f *Fake) RemoveLink(l Link) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.links, l)
 }
 
 // SetHandshake sets a peer's last handshake (the peer must exist).
@@ -103,6 +111,16 @@ func (f *Fake) Interface(l Link) (Device, error) {
 		return Device{}, err
 	}
 	return Device{Index: fl.dev.Index, LinkAddress: fl.dev.LinkAddress}, nil
+}
+
+// Probe implements Dataplane: a link not added (or removed) is missing; Fail("probe", "") can refuse it.
+func (f *Fake) Probe(l Link) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.links[l]; !ok {
+		return fmt.Errorf("%s: %w", l.WG, ErrNoInterface)
+	}
+	return f.fail("probe", "")
 }
 
 // Forwarding implements Dataplane.

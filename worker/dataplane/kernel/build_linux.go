@@ -92,6 +92,15 @@ func fdbRequest(req *nl.NetlinkRequest, vxIndex, wgIndex int, dst netip.Addr) *n
 	return req
 }
 
+// touchRequest builds a link change of ifindex index without attributes: `ip link set <dev>` with nothing to set.
+// The kernel asks for CAP_NET_ADMIN as for any change and changes nothing.
+func touchRequest(req *nl.NetlinkRequest, index int) *nl.NetlinkRequest {
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(index)
+	req.AddData(msg)
+	return req
+}
+
 // fdbFlags are the netlink flags of an append (add) or a delete.
 func fdbFlags(add bool) (proto, flags int) {
 	if add {

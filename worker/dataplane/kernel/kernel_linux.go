@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -260,17 +261,55 @@ func (d *Dataplane) RemovePeer(link dataplane.Link, key string) error {
 
 func (d *Dataplane) fdb(add bool, vxIdx, wgIdx int, dst netip.Addr) error {
 	proto, flags := fdbFlags(add)
-	var req *nl.NetlinkRequest
+	_, err := fdbRequest(d.request(proto, flags), vxIdx, wgIdx, dst).Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// request starts a raw rtnetlink request in the dataplane's namespace.
+func (d *Dataplane) request(proto, flags int) *nl.NetlinkRequest {
 	if d.sockets == nil {
-		req = nl.NewNetlinkRequest(proto, flags)
-	} else {
-		req = &nl.NetlinkRequest{
-			NlMsghdr: unix.NlMsghdr{Len: uint32(unix.SizeofNlMsghdr), Type: uint16(proto), Flags: unix.NLM_F_REQUEST | uint16(flags)},
-			Sockets:  d.sockets,
+		return nl.NewNetlinkRequest(proto, flags)
+	}
+	return &nl.NetlinkRequest{
+		NlMsghdr: unix.NlMsghdr{Len: uint32(unix.SizeofNlMsghdr), Type: uint16(proto), Flags: unix.NLM_F_REQUEST | uint16(flags)},
+		Sockets:  d.sockets,
+	}
+}
+
+// Probe implements dataplane.Dataplane: for each interface a link change without attributes (the kernel checks
+// CAP_NET_ADMIN for it as for any change, and changes nothing), then an empty WireGuard configuration of link.WG.
+func (d *Dataplane) Probe(link dataplane.Link) error {
+	for _, name := range []string{link.WG, link.VX} {
+		l, err := d.nlh.LinkByName(name)
+		if err != nil {
+			return probeError(name, err)
+		}
+		if _, err := touchRequest(d.request(unix.RTM_SETLINK, unix.NLM_F_ACK), l.Attrs().Index).Execute(unix.NETLINK_ROUTE, 0); err != nil {
+			return probeError(name, err)
 		}
 	}
-	_, err := fdbRequest(req, vxIdx, wgIdx, dst).Execute(unix.NETLINK_ROUTE, 0)
-	return err
+	d.mu.Lock()
+	err := d.wg.ConfigureDevice(link.WG, wgtypes.Config{})
+	d.mu.Unlock()
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%s: not a WireGuard device", link.WG)
+	}
+	if err != nil {
+		return probeError(link.WG, err)
+	}
+	return nil
+}
+
+// probeError names the interface and maps a missing link and a refused change to the dataplane's errors.
+func probeError(name string, err error) error {
+	var nf netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &nf) || errors.Is(err, unix.ENODEV):
+		return fmt.Errorf("%s: %w", name, dataplane.ErrNoInterface)
+	case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES):
+		return fmt.Errorf("%s: %w", name, dataplane.ErrNotPermitted)
+	}
+	return fmt.Errorf("%s: %w", name, err)
 }
 
 // absent reports the errors that mean "already gone" on delete.

@@ -301,3 +301,54 @@ func TestMissingInterfaces(t *testing.T) {
 		t.Error("Device(wg-nord): want error")
 	}
 }
+
+func TestTouchRequest(t *testing.T) {
+	req := touchRequest(nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK), 7)
+	b := req.Serialize()
+	// ifinfomsg (16 bytes) after the 16-byte header, and nothing else: index 7, no flags and no change mask.
+	if req.Type != unix.RTM_SETLINK || len(b) != 32 {
+		t.Fatalf("header %+v, %d bytes", req.NlMsghdr, len(b))
+	}
+	ifi := b[16:32]
+	if ifi[0] != unix.AF_UNSPEC || nl.NativeEndian().Uint32(ifi[4:8]) != 7 ||
+		nl.NativeEndian().Uint32(ifi[8:12]) != 0 || nl.NativeEndian().Uint32(ifi[12:16]) != 0 {
+		t.Errorf("ifinfomsg % x", ifi)
+	}
+}
+
+// TestProbe: in a fresh namespace the probe names the missing WireGuard device, then the missing VXLAN link, an
+// interface that is not WireGuard, and passes once both exist; it changes nothing on them.
+func TestProbe(t *testing.T) {
+	ns := testenv.NewNS(t)
+	dp, err := OpenAt(ns.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	link := dataplane.LinkFor("f15r")
+	check := func(want string) {
+		t.Helper()
+		err := dp.Probe(link)
+		if got := fmt.Sprint(err); got != want {
+			t.Errorf("Probe = %s, want %s", got, want)
+		}
+		if want != "<nil>" && !strings.HasSuffix(want, "not a WireGuard device") && !errors.Is(err, dataplane.ErrNoInterface) {
+			t.Errorf("%v is not ErrNoInterface", err)
+		}
+	}
+	check("wg-f15r: no such interface")
+	ns.Run(t, "ip", "link", "add", "wg-f15r", "type", "veth", "peer", "name", "f15r-peer")
+	ns.Run(t, "ip", "link", "add", "vx-f15r", "type", "vxlan", "id", "4242", "dstport", "8472", "local", "fe80::1", "dev", "wg-f15r")
+	check("wg-f15r: not a WireGuard device")
+	ns.Run(t, "ip", "link", "del", "vx-f15r")
+	ns.Run(t, "ip", "link", "del", "wg-f15r")
+	ns.WireGuard(t, "wg-f15r", testenv.NewKey(t), 51820)
+	check("vx-f15r: no such interface")
+	ns.Run(t, "ip", "-6", "addr", "add", "fe80::1/64", "dev", "wg-f15r", "nodad")
+	ns.Run(t, "ip", "link", "add", "vx-f15r", "type", "vxlan", "id", "4242", "dstport", "8472", "local", "fe80::1", "dev", "wg-f15r")
+	before := ns.Run(t, "ip", "-d", "link", "show")
+	check("<nil>")
+	if after := ns.Run(t, "ip", "-d", "link", "show"); after != before {
+		t.Errorf("the probe changed the links:\n%s\nthen\n%s", before, after)
+	}
+}
