@@ -150,6 +150,9 @@ func (s *Server) checkPassword(user, pass string, c echo.Context) (bool, error) 
 	return s.dash.passwords.Check(ctx, d.PasswordHash, []byte(pass)), nil
 }
 
+// htmlType is the status page's content type, spelled as Flask (the reference) spells it: health checks compare it.
+const htmlType = "text/html; charset=utf-8"
+
 func (s *Server) index(c echo.Context) error {
 	b, err := static.ReadFile("static/index.html")
 	if err != nil {
@@ -157,7 +160,7 @@ func (s *Server) index(c echo.Context) error {
 	}
 	// Set here: net/http adds it by itself only to bodies under 2 KiB, and HEAD / must announce GET's length.
 	c.Response().Header().Set(echo.HeaderContentLength, strconv.Itoa(len(b)))
-	return c.HTMLBlob(http.StatusOK, b)
+	return c.Blob(http.StatusOK, htmlType, b)
 }
 
 // StatusBody is the JSON of GET /api/v1/status (documented in README.md).

@@ -17,6 +17,7 @@ import (
 
 	"github.com/freifunkMUC/wgkex-go/internal/admin"
 	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
+	"github.com/freifunkMUC/wgkex-go/internal/cli"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/mqttd"
 	"github.com/freifunkMUC/wgkex-go/store"
@@ -46,21 +47,33 @@ func main() {
 	}
 }
 
-// run serves until ctx ends, logging to logOut; "compact", "hash-password", "backup" and "restore" do their one
-// job instead.
+// program is wgkex-broker's command line: serving, and the subcommands that do one job.
+func program(logOut io.Writer) cli.Program {
+	return cli.Program{
+		Name:    "wgkex-broker",
+		Summary: "the wgkex broker: key exchange for Freifunk nodes, MQTT for the gateways, state in a bbolt file",
+		Commands: []cli.Command{
+			{Args: "[--config FILE]", Summary: "serve the REST API and MQTT until SIGTERM; SIGHUP reloads the configuration",
+				Run: func(ctx context.Context, args []string) error { return serve(ctx, args, logOut) }},
+			{Name: "backup", Args: "[--config FILE] BACKUP_FILE", Summary: "write a checked copy of the running broker's state (as the broker's user)",
+				Run: func(ctx context.Context, args []string) error { return backup(ctx, args, os.Stdout) }},
+			{Name: "restore", Args: "[--config FILE] BACKUP_FILE", Summary: "put a backup in place of the stopped broker's state, with the log written since it",
+				Run: func(_ context.Context, args []string) error { return restore(args, os.Stdout) }},
+			{Name: "compact", Args: "[--config FILE]", Summary: "shrink the stopped broker's state file",
+				Run: func(_ context.Context, args []string) error { return compact(args, os.Stdout) }},
+			{Name: "hash-password", Args: "[--cost N] < PASSWORD", Summary: "print the bcrypt hash of the password on standard input",
+				Run: func(_ context.Context, args []string) error { return hashPassword(args, os.Stdin, os.Stdout) }},
+		},
+	}
+}
+
+// run runs the command args name, logging to logOut.
 func run(ctx context.Context, args []string, logOut io.Writer) error {
-	if len(args) > 0 && args[0] == "compact" {
-		return compact(args[1:], os.Stdout)
-	}
-	if len(args) > 0 && args[0] == "hash-password" {
-		return hashPassword(args[1:], os.Stdin, os.Stdout)
-	}
-	if len(args) > 0 && args[0] == "backup" {
-		return backup(ctx, args[1:], os.Stdout)
-	}
-	if len(args) > 0 && args[0] == "restore" {
-		return restore(args[1:], os.Stdout)
-	}
+	return program(logOut).Run(ctx, args, os.Stdout)
+}
+
+// serve serves until ctx ends, re-reading the configuration on SIGHUP.
+func serve(ctx context.Context, args []string, logOut io.Writer) error {
 	cfg, err := config.FromArgs("wgkex-broker", args)
 	if err != nil {
 		return err

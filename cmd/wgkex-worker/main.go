@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/freifunkMUC/wgkex-go/internal/cli"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/worker"
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
@@ -36,14 +37,29 @@ func main() {
 	}
 }
 
+// run runs the command args name.
 func run(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) > 0 && args[0] == "vni" {
-		if len(args) != 2 {
-			return errors.New("usage: wgkex-worker vni DOMAIN_SEED")
-		}
-		fmt.Fprintf(stdout, "%d\n", dataplane.VNI(args[1]))
-		return nil
+	p := cli.Program{
+		Name:    "wgkex-worker",
+		Summary: "the wgkex worker of a gateway: node keys from MQTT become WireGuard peers, routes and VXLAN FDB entries",
+		Commands: []cli.Command{
+			{Args: "[--config FILE]", Summary: "run until SIGTERM (needs CAP_NET_ADMIN)",
+				Run: func(ctx context.Context, args []string) error { return serve(ctx, args) }},
+			{Name: "vni", Args: "DOMAIN_SEED", Summary: "print the VXLAN id Gluon nodes derive from a domain seed",
+				Run: func(_ context.Context, args []string) error {
+					if len(args) != 1 {
+						return errors.New("usage: wgkex-worker vni DOMAIN_SEED")
+					}
+					fmt.Fprintf(stdout, "%d\n", dataplane.VNI(args[0]))
+					return nil
+				}},
+		},
 	}
+	return p.Run(ctx, args, stdout)
+}
+
+// serve runs the worker until ctx ends.
+func serve(ctx context.Context, args []string) error {
 	cfg, err := config.FromArgs("wgkex-worker", args)
 	if err != nil {
 		return err

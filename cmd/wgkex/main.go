@@ -10,8 +10,21 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/freifunkMUC/wgkex-go/internal/cli"
 	"github.com/freifunkMUC/wgkex-go/internal/entrypoint"
 )
+
+const usage = `wgkex: the container entrypoint, a drop-in for the reference image's
+
+usage:
+  wgkex broker [ARGS]   run wgkex-broker (wgkex-broker --help lists its commands)
+  wgkex worker [ARGS]   run wgkex-worker (wgkex-worker --help)
+  wgkex COMMAND [ARGS]  run any other command as given
+  wgkex --version       print the version and the commit it was built from
+
+Without a configuration file ($WGKEX_CONFIG_FILE, else /etc/wgkex.yaml) it writes one from the reference's
+environment variables (WGKEX_DOMAINS, WGKEX_DOMAIN_PREFIXES, MQTT_BROKER_URL, MQTT_USERNAME, MQTT_PASSWORD, …).
+`
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
@@ -21,6 +34,16 @@ func main() {
 }
 
 func run(args []string) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "--version", "-version", "version":
+			fmt.Println(cli.Version("wgkex"))
+			return nil
+		case "-h", "--help", "-help", "help":
+			fmt.Print(usage)
+			return nil
+		}
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find own binary: %w", err)

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestCommandLine builds the three commands as `make build` does and runs them as an operator would: --version
+// names the commit of this checkout, --help and -h exit 0 and list the subcommands, a subcommand's --help exits
+// 0 with its usage, and a mistake says what to do.
+func TestCommandLine(t *testing.T) {
+	git, err := exec.LookPath("git")
+	if err != nil {
+		t.Skip("no git: the commit cannot be checked")
+	}
+	head, err := exec.Command(git, "rev-parse", "--short=12", "HEAD").Output()
+	if err != nil {
+		t.Skipf("not a git checkout: %v", err)
+	}
+	dir := t.TempDir()
+	build := exec.Command("go", "build", "-buildvcs=true", "-o", dir+"/", "../wgkex", "../wgkex-broker", "../wgkex-worker")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	tests := []struct {
+		cmd  []string
+		code int
+		want []string
+	}{
+		{[]string{"wgkex-broker", "--version"}, 0, []string{"wgkex-broker ", "commit " + strings.TrimSpace(string(head))}},
+		{[]string{"wgkex-worker", "--version"}, 0, []string{"wgkex-worker ", "commit " + strings.TrimSpace(string(head))}},
+		{[]string{"wgkex", "--version"}, 0, []string{"wgkex ", "commit " + strings.TrimSpace(string(head))}},
+		{[]string{"wgkex-broker", "--help"}, 0, []string{"wgkex-broker backup", "wgkex-broker restore", "wgkex-broker compact", "wgkex-broker hash-password", "--version"}},
+		{[]string{"wgkex-broker", "-h"}, 0, []string{"wgkex-broker backup"}},
+		{[]string{"wgkex-broker", "backup", "--help"}, 0, []string{"usage: wgkex-broker backup [--config FILE] BACKUP_FILE"}},
+		{[]string{"wgkex-worker", "--help"}, 0, []string{"wgkex-worker vni DOMAIN_SEED"}},
+		{[]string{"wgkex-worker", "-h"}, 0, []string{"wgkex-worker [--config FILE]"}},
+		{[]string{"wgkex", "--help"}, 0, []string{"wgkex broker", "wgkex worker"}},
+		{[]string{"wgkex", "-h"}, 0, []string{"wgkex broker"}},
+		{[]string{"wgkex-broker", "frobnicate"}, 1, []string{"unknown command \"frobnicate\": `wgkex-broker --help` lists the commands"}},
+		{[]string{"wgkex-broker", "--config", filepath.Join(dir, "missing.yaml")}, 1, []string{"missing.yaml"}},
+		{[]string{"wgkex-broker", "backup"}, 1, []string{"usage: wgkex-broker backup [--config FILE] BACKUP_FILE"}},
+	}
+	for _, tc := range tests {
+		out, err := exec.Command(filepath.Join(dir, tc.cmd[0]), tc.cmd[1:]...).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != tc.code {
+			t.Errorf("%q: exit %d, want %d\n%s", tc.cmd, code, tc.code, out)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("%q: output lacks %q:\n%s", tc.cmd, w, out)
+			}
+		}
+	}
+}
