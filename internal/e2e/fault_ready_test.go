@@ -67,16 +67,19 @@ func TestNotPermittedNotOffered(t *testing.T) {
 	}
 	startAgent(t, denied, "gw-a-denied", map[string]string{readyDomain: "f15r"}, mqttOpts(d.MQTTAddr()))
 	startAgent(t, dataplane.NewFake(link), "gw-b-other", map[string]string{readyDomain: "f15r"}, mqttOpts(d.MQTTAddr()))
-	testenv.Eventually(t, 10*time.Second, func() bool { return online(d, "gw-b-other") }, "the other gateway is not online")
-	// The denied worker has connected once the broker has heard from it (its metric, whatever the value).
-	testenv.Eventually(t, 10*time.Second, func() bool {
+	// Each worker has connected once the broker has heard from it (its metric, whatever the value); the other one
+	// serves once it is online with its endpoint too.
+	reported := func(name string) bool {
 		for _, w := range d.Broker.Workers() {
-			if _, ok := w.Peers[readyDomain]; ok && w.Name == "gw-a-denied" {
-				return true
+			if _, ok := w.Peers[readyDomain]; ok && w.Name == name {
+				_, data := w.Data[readyDomain]
+				return name == "gw-a-denied" || w.Online && data
 			}
 		}
 		return false
-	}, "the denied worker never reported")
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return reported("gw-b-other") }, "the other gateway does not serve")
+	testenv.Eventually(t, 10*time.Second, func() bool { return reported("gw-a-denied") }, "the denied worker never reported")
 	post := func(version, domain, key string) (int, string) { return post(t, d.HTTPAddr(), version, domain, key) }
 	for range 5 {
 		code, gw := v2Gateway(t, post, nodeKey)
