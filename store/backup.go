@@ -78,6 +78,9 @@ func Check(path string) (keys int, err error) {
 			if len(errs) > 0 {
 				return &DamagedError{File: path, Err: errors.Join(errs...)}
 			}
+			if tx.Bucket(bucketMeta) == nil {
+				return &DamagedError{File: path, Err: errors.New("no meta bucket")}
+			}
 			kb := tx.Bucket(bucketKeys)
 			if kb == nil {
 				return &DamagedError{File: path, Err: errors.New("no keys bucket")}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 )
@@ -186,5 +187,30 @@ func TestFailedBackupKeepsArchive(t *testing.T) {
 	defer s.Close()
 	if diff := cmp.Diff([]string{"a", "b", "c"}, allKeys(t, s, "d", t0)); diff != "" {
 		t.Errorf("keys after restoring the last good backup (-want +got):\n%s", diff)
+	}
+}
+
+// TestRestoreForeignFile: a bbolt file that is not a state file (a keys bucket, but no meta bucket) is refused with
+// an error, not a panic, and nothing is replaced.
+func TestRestoreForeignFile(t *testing.T) {
+	dir := t.TempDir()
+	foreign := filepath.Join(dir, "foreign.db")
+	db, err := bolt.Open(foreign, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket(bucketKeys); return err }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	path := filepath.Join(dir, "state.db")
+	s := open(t, path)
+	putKeys(t, s, time.Unix(1_700_000_000, 0), "a")
+	s.Close()
+	if _, err := Restore(foreign, path); err == nil {
+		t.Error("Restore of a file without a meta bucket succeeded")
+	}
+	if _, err := os.Stat(path + ".before-restore"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state file replaced by a foreign file: %v", err)
 	}
 }
