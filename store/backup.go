@@ -23,10 +23,9 @@ func (s *Store) Backup(w io.Writer) (int64, error) {
 	}
 	// Every segment before seg is merged. The copy records seg, and the live store archives seg and after; a
 	// segment merged meanwhile may be in the copy too, which a restore merges again harmlessly.
-	s.backupSeg.Store(int64(seg))
-	if err := s.update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put(metaBackupSegment, fmt.Append(nil, seg))
-	}); err != nil {
+	prev := s.backupSeg.Swap(int64(seg))
+	if err := s.setBackupSegment(-1, int64(seg)); err != nil {
+		s.backupSeg.CompareAndSwap(int64(seg), prev)
 		return 0, fmt.Errorf("record the backup: %w", err)
 	}
 	var n int64
@@ -36,10 +35,30 @@ func (s *Store) Backup(w io.Writer) (int64, error) {
 		return err
 	})
 	if err != nil {
+		// A copy cut short is no backup: the archive stays what the last good one needs.
+		if s.backupSeg.CompareAndSwap(int64(seg), prev) {
+			if rerr := s.setBackupSegment(int64(seg), prev); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("restore the marker of the last backup: %w", rerr))
+			}
+		}
 		return n, fmt.Errorf("write backup: %w", err)
 	}
 	s.pruneArchive(true)
 	return n, nil
+}
+
+// setBackupSegment records seg as the backup segment in the file (-1: none), unless the file records another one
+// than from (-1: whatever it records).
+func (s *Store) setBackupSegment(from, seg int64) error {
+	return s.update(func(tx *bolt.Tx) error {
+		if from >= 0 && int64(readBackupSegment(tx)) != from {
+			return nil
+		}
+		if seg < 0 {
+			return tx.Bucket(bucketMeta).Delete(metaBackupSegment)
+		}
+		return tx.Bucket(bucketMeta).Put(metaBackupSegment, fmt.Append(nil, seg))
+	})
 }
 
 // Check reads every page of the state file at path, which no broker may hold (a backup just written, say), and
@@ -58,6 +77,9 @@ func Check(path string) (keys int, err error) {
 			}
 			if len(errs) > 0 {
 				return &DamagedError{File: path, Err: errors.Join(errs...)}
+			}
+			if tx.Bucket(bucketMeta) == nil {
+				return &DamagedError{File: path, Err: errors.New("no meta bucket")}
 			}
 			kb := tx.Bucket(bucketKeys)
 			if kb == nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 )
@@ -140,5 +141,76 @@ func TestArchivePrunedByAge(t *testing.T) {
 	s.pruneArchive(true)
 	if got, _ := archived(path + ".wal"); !cmp.Equal(got, arch[1:]) {
 		t.Errorf("archive after pruning %v, want %v", got, arch[1:])
+	}
+}
+
+// failingWriter takes n bytes, then fails: a backup client that went away, or a full disk behind it.
+type failingWriter struct{ n int }
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	if len(p) > w.n {
+		k := w.n
+		w.n = 0
+		return k, errors.New("no space left on device")
+	}
+	w.n -= len(p)
+	return len(p), nil
+}
+
+// TestFailedBackupKeepsArchive: a backup that fails half-way is not a backup: the archive that the last good
+// backup needs stays, and restoring that backup still gives back every key registered after it.
+func TestFailedBackupKeepsArchive(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	t0 := time.Unix(1_700_000_000, 0)
+	s := open(t, path)
+	putKeys(t, s, t0, "a")
+	good := backupTo(t, s)
+	putKeys(t, s, t0, "b")
+	if _, err := s.Backup(&failingWriter{n: 4096}); err == nil {
+		t.Fatal("backup to a failing writer succeeded")
+	}
+	putKeys(t, s, t0, "c")
+	s.pruneArchive(true) // the hourly prune
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path) // the marker in the file counts, not only the one in memory
+	s.pruneArchive(true)
+	s.Close()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Restore(good, path); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path)
+	defer s.Close()
+	if diff := cmp.Diff([]string{"a", "b", "c"}, allKeys(t, s, "d", t0)); diff != "" {
+		t.Errorf("keys after restoring the last good backup (-want +got):\n%s", diff)
+	}
+}
+
+// TestRestoreForeignFile: a bbolt file that is not a state file (a keys bucket, but no meta bucket) is refused with
+// an error, not a panic, and nothing is replaced.
+func TestRestoreForeignFile(t *testing.T) {
+	dir := t.TempDir()
+	foreign := filepath.Join(dir, "foreign.db")
+	db, err := bolt.Open(foreign, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket(bucketKeys); return err }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	path := filepath.Join(dir, "state.db")
+	s := open(t, path)
+	putKeys(t, s, time.Unix(1_700_000_000, 0), "a")
+	s.Close()
+	if _, err := Restore(foreign, path); err == nil {
+		t.Error("Restore of a file without a meta bucket succeeded")
+	}
+	if _, err := os.Stat(path + ".before-restore"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state file replaced by a foreign file: %v", err)
 	}
 }

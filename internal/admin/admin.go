@@ -29,12 +29,16 @@ const (
 )
 
 // Handler serves the administration interface.
+// backupStall is how long a backup waits for its client to take more of the copy before it gives up: the copy is one
+// read transaction, which holds off every remap of the state file and its Close.
+var backupStall = 30 * time.Second
+
 func Handler(b Backend, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+backupPath, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		start := time.Now()
-		n, err := b.Backup(w)
+		n, err := b.Backup(stallWriter{w, http.NewResponseController(w)})
 		if err != nil {
 			log.Error("backup failed", "err", err)
 			if n == 0 {
@@ -49,12 +53,30 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 	return mux
 }
 
+// stallWriter is the response of a backup, which fails a write that the client has not taken within backupStall.
+type stallWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (s stallWriter) Write(p []byte) (int, error) {
+	if err := s.rc.SetWriteDeadline(time.Now().Add(backupStall)); err != nil {
+		return 0, err
+	}
+	return s.w.Write(p)
+}
+
 // Listen opens the administration socket at path, readable and writable only by this process's user. A socket
-// left there by a broker that is gone is replaced; one that answers belongs to a running broker and is refused.
+// left there by a broker that is gone is replaced; one that answers belongs to a running broker and is refused, and
+// so is anything else at path (a file, a symlink), which is left as it is.
 func Listen(path string) (net.Listener, error) {
 	if c, err := withShortPath(path, func(p string) (net.Conn, error) { return net.DialTimeout("unix", p, time.Second) }); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("administration socket %s: another broker is listening on it", path)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != os.ModeSocket {
+		return nil, fmt.Errorf("administration socket %s: not a socket (mode %v): move it away or set broker.admin_socket",
+			path, fi.Mode())
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("administration socket %s: %w", path, err)

@@ -3,11 +3,14 @@ package admin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -103,9 +106,12 @@ func TestBackupFailure(t *testing.T) {
 func TestListen(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "x.sock")
-	if err := os.WriteFile(path, nil, 0o600); err != nil { // stale: nobody listens
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
 		t.Fatal(err)
 	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close() // stale: nobody listens
 	ln, err := Listen(path)
 	if err != nil {
 		t.Fatalf("over a stale socket: %v", err)
@@ -127,5 +133,84 @@ func TestListen(t *testing.T) {
 	sock := serve(t, long, st)
 	if _, err := Dial(sock).Backup(context.Background(), filepath.Join(dir, "b.db")); err != nil {
 		t.Fatalf("backup through a %d-byte socket path: %v", len(sock), err)
+	}
+}
+
+// TestListenKeepsOtherFiles: a file at the socket's path that is not a socket (a mistyped broker.admin_socket
+// naming the state file, say) or a symlink is not deleted: Listen refuses.
+func TestListenKeepsOtherFiles(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "state.db")
+	if err := os.WriteFile(file, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link.sock")
+	if err := os.Symlink(file, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{file, link} {
+		if ln, err := Listen(path); err == nil {
+			ln.Close()
+			t.Errorf("Listen(%s) over a file that is not a socket succeeded", path)
+		}
+		if fi, err := os.Lstat(path); err != nil || fi.Mode()&os.ModeSocket != 0 {
+			t.Errorf("%s after Listen: %v, %v; want it left as it was", path, fi, err)
+		}
+	}
+	if b, err := os.ReadFile(file); string(b) != "precious" {
+		t.Errorf("file after Listen: %q, %v", b, err)
+	}
+}
+
+// TestBackupStalledReader: a client that asks for a backup and never reads does not hold the state file's read
+// transaction for ever (which would block every remap of the file, and Close): the copy is abandoned once the
+// client has taken nothing for backupStall.
+func TestBackupStalledReader(t *testing.T) {
+	defer func(d time.Duration) { backupStall = d }(backupStall)
+	backupStall = 200 * time.Millisecond
+	dir := t.TempDir()
+	st, err := store.Open(filepath.Join(dir, "state.db"), testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Unix(1_700_000_000, 0)
+	var wg sync.WaitGroup
+	for g := range 16 { // a state file of some MB, more than the socket's buffers take
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 1500 {
+				if err := st.PutKey(broker.KeyRecord{Key: fmt.Sprintf("%02d%042d", g, i), Domain: "d", FirstSeen: t0, LastSeen: t0}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := st.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	sock := serve(t, dir, st)
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /v1/backup HTTP/1.1\r\nHost: wgkex-broker\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(make([]byte, 1)); err != nil { // the copy has begun
+		t.Fatal(err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- st.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close still waits for a backup whose client does not read")
 	}
 }

@@ -312,6 +312,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 	}
 	if err := d.admin.Shutdown(ctx); err != nil {
+		d.admin.Close() // a backup still running holds a read transaction, which Close of the state file waits for
 		errs = append(errs, fmt.Errorf("administration socket shutdown: %w", err))
 	}
 	if d.https != nil {
