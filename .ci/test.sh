@@ -12,7 +12,8 @@ FUZZTIME=${FUZZTIME:-5s}
 need_pkgs=()
 for tool in wg:wireguard-tools mosquitto_sub:mosquitto-clients mosquitto_pub:mosquitto-clients curl:curl \
 	mosquitto:mosquitto ping:iputils-ping ip:iproute2 bridge:iproute2 nsenter:util-linux unshare:util-linux /usr/bin/python3:python3 \
-	/usr/bin/chromium:chromium; do
+	/usr/bin/chromium:chromium promtool:prometheus systemd-analyze:systemd systemd-sysusers:systemd \
+	systemd-tmpfiles:systemd; do
 	command -v "${tool%%:*}" >/dev/null 2>&1 || need_pkgs+=("${tool#*:}")
 done
 /usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || need_pkgs+=(python3-paho-mqtt)  # Debian's python, not a pyenv one
