@@ -510,13 +510,33 @@ func TestSystem(t *testing.T) {
 	})
 
 	step(t, "nodes spread 2:1", func() {
-		count := map[string]int{}
-		for i := 0; i < 30; i++ {
-			count[s.chosen()]++
+		// Interpolation spreads exactly 2:1 between two metrics updates. An update (every second here) resets a
+		// gateway's count to the peers really connected, and the choices after it make up for the difference: an
+		// update of gw2 late in a burst sends the rest of it to gw2. So a burst that a metrics update fell into
+		// is tried again (at most five times).
+		metrics := func() int {
+			n := 0
+			for _, m := range s.obs.Messages() {
+				if strings.HasPrefix(m.Topic, "wireguard-metrics/") {
+					n++
+				}
+			}
+			return n
 		}
-		// Interpolation spreads exactly 2:1; a metrics update from a worker mid-way may move one or two.
-		if count["gw1"] < 17 || count["gw1"] > 23 || count["gw1"]+count["gw2"] != 30 {
-			t.Errorf("30 registrations went %v, want about 20:10", count)
+		for try := 1; ; try++ {
+			before := metrics()
+			count := map[string]int{}
+			for i := 0; i < 30; i++ {
+				count[s.chosen()]++
+			}
+			if metrics() != before && try < 5 {
+				t.Logf("a metrics update fell into burst %d (%v): again", try, count)
+				continue
+			}
+			if count["gw1"] < 19 || count["gw1"] > 21 || count["gw1"]+count["gw2"] != 30 {
+				t.Errorf("30 registrations went %v, want 20:10", count)
+			}
+			return
 		}
 	})
 
