@@ -16,12 +16,20 @@ import (
 // Once a backup has been taken, the write-ahead log segments written since are kept after their merge, in the
 // archive <state>.wal.archive/, so that restoring that backup loses nothing answered after it: Restore puts the
 // backup in place and the archived segments back into the log, and the next start merges them. Each backup
-// records in its own meta bucket the first segment it does not hold (metaBackupSegment), and deletes the archived
-// segments before it. Archived segments are cut to their data (segments are preallocated) and deleted after
-// archiveKeep whatever happens, so that a broker whose backups stopped does not fill its disk.
+// records in its copy the first segment the copy does not hold (metaBackupSegment). The live file records from
+// which segment on merged segments are archived (metaArchiveFrom): the marker of the backup before the last good
+// one, so that the one before stays restorable too (in case the last copy did not reach its disk). Archived
+// segments are cut to their data (segments are preallocated) and deleted after archiveKeep whatever happens, so
+// that a broker whose backups stopped does not fill its disk.
 
-// metaBackupSegment is the meta key of the first write-ahead log segment that the last backup does not hold.
-var metaBackupSegment = []byte("backup_segment")
+var (
+	// metaBackupSegment is, in a backup, the first write-ahead log segment it does not hold.
+	metaBackupSegment = []byte("backup_segment")
+	// metaLastBackup is, in the live file, the backup segment of the last good backup.
+	metaLastBackup = []byte("last_backup_segment")
+	// metaArchiveFrom is, in the live file, the first segment archived after its merge.
+	metaArchiveFrom = []byte("archive_from")
+)
 
 // archiveKeep is how long an archived segment is kept at most: a restore of an older backup loses the
 // registrations merged before that (nodes register again when they next set up their tunnel).
@@ -32,13 +40,13 @@ const archivePruneEvery = time.Hour
 
 func archiveDir(walBase string) string { return walBase + ".archive" }
 
-// readBackupSegment returns the backup segment recorded in the file, or -1.
-func readBackupSegment(tx *bolt.Tx) int {
-	v := tx.Bucket(bucketMeta).Get(metaBackupSegment)
-	if v == nil {
+// readSegmentMeta returns the segment number the file records under key, or -1.
+func readSegmentMeta(tx *bolt.Tx, key []byte) int {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
 		return -1
 	}
-	n, err := strconv.Atoi(string(v))
+	n, err := strconv.Atoi(string(meta.Get(key)))
 	if err != nil {
 		return -1
 	}
@@ -49,7 +57,7 @@ func readBackupSegment(tx *bolt.Tx) int {
 // it. Only the key writer and Open call it.
 func (s *Store) retire(seg int) error {
 	name := segmentName(s.walBase, seg)
-	if b := s.backupSeg.Load(); b < 0 || int64(seg) < b {
+	if from := s.archiveFrom.Load(); from < 0 || int64(seg) < from {
 		if err := os.Remove(name); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("remove merged write-ahead log segment: %w", err)
 		}
@@ -65,6 +73,9 @@ func (s *Store) retire(seg int) error {
 		return os.Remove(name)
 	}
 	if err := os.Rename(name, filepath.Join(dir, filepath.Base(name))); err != nil {
+		return fmt.Errorf("archive write-ahead log segment: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("archive write-ahead log segment: %w", err)
 	}
 	s.pruneArchive(false)
@@ -137,7 +148,7 @@ func (s *Store) pruneArchive(now bool) {
 		name := filepath.Join(archiveDir(s.walBase), filepath.Base(segmentName(s.walBase, seg)))
 		fi, err := os.Stat(name)
 		expired := err == nil && time.Since(fi.ModTime()) > archiveKeep
-		kept := int64(seg) >= s.backupSeg.Load()
+		kept := int64(seg) >= s.archiveFrom.Load()
 		if kept && !expired {
 			continue
 		}

@@ -11,21 +11,35 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ErrBackupRunning refuses a backup while another one is being written.
+var ErrBackupRunning = errors.New("another backup is being written")
+
 // Backup writes a consistent copy of the whole state to w while the store is in use: it merges the write-ahead
 // log first, so that the copy holds every registration acknowledged before the call, then writes one read
 // transaction's view of the file (bbolt's Tx.WriteTo; registrations go on meanwhile). It returns the bytes
 // written. From then on the log segments the copy does not hold are archived after their merge (archive.go), so
-// that Restore of the copy loses nothing acknowledged after it either.
+// that Restore of the copy loses nothing acknowledged after it either. One backup runs at a time.
 func (s *Store) Backup(w io.Writer) (int64, error) {
+	if !s.backupMu.TryLock() {
+		return 0, ErrBackupRunning
+	}
+	defer s.backupMu.Unlock()
 	seg, err := s.flushUpTo()
 	if err != nil {
 		return 0, fmt.Errorf("merge the write-ahead log before the backup: %w", err)
 	}
-	// Every segment before seg is merged. The copy records seg, and the live store archives seg and after; a
-	// segment merged meanwhile may be in the copy too, which a restore merges again harmlessly.
-	prev := s.backupSeg.Swap(int64(seg))
-	if err := s.setBackupSegment(-1, int64(seg)); err != nil {
-		s.backupSeg.CompareAndSwap(int64(seg), prev)
+	// Every segment before seg is merged; seg and later ones must be archived from now on. The first backup
+	// starts the archive here; later ones archive from the backup before the last good one already.
+	s.archiveFrom.CompareAndSwap(-1, int64(seg))
+	if err := s.update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta.Get(metaArchiveFrom) == nil {
+			if err := meta.Put(metaArchiveFrom, fmt.Append(nil, seg)); err != nil {
+				return err
+			}
+		}
+		return meta.Put(metaBackupSegment, fmt.Append(nil, seg)) // for the copy
+	}); err != nil {
 		return 0, fmt.Errorf("record the backup: %w", err)
 	}
 	var n int64
@@ -35,30 +49,27 @@ func (s *Store) Backup(w io.Writer) (int64, error) {
 		return err
 	})
 	if err != nil {
-		// A copy cut short is no backup: the archive stays what the last good one needs.
-		if s.backupSeg.CompareAndSwap(int64(seg), prev) {
-			if rerr := s.setBackupSegment(int64(seg), prev); rerr != nil {
-				err = errors.Join(err, fmt.Errorf("restore the marker of the last backup: %w", rerr))
-			}
-		}
-		return n, fmt.Errorf("write backup: %w", err)
+		return n, fmt.Errorf("write backup: %w", err) // a copy cut short is no backup: the archive stays
 	}
+	// The copy is good: archive from the last good backup before it on (the one a restore falls back on if this
+	// copy is lost on its way), and record this one.
+	var from int64
+	if err := s.update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		from = int64(readSegmentMeta(tx, metaLastBackup))
+		if from < 0 {
+			from = int64(seg)
+		}
+		if err := meta.Put(metaArchiveFrom, fmt.Append(nil, from)); err != nil {
+			return err
+		}
+		return meta.Put(metaLastBackup, fmt.Append(nil, seg))
+	}); err != nil {
+		return n, fmt.Errorf("record the backup: %w", err)
+	}
+	s.archiveFrom.Store(from)
 	s.pruneArchive(true)
 	return n, nil
-}
-
-// setBackupSegment records seg as the backup segment in the file (-1: none), unless the file records another one
-// than from (-1: whatever it records).
-func (s *Store) setBackupSegment(from, seg int64) error {
-	return s.update(func(tx *bolt.Tx) error {
-		if from >= 0 && int64(readBackupSegment(tx)) != from {
-			return nil
-		}
-		if seg < 0 {
-			return tx.Bucket(bucketMeta).Delete(metaBackupSegment)
-		}
-		return tx.Bucket(bucketMeta).Put(metaBackupSegment, fmt.Append(nil, seg))
-	})
 }
 
 // Check reads every page of the state file at path, which no broker may hold (a backup just written, say), and
@@ -101,26 +112,40 @@ type Restored struct {
 	Segments int    // archived write-ahead log segments put back for the next start to merge
 }
 
+// ErrNewerBackup refuses to restore a backup when a newer one was taken and the log archived between the two was
+// pruned: what was registered between them would be lost.
+var ErrNewerBackup = errors.New("a newer backup was taken since, and the log between the two is no longer " +
+	"archived: restoring this one would lose the keys registered between them; restore the newest backup, or " +
+	"pass --force to restore this one anyway")
+
 // Restore puts the backup at backupPath in place of the state file at path, for a stopped broker: the backup is
 // checked first, the file it replaces is kept as <path>.before-restore[.N], and the archived write-ahead log
 // segments written after the backup are put back beside it, so that the next start merges every registration
 // acknowledged after the backup too. A broker holding path is refused with ErrInUse.
-func Restore(backupPath, path string) (Restored, error) {
+//
+// When the state file it replaces can still be read and records a newer backup whose archive no longer reaches
+// back to this one, Restore refuses with ErrNewerBackup unless force is set.
+func Restore(backupPath, path string, force bool) (Restored, error) {
 	var out Restored
 	keys, err := Check(backupPath)
 	if err != nil {
 		return out, fmt.Errorf("backup %s: %w", backupPath, err)
 	}
 	out.Keys = keys
-	from := -1
-	if db, err := bolt.Open(backupPath, 0o600, &bolt.Options{ReadOnly: true, Timeout: lockWait}); err == nil {
-		db.View(func(tx *bolt.Tx) error { from = readBackupSegment(tx); return nil })
-		db.Close()
+	from, _, err := segmentMarks(backupPath)
+	if err != nil {
+		return out, fmt.Errorf("backup %s: %w", backupPath, err)
 	}
+	// Read before the lock below, which would keep bbolt's own (shared) lock from being taken. A file that
+	// cannot be read (the reason for many a restore) is not checked.
+	_, archiveFrom, marksErr := segmentMarks(path)
 	if cur, err := os.OpenFile(path, os.O_RDWR, 0); err == nil {
 		defer cur.Close()
 		if err := unix.Flock(int(cur.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			return out, fmt.Errorf("state file %s: %w", path, ErrInUse)
+		}
+		if marksErr == nil && !force && from >= 0 && archiveFrom > from {
+			return out, ErrNewerBackup
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return out, fmt.Errorf("state file %s: %w", path, err)
@@ -131,11 +156,13 @@ func Restore(backupPath, path string) (Restored, error) {
 		return out, fmt.Errorf("restore %s: %w", path, err)
 	}
 	if fileExists(path) {
+		// A second name for the old file first, then the backup renamed over it: at no moment is there no state
+		// file (a start in between would create an empty one).
 		out.Previous = path + ".before-restore"
 		for i := 1; fileExists(out.Previous); i++ {
 			out.Previous = fmt.Sprintf("%s.before-restore.%d", path, i)
 		}
-		if err := os.Rename(path, out.Previous); err != nil {
+		if err := os.Link(path, out.Previous); err != nil {
 			return out, fmt.Errorf("keep %s aside: %w", path, err)
 		}
 	}
@@ -160,6 +187,24 @@ func Restore(backupPath, path string) (Restored, error) {
 		}
 	}
 	return out, syncDir(filepath.Dir(path))
+}
+
+// segmentMarks reads the backup segment (in a backup: the first segment it does not hold) and the first archived
+// segment (in a live file) that the state file at path records, each -1 where none.
+func segmentMarks(path string) (backup, archiveFrom int, err error) {
+	backup, archiveFrom = -1, -1
+	err = guard(path, func() error {
+		db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: lockWait})
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		return db.View(func(tx *bolt.Tx) error {
+			backup, archiveFrom = readSegmentMeta(tx, metaBackupSegment), readSegmentMeta(tx, metaArchiveFrom)
+			return nil
+		})
+	})
+	return backup, archiveFrom, err
 }
 
 // copyFile copies src to dst and syncs it.

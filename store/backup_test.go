@@ -71,7 +71,7 @@ func TestBackupRestore(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	r, err := Restore(backup, path)
+	r, err := Restore(backup, path, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,20 +97,20 @@ func TestRestoreKeepsReplaced(t *testing.T) {
 	s := open(t, path)
 	putKeys(t, s, time.Unix(1_700_000_000, 0), "a")
 	backup := backupTo(t, s)
-	if _, err := Restore(backup, path); !errors.Is(err, ErrInUse) {
+	if _, err := Restore(backup, path, false); !errors.Is(err, ErrInUse) {
 		t.Errorf("Restore under an open store = %v, want ErrInUse", err)
 	}
 	s.Close()
 	bad := filepath.Join(dir, "bad.db")
 	os.WriteFile(bad, []byte("not a backup"), 0o600)
-	if _, err := Restore(bad, path); err == nil {
+	if _, err := Restore(bad, path, false); err == nil {
 		t.Error("Restore of a file that is not a backup succeeded")
 	}
 	if _, err := os.Stat(path); err != nil {
 		t.Fatalf("state file gone after a refused restore: %v", err)
 	}
 	for i, want := range []string{path + ".before-restore", path + ".before-restore.1"} {
-		r, err := Restore(backup, path)
+		r, err := Restore(backup, path, false)
 		if err != nil || r.Previous != want {
 			t.Fatalf("restore %d: %+v, %v; want the old file kept as %s", i, r, err, want)
 		}
@@ -180,7 +180,7 @@ func TestFailedBackupKeepsArchive(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Restore(good, path); err != nil {
+	if _, err := Restore(good, path, false); err != nil {
 		t.Fatal(err)
 	}
 	s = open(t, path)
@@ -207,10 +207,90 @@ func TestRestoreForeignFile(t *testing.T) {
 	s := open(t, path)
 	putKeys(t, s, time.Unix(1_700_000_000, 0), "a")
 	s.Close()
-	if _, err := Restore(foreign, path); err == nil {
+	if _, err := Restore(foreign, path, false); err == nil {
 		t.Error("Restore of a file without a meta bucket succeeded")
 	}
 	if _, err := os.Stat(path + ".before-restore"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("state file replaced by a foreign file: %v", err)
+	}
+}
+
+// blockingWriter blocks its first write until release is closed.
+type blockingWriter struct {
+	started chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingWriter) Write(p []byte) (int, error) {
+	select {
+	case <-b.started:
+	default:
+		close(b.started)
+	}
+	<-b.release
+	return len(p), nil
+}
+
+// TestBackupOneAtATime: a backup asked for while another is being written is refused with ErrBackupRunning (two
+// at once would prune what the other one's restore needs).
+func TestBackupOneAtATime(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer s.Close()
+	bw := &blockingWriter{started: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { _, err := s.Backup(bw); done <- err }()
+	<-bw.started
+	if _, err := s.Backup(&bytes.Buffer{}); !errors.Is(err, ErrBackupRunning) {
+		t.Errorf("second backup = %v, want ErrBackupRunning", err)
+	}
+	close(bw.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Backup(&bytes.Buffer{}); err != nil {
+		t.Errorf("backup after the first one ended: %v", err)
+	}
+}
+
+// TestRestoreGenerations: the archive reaches back to the backup before the last one, so that a last copy lost on
+// its way (its client's disk full, say) still leaves the one before it whole; a backup older than that is refused
+// unless forced, since the keys registered after it are no longer all archived.
+func TestRestoreGenerations(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	t0 := time.Unix(1_700_000_000, 0)
+	s := open(t, path)
+	var backups []string
+	for i := range 3 {
+		putKeys(t, s, t0, fmt.Sprintf("before%d", i))
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		backups = append(backups, backupTo(t, s))
+	}
+	putKeys(t, s, t0, "after")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	all := []string{"after", "before0", "before1", "before2"}
+	if _, err := Restore(backups[0], path, false); !errors.Is(err, ErrNewerBackup) {
+		t.Fatalf("restore of the oldest backup = %v, want ErrNewerBackup", err)
+	}
+	// The last copy is lost: the one before it gives back everything.
+	if _, err := Restore(backups[1], path, false); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path)
+	if diff := cmp.Diff(all, allKeys(t, s, "d", t0)); diff != "" {
+		t.Errorf("keys after restoring the backup before the last (-want +got):\n%s", diff)
+	}
+	s.Close()
+	if _, err := Restore(backups[0], path, true); err != nil {
+		t.Fatalf("forced restore of the oldest backup: %v", err)
+	}
+	s = open(t, path)
+	defer s.Close()
+	// What ErrNewerBackup warned of: before1, merged between the oldest backup and the next, is gone.
+	if diff := cmp.Diff([]string{"after", "before0", "before2"}, allKeys(t, s, "d", t0)); diff != "" {
+		t.Errorf("keys after the forced restore (-want +got):\n%s", diff)
 	}
 }

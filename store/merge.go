@@ -111,8 +111,8 @@ func (s *Store) recoverLog() error {
 	o := overlay{}
 	n := 0
 	damaged := map[int]segmentRead{}
-	for _, seg := range segs {
-		rd, err := readSegment(segmentName(s.walBase, seg))
+	for i, seg := range segs {
+		rd, err := readSegment(segmentName(s.walBase, seg), i == len(segs)-1)
 		if err != nil {
 			return fmt.Errorf("read write-ahead log: %w", err)
 		}
@@ -164,7 +164,7 @@ func (s *Store) recoverLog() error {
 	if len(arch) > 0 {
 		next = max(next, arch[len(arch)-1]+1)
 	}
-	next = max(next, int(s.backupSeg.Load()))
+	next = max(next, s.nextSeg)
 	s.recovered = n
 	s.wal, err = openSegment(s.walBase, next)
 	return err

@@ -47,22 +47,24 @@ type Store struct {
 	done   chan struct{}
 
 	// Registrations: the write-ahead log and what of it is not yet merged into db.
-	walBase   string
-	wal       *wal // owned by keyWriter
-	keys      chan keyWrite
-	keysDone  chan struct{}
-	flush     chan flushRequest
-	mergeUpTo int              // newest segment in the running merge; keyWriter only
-	finishErr error            // the last merge at Close; set before keysDone closes
-	backupSeg atomic.Int64     // the first segment the last backup does not hold; -1: no backup (archive.go)
-	pruneMu   sync.Mutex       // held while the archive is pruned
-	lastPrune time.Time        // under pruneMu
-	recovered int              // records merged from the log at Open
-	damaged   []DamagedSegment // segments Open kept aside
-	mu        sync.RWMutex
-	pending   overlay // in the current segment
-	merging   overlay // in older segments, being merged
-	pendingN  int
+	walBase     string
+	wal         *wal // owned by keyWriter
+	keys        chan keyWrite
+	keysDone    chan struct{}
+	flush       chan flushRequest
+	mergeUpTo   int              // newest segment in the running merge; keyWriter only
+	finishErr   error            // the last merge at Close; set before keysDone closes
+	archiveFrom atomic.Int64     // the first segment archived after its merge; -1: none (archive.go)
+	backupMu    sync.Mutex       // held while a backup is written
+	nextSeg     int              // the lowest number a new segment may have (recoverLog)
+	pruneMu     sync.Mutex       // held while the archive is pruned
+	lastPrune   time.Time        // under pruneMu
+	recovered   int              // records merged from the log at Open
+	damaged     []DamagedSegment // segments Open kept aside
+	mu          sync.RWMutex
+	pending     overlay // in the current segment
+	merging     overlay // in older segments, being merged
+	pendingN    int
 
 	// fsyncObserver is the wgkex_wal_fsync_seconds histogram once RegisterMetrics was called.
 	fsyncObserver atomic.Pointer[prometheus.Histogram]
@@ -105,8 +107,11 @@ func Open(path string, log *slog.Logger) (*Store, error) {
 		if err := db.Update(func(tx *bolt.Tx) error { return initialise(tx, log) }); err != nil {
 			return fmt.Errorf("initialise state file %s: %w", path, err)
 		}
-		s.backupSeg.Store(-1)
-		db.View(func(tx *bolt.Tx) error { s.backupSeg.Store(int64(readBackupSegment(tx))); return nil })
+		db.View(func(tx *bolt.Tx) error {
+			s.archiveFrom.Store(int64(readSegmentMeta(tx, metaArchiveFrom)))
+			s.nextSeg = max(readSegmentMeta(tx, metaLastBackup), readSegmentMeta(tx, metaBackupSegment), 0)
+			return nil
+		})
 		if err := s.recoverLog(); err != nil {
 			return fmt.Errorf("recover %s: %w", path, err)
 		}

@@ -35,6 +35,9 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 // maxField is the longest domain, key or gateway name a record holds.
 const maxField = 255
 
+// maxPayload is the longest payload of a record: two times and three fields with their lengths.
+const maxPayload = 16 + 3*(1+maxField)
+
 func appendRecord(buf []byte, r broker.KeyRecord) ([]byte, error) {
 	if len(r.Domain) > maxField || len(r.Key) > maxField || len(r.Gateway) > maxField {
 		return buf, fmt.Errorf("record field longer than %d bytes", maxField)
@@ -62,7 +65,7 @@ func readRecord(b []byte) (broker.KeyRecord, int, error) {
 		return broker.KeyRecord{}, 0, errTorn
 	}
 	n := int(binary.BigEndian.Uint32(b))
-	if n < 19 || len(b) < 8+n {
+	if n < 19 || n > maxPayload || len(b) < 8+n {
 		return broker.KeyRecord{}, 0, errTorn
 	}
 	payload := b[8 : 8+n]
@@ -142,18 +145,21 @@ type segmentRead struct {
 
 // readSegment returns every registration that can be read from one segment. Groups are read whole where their
 // checksum holds; where one does not, every record with a right checksum is still taken from the bad stretch, and
-// reading goes on with the next whole group. A bad stretch at the end, followed by nothing but zeros, is a torn
-// last group and not damage.
-func readSegment(path string) (segmentRead, error) {
+// reading goes on with the next whole group. A bad stretch at the end of the newest segment, followed by nothing
+// but zeros, is a torn last group and not damage.
+//
+// Only the newest segment can end in a torn group: an older one was closed after its last append had returned
+// (and a failed append is cut off), so a bad end there is damage too, unless newest is false.
+func readSegment(path string, newest bool) (segmentRead, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return segmentRead{}, err
 	}
-	return parseSegment(b), nil
+	return parseSegment(b, newest), nil
 }
 
 // parseSegment is readSegment on the bytes of a segment.
-func parseSegment(b []byte) segmentRead {
+func parseSegment(b []byte, newest bool) segmentRead {
 	var out segmentRead
 	switch {
 	case allZero(b): // created, but the crash came before its magic reached the disk
@@ -179,8 +185,12 @@ func parseSegment(b []byte) segmentRead {
 		// are neither are a bad stretch; the header alone is not one (its records tell what was lost).
 		bad, p := 0, min(off+8, end)
 		for p < end {
-			if _, _, ok := readGroup(b[p:]); ok {
-				break
+			// A group starts with a whole record: checking that first (at most maxPayload bytes to checksum) keeps
+			// garbage from costing a checksum over up to maxGroup bytes at every position.
+			if _, _, err := readRecord(b[min(p+8, len(b)):]); err == nil {
+				if _, _, ok := readGroup(b[p:]); ok {
+					break
+				}
 			}
 			if r, n, err := readRecord(b[p:]); err == nil && plausible(r) {
 				if bad > 0 {
@@ -195,7 +205,7 @@ func parseSegment(b []byte) segmentRead {
 			bad++
 			p++
 		}
-		if bad > 0 && p < end { // readable data follows the last bad bytes
+		if bad > 0 && (p < end || !newest) { // readable data follows the last bad bytes, or it cannot be torn
 			out.lost++
 			out.unreadable += bad
 		}
@@ -313,11 +323,20 @@ func (w *wal) append(recs []broker.KeyRecord) []error {
 				w.size += grow
 			}
 		}
+		start := w.off
 		if _, err = w.f.WriteAt(w.buf, w.off); err == nil {
 			w.off += int64(len(w.buf))
 			t0 := time.Now()
 			err = fdatasync(w.f)
 			w.lastSync = time.Since(t0)
+		}
+		if err != nil {
+			// The group failed (its callers are told): cut it off, so that the segment ends with its last good
+			// group and a later start does not take what is left of this one for damage. Shrinking needs no
+			// space; if even that fails, the next start finds a bad end and keeps the segment aside.
+			if terr := w.f.Truncate(start); terr == nil {
+				fdatasync(w.f)
+			}
 		}
 	}
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -57,7 +58,7 @@ func program(logOut io.Writer) cli.Program {
 				Run: func(ctx context.Context, args []string) error { return serve(ctx, args, logOut) }},
 			{Name: "backup", Args: "[--config FILE] BACKUP_FILE", Summary: "write a checked copy of the running broker's state (as the broker's user)",
 				Run: func(ctx context.Context, args []string) error { return backup(ctx, args, os.Stdout) }},
-			{Name: "restore", Args: "[--config FILE] BACKUP_FILE", Summary: "put a backup in place of the stopped broker's state, with the log written since it",
+			{Name: "restore", Args: "[--config FILE] [--force] BACKUP_FILE", Summary: "put a backup in place of the stopped broker's state, with the log written since it",
 				Run: func(_ context.Context, args []string) error { return restore(args, os.Stdout) }},
 			{Name: "compact", Args: "[--config FILE]", Summary: "shrink the stopped broker's state file",
 				Run: func(_ context.Context, args []string) error { return compact(args, os.Stdout) }},
@@ -120,14 +121,17 @@ func backup(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
-// restore is `wgkex-broker restore [--config FILE] BACKUP`: with the broker stopped, it puts BACKUP in place of
-// the state file (kept aside) and the write-ahead log archived since the backup back beside it.
+// restore is `wgkex-broker restore [--config FILE] [--force] BACKUP`: with the broker stopped, it puts BACKUP in
+// place of the state file (kept aside) and the write-ahead log archived since the backup back beside it. --force
+// restores a backup older than the archive reaches.
 func restore(args []string, out io.Writer) error {
+	force := slices.Contains(args, "--force")
+	args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "--force" })
 	cfg, path, err := fileCommand("restore", args)
 	if err != nil {
 		return err
 	}
-	r, err := store.Restore(path, cfg.Broker.StateFile)
+	r, err := store.Restore(path, cfg.Broker.StateFile, force)
 	if err != nil {
 		return err
 	}

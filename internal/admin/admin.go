@@ -13,8 +13,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
+
+	"github.com/freifunkMUC/wgkex-go/store"
 )
 
 // Backend is what the administration interface needs of the broker.
@@ -28,17 +29,21 @@ const (
 	backupPath = "/v1/backup"
 )
 
-// Handler serves the administration interface.
 // backupStall is how long a backup waits for its client to take more of the copy before it gives up: the copy is one
 // read transaction, which holds off every remap of the state file and its Close.
 var backupStall = 30 * time.Second
 
+// Handler serves the administration interface.
 func Handler(b Backend, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+backupPath, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		start := time.Now()
 		n, err := b.Backup(stallWriter{w, http.NewResponseController(w)})
+		if errors.Is(err, store.ErrBackupRunning) {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
 		if err != nil {
 			log.Error("backup failed", "err", err)
 			if n == 0 {
@@ -81,17 +86,41 @@ func Listen(path string) (net.Listener, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("administration socket %s: %w", path, err)
 	}
-	old := syscall.Umask(0o177)
-	ln, err := withShortPath(path, func(p string) (net.Listener, error) { return net.Listen("unix", p) })
-	syscall.Umask(old)
+	// The socket is made in a directory only this user can enter, given its mode there, and then renamed into
+	// place, so that nobody can connect in between (without changing the umask, which is the whole process's).
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".admin-")
 	if err != nil {
 		return nil, fmt.Errorf("administration socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	ln, err := withShortPath(tmp, func(p string) (net.Listener, error) { return net.Listen("unix", p) })
+	if err != nil {
+		return nil, fmt.Errorf("administration socket: %w", err)
+	}
+	ul := ln.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false) // it is unlinked under its final name (unlinking)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("administration socket: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("administration socket %s: %w", path, err)
 	}
-	return ln, nil
+	return &unlinking{UnixListener: ul, path: path}, nil
+}
+
+// unlinking is the administration socket, which removes its file when it closes.
+type unlinking struct {
+	*net.UnixListener
+	path string
+}
+
+func (u *unlinking) Close() error {
+	err := u.UnixListener.Close()
+	os.Remove(u.path)
+	return err
 }
 
 // Client talks to a running broker's administration socket.
