@@ -2,7 +2,6 @@ package mqttd
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -23,18 +22,6 @@ import (
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
 
-// connectBytes encodes a CONNECT of MQTT version v (4: 3.1.1, 5) with a username and password.
-func connectBytes(t testing.TB, v byte, id, user, pass string) []byte {
-	t.Helper()
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: v,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: id,
-			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(pass)}}
-	var buf bytes.Buffer
-	if err := pk.ConnectEncode(&buf); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
 
 // readPacketType reads one whole packet from r and returns its type.
 func readPacketType(r *bufio.Reader) (byte, error) {
@@ -82,13 +69,13 @@ func TestSecondConnectLogsNoSecret(t *testing.T) {
 			}
 			defer s.Close()
 
-			c := rawConnect(t, s.Addrs()[0], connectBytes(t, v, "gw-a", "gw-a", first))
+			c := rawConnect(t, s.Addrs()[0], testenv.ConnectPacket(t, v, "gw-a", "gw-a", first))
 			r := bufio.NewReader(c)
 			if typ, err := readPacketType(r); err != nil || typ != packets.Connack {
 				t.Fatalf("first CONNECT answered with %d: %v", typ, err)
 			}
 			testenv.Eventually(t, 5*time.Second, func() bool { return s.Clients() == 1 }, "the worker is not connected")
-			if _, err := c.Write(connectBytes(t, v, "gw-a", "gw-a", second)); err != nil {
+			if _, err := c.Write(testenv.ConnectPacket(t, v, "gw-a", "gw-a", second)); err != nil {
 				t.Fatal(err)
 			}
 			for { // a v5 client is told why (DISCONNECT) before the close

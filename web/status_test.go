@@ -271,16 +271,7 @@ func TestDashboardAuthCost(t *testing.T) {
 		mu.Unlock()
 		return bcrypt.CompareHashAndPassword(hash, pw)
 	})
-	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.SetDashboard(Dashboard{Username: "ops", PasswordHash: hash})
-	basic := func(u, p string) http.Header {
-		req, _ := http.NewRequest("GET", "/", nil)
-		req.SetBasicAuth(u, p)
-		return req.Header
-	}
+	protect(t, s)
 	for range 10 {
 		if rec := get(s, "GET", "/api/v1/status?history=0", basic("ops", "s3cret")); rec.Code != 200 {
 			t.Fatalf("right credentials: %d", rec.Code)
@@ -364,16 +355,7 @@ func TestDashboardUsernamesNotEnumerable(t *testing.T) {
 	s, _, _ := newServer(t)
 	var calls atomic.Int64
 	s.dash.passwords = passwd.New(1, func(hash, pw []byte) error { calls.Add(1); return bcrypt.CompareHashAndPassword(hash, pw) })
-	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.SetDashboard(Dashboard{Username: "ops", PasswordHash: hash})
-	basic := func(u, p string) http.Header {
-		req, _ := http.NewRequest("GET", "/", nil)
-		req.SetBasicAuth(u, p)
-		return req.Header
-	}
+	protect(t, s)
 	if rec := get(s, "GET", "/api/v1/status", basic("ops", "s3cret")); rec.Code != 200 { // now remembered
 		t.Fatalf("right credentials: %d", rec.Code)
 	}
@@ -391,4 +373,21 @@ func TestDashboardUsernamesNotEnumerable(t *testing.T) {
 			t.Errorf("%s: %d bcrypt comparisons, want 1", c.name, n)
 		}
 	}
+}
+
+// protect sets the dashboard's credentials to ops / s3cret.
+func protect(t *testing.T, s *Server) {
+	t.Helper()
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetDashboard(Dashboard{Username: "ops", PasswordHash: hash})
+}
+
+// basic is a header with basic-auth credentials.
+func basic(u, p string) http.Header {
+	req, _ := http.NewRequest("GET", "/", nil)
+	req.SetBasicAuth(u, p)
+	return req.Header
 }

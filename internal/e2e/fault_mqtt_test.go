@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -244,19 +243,6 @@ broker:
 	stillConnected("after SIGHUP")
 }
 
-// connectPacket encodes an MQTT 3.1.1 CONNECT with a username and password.
-func connectPacket(t *testing.T, id, user, pass string) []byte {
-	t.Helper()
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: id,
-			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(pass)}}
-	var buf bytes.Buffer
-	if err := pk.ConnectEncode(&buf); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
 // TestFaultMQTTSecondConnectLogsNoSecret: a worker logs in and sends a second CONNECT on the same connection,
 // which mochi logged with the whole packet, password included. The broker at debug level closes the connection
 // and logs the violation, and neither password appears on its stderr in any form (text, fmt's byte list,
@@ -277,14 +263,14 @@ broker:
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write(connectPacket(t, "gw1", "gw1", first)); err != nil {
+	if _, err := c.Write(testenv.ConnectPacket(t, 4, "gw1", "gw1", first)); err != nil {
 		t.Fatal(err)
 	}
 	r := bufio.NewReader(c)
 	if typ, err := r.ReadByte(); err != nil || typ>>4 != packets.Connack {
 		t.Fatalf("first CONNECT answered with %#x: %v", typ, err)
 	}
-	if _, err := c.Write(connectPacket(t, "gw1", "gw1", second)); err != nil {
+	if _, err := c.Write(testenv.ConnectPacket(t, 4, "gw1", "gw1", second)); err != nil {
 		t.Fatal(err)
 	}
 	_, err = io.Copy(io.Discard, r)

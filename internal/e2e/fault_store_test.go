@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,28 +35,10 @@ type stateBroker struct {
 	dir   string
 	cfg   string
 	cmd   *exec.Cmd
-	out   *syncBuffer // the current run's standard error
+	out   *testenv.Logs // the current run's standard error
 	exit  chan error
 	http  *http.Client
 	state string
-}
-
-// syncBuffer is output a test reads while the process still writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func newStateBroker(t *testing.T, dir string) *stateBroker {
@@ -86,7 +67,7 @@ broker:
 // run starts the broker without waiting for it.
 func (b *stateBroker) run() {
 	b.t.Helper()
-	b.out = &syncBuffer{}
+	b.out = &testenv.Logs{}
 	b.cmd = exec.Command("nsenter", "--net="+b.ns.Path(), binary(b.t, "wgkex-broker"), "--config", b.cfg)
 	b.cmd.Stdout = b.t.Output()
 	b.cmd.Stderr = io.MultiWriter(b.out, b.t.Output())

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"sync"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
+	mpackets "github.com/mochi-mqtt/server/v2/packets"
 )
 
 // Message is one MQTT message a test client received.
@@ -164,4 +166,18 @@ func (c *Client) Close() {
 // Drop sends DISCONNECT with reason 0x04 (disconnect with will message), so that the server sends the will.
 func (c *Client) Drop() {
 	_ = c.c.Disconnect(&paho.Disconnect{ReasonCode: 4})
+}
+
+// ConnectPacket encodes a CONNECT of MQTT version v (4: 3.1.1, 5) with a username and password, for tests that
+// speak MQTT on a raw connection.
+func ConnectPacket(t testing.TB, v byte, id, user, pass string) []byte {
+	t.Helper()
+	pk := mpackets.Packet{FixedHeader: mpackets.FixedHeader{Type: mpackets.Connect}, ProtocolVersion: v,
+		Connect: mpackets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: id,
+			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(pass)}}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
