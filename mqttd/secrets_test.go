@@ -22,7 +22,6 @@ import (
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
 
-
 // readPacketType reads one whole packet from r and returns its type.
 func readPacketType(r *bufio.Reader) (byte, error) {
 	b, err := r.ReadByte()

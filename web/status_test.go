@@ -144,16 +144,7 @@ func TestDashboardAuth(t *testing.T) {
 			t.Errorf("no auth configured: GET %s: %d", p, rec.Code)
 		}
 	}
-	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.SetDashboard(Dashboard{Username: "ops", PasswordHash: hash, Metrics: http.NotFoundHandler()})
-	basic := func(u, p string) http.Header {
-		req, _ := http.NewRequest("GET", "/", nil)
-		req.SetBasicAuth(u, p)
-		return req.Header
-	}
+	protect(t, s, http.NotFoundHandler())
 	for _, p := range []string{"/", "/api/v1/status", "/static/app.js", "/static/vendor/uPlot.iife.min.js"} {
 		for name, h := range map[string]http.Header{"none": nil, "wrong password": basic("ops", "s3cre"),
 			"wrong user": basic("op", "s3cret"), "empty": basic("", "")} {
@@ -271,7 +262,7 @@ func TestDashboardAuthCost(t *testing.T) {
 		mu.Unlock()
 		return bcrypt.CompareHashAndPassword(hash, pw)
 	})
-	protect(t, s)
+	protect(t, s, nil)
 	for range 10 {
 		if rec := get(s, "GET", "/api/v1/status?history=0", basic("ops", "s3cret")); rec.Code != 200 {
 			t.Fatalf("right credentials: %d", rec.Code)
@@ -355,7 +346,7 @@ func TestDashboardUsernamesNotEnumerable(t *testing.T) {
 	s, _, _ := newServer(t)
 	var calls atomic.Int64
 	s.dash.passwords = passwd.New(1, func(hash, pw []byte) error { calls.Add(1); return bcrypt.CompareHashAndPassword(hash, pw) })
-	protect(t, s)
+	protect(t, s, nil)
 	if rec := get(s, "GET", "/api/v1/status", basic("ops", "s3cret")); rec.Code != 200 { // now remembered
 		t.Fatalf("right credentials: %d", rec.Code)
 	}
@@ -375,14 +366,14 @@ func TestDashboardUsernamesNotEnumerable(t *testing.T) {
 	}
 }
 
-// protect sets the dashboard's credentials to ops / s3cret.
-func protect(t *testing.T, s *Server) {
+// protect sets the dashboard's credentials to ops / s3cret, and its metrics handler.
+func protect(t *testing.T, s *Server, metrics http.Handler) {
 	t.Helper()
 	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.SetDashboard(Dashboard{Username: "ops", PasswordHash: hash})
+	s.SetDashboard(Dashboard{Username: "ops", PasswordHash: hash, Metrics: metrics})
 }
 
 // basic is a header with basic-auth credentials.
