@@ -1,7 +1,6 @@
 package web
 
 import (
-	"bytes"
 	"context"
 	"crypto/subtle"
 	"embed"
@@ -168,9 +167,16 @@ type StatusBody struct {
 	Broker BrokerInfo `json:"broker"`
 	broker.Status
 	// PeerHistory is left out (null) with ?history=0: it changes once a sample interval and is the bulk of the
-	// answer, so the page fetches it less often. The handler leaves it nil and splices in the JSON it encoded
-	// once per read of the samples (the field is last); it is here for clients that decode the answer.
+	// answer, so the page fetches it less often. The handler sends the JSON it encoded once per read of the
+	// samples (statusAnswer); the field is here for clients that decode the answer.
 	PeerHistory *PeerHistory `json:"peer_history"`
+}
+
+// statusAnswer is the StatusBody the handler encodes: its peer_history, less deeply nested, hides the
+// StatusBody's, and holds the history's JSON as encoded once (nil: null).
+type statusAnswer struct {
+	StatusBody
+	PeerHistory json.RawMessage `json:"peer_history"`
 }
 
 // BrokerInfo describes the broker process.
@@ -207,20 +213,17 @@ func (s *Server) status(c echo.Context) error {
 	if d.StateFileBytes != nil {
 		body.Broker.StateFileBytes = d.StateFileBytes()
 	}
-	b, err := json.Marshal(body) // peer_history null, the last field
-	if err != nil {
-		return err
-	}
+	answer := statusAnswer{StatusBody: body}
 	if c.QueryParam("history") != "0" {
 		h, err := s.peerHistory(now)
 		if err != nil {
 			return err
 		}
-		const tail = `null}`
-		if !bytes.HasSuffix(b, []byte(tail)) {
-			return fmt.Errorf("status body does not end with peer_history: %.40q", b[max(0, len(b)-40):])
-		}
-		b = append(append(append(make([]byte, 0, len(b)-len(tail)+len(h)+2), b[:len(b)-len(tail)]...), h...), '}')
+		answer.PeerHistory = h
+	}
+	b, err := json.Marshal(answer)
+	if err != nil {
+		return err
 	}
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, append(b, '\n'))
 }

@@ -481,13 +481,20 @@ func (c *Config) Validate() error {
 		"cleanup.legacy_stale_timeout":     c.Cleanup.LegacyStaleTimeout,
 		"worker.metrics_interval":          c.Worker.MetricsInterval,
 		"broker.replay_window":             c.Broker.ReplayWindow,
-		"cleanup.initial_handshake_grace":  c.Cleanup.InitialHandshakeGrace + 1, // 0 is allowed
-		"broker.reconnect_grace":           c.Broker.ReconnectGrace + 1,
 		"broker.dashboard.sample_interval": c.Broker.Dashboard.SampleInterval,
 	}
 	for _, name := range sortedKeys(positive) {
 		if positive[name] <= 0 {
 			p = append(p, fmt.Sprintf("%s: must be positive", name))
+		}
+	}
+	nonNegative := map[string]Duration{ // 0: no grace
+		"cleanup.initial_handshake_grace": c.Cleanup.InitialHandshakeGrace,
+		"broker.reconnect_grace":          c.Broker.ReconnectGrace,
+	}
+	for _, name := range sortedKeys(nonNegative) {
+		if nonNegative[name] < 0 {
+			p = append(p, fmt.Sprintf("%s: must not be negative", name))
 		}
 	}
 	if c.Broker.KeyRetention < c.Broker.ReplayWindow {

@@ -196,6 +196,8 @@ func TestInvalid(t *testing.T) {
 		{"trusted proxies", validCfg + "broker_listen: {trusted_proxies: [10.0.0.0/8, proxy.example, 10.0.0.1/33]}\n",
 			[]string{"trusted_proxies[1]", "trusted_proxies[2]"}},
 		{"rate limit", validCfg + "broker_listen: {rate_limit: -1}\n", []string{"rate_limit: must not be negative"}},
+		{"graces", validCfg + "cleanup: {initial_handshake_grace: -1s, interval: 0}\nbroker: {reconnect_grace: -1s}\n",
+			[]string{"cleanup.initial_handshake_grace: must not be negative", "broker.reconnect_grace: must not be negative", "cleanup.interval: must be positive"}},
 		{"rate burst and clients", validCfg + "broker_listen: {rate_limit: 5, rate_burst: 0, rate_limit_clients: 0}\n",
 			[]string{"rate_burst", "rate_limit_clients"}},
 		{"retention below the replay window", validCfg + "broker: {replay_window: 3h, key_retention: 2h}\n", []string{"broker.key_retention: 2h0m0s is shorter"}},

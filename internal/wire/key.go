@@ -5,7 +5,6 @@ package wire
 import (
 	"crypto/md5"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -73,23 +72,4 @@ func LinkLocal(key string) netip.Addr {
 // LinkLocalPrefix returns LinkLocal(key) as a /128 prefix, the peer's allowed IP and route destination.
 func LinkLocalPrefix(key string) netip.Prefix {
 	return netip.PrefixFrom(LinkLocal(key), 128)
-}
-
-// MAC2EUI64 converts a MAC address "aa:bb:cc:dd:ee:ff" into the interface identifier "a8bb:ccff:fedd:eeff" the way
-// the reference's mac2eui64 does (first byte ORed with 0x02). It exists for the reference's test vectors.
-func MAC2EUI64(mac string) (string, error) {
-	if len(mac) != 17 {
-		return "", fmt.Errorf("invalid MAC address %q", mac)
-	}
-	var b [6]byte
-	for i := range b {
-		if i > 0 && mac[3*i-1] != ':' {
-			return "", fmt.Errorf("invalid MAC address %q", mac)
-		}
-		if _, err := hex.Decode(b[i:i+1], []byte(mac[3*i:3*i+2])); err != nil {
-			return "", fmt.Errorf("invalid MAC address %q: %w", mac, err)
-		}
-	}
-	e := [8]byte{b[0] | 0x02, b[1], b[2], 0xff, 0xfe, b[3], b[4], b[5]}
-	return fmt.Sprintf("%02x%02x:%02x%02x:%02x%02x:%02x%02x", e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]), nil
 }

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/freifunkMUC/wgkex-go/internal/pyjson"
 )
 
 // ErrPayload reports a payload that does not parse.
@@ -48,13 +50,13 @@ type WorkerData struct {
 // {"ExternalAddress": "gw04.ext.ffmuc.net", "Port": 51820, "PublicKey": "…", "LinkAddress": "fe80::1"}.
 func (d WorkerData) Marshal() []byte {
 	b := append(make([]byte, 0, 192), `{"ExternalAddress": `...)
-	b = AppendPyString(b, d.ExternalAddress)
+	b = pyjson.AppendString(b, d.ExternalAddress)
 	b = append(b, `, "Port": `...)
 	b = strconv.AppendInt(b, int64(d.Port), 10)
 	b = append(b, `, "PublicKey": `...)
-	b = AppendPyString(b, d.PublicKey)
+	b = pyjson.AppendString(b, d.PublicKey)
 	b = append(b, `, "LinkAddress": `...)
-	b = AppendPyString(b, d.LinkAddress)
+	b = pyjson.AppendString(b, d.LinkAddress)
 	return append(b, '}')
 }
 

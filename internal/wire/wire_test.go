@@ -25,18 +25,6 @@ func TestLinkLocalVectors(t *testing.T) {
 	}
 }
 
-func TestMAC2EUI64(t *testing.T) {
-	got, err := MAC2EUI64("c4:91:0c:b2:c5:a0")
-	if err != nil || got != "c691:0cff:feb2:c5a0" {
-		t.Errorf("MAC2EUI64 = %q, %v; want c691:0cff:feb2:c5a0", got, err)
-	}
-	for _, bad := range []string{"not_a_mac_address", "c4:91:0c:b2:c5", "c4-91-0c-b2-c5-a0", "zz:91:0c:b2:c5:a0"} {
-		if _, err := MAC2EUI64(bad); err == nil {
-			t.Errorf("MAC2EUI64(%q): want error", bad)
-		}
-	}
-}
-
 func TestValidateKey(t *testing.T) {
 	tests := []struct {
 		key string

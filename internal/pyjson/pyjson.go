@@ -1,4 +1,7 @@
-package wire
+// Package pyjson writes JSON strings byte for byte as Python's json.dumps does by default (ensure_ascii=True):
+// the reference's REST answers and MQTT payloads are written that way, and wgkex keeps them identical. Go's
+// encoding/json cannot: it escapes < > & and writes non-ASCII as UTF-8, and has no option for either.
+package pyjson
 
 import (
 	"unicode/utf16"
@@ -11,13 +14,13 @@ const lowerHex = "0123456789abcdef"
 // plain reports whether Python writes the ASCII byte c as it is: printable ASCII except " and \.
 func plain(c byte) bool { return c >= ' ' && c <= '~' && c != '"' && c != '\\' }
 
-// AppendPyString appends s as a JSON string the way Python's json.dumps(ensure_ascii=True) writes it: printable
+// AppendString appends s as a JSON string the way Python's json.dumps(ensure_ascii=True) writes it: printable
 // ASCII (space to ~) but " and \ as it is, the five short escapes, every other character as \uXXXX with lowercase
 // hex and above U+FFFF as a UTF-16 surrogate pair; < > & are left alone (encoding/json does the opposite on both
 // counts). Bytes that are not valid UTF-8 become \ufffd, as encoding/json writes them (a Python str cannot hold
 // them). The broker's REST answers and the worker's data payloads are written with it, byte for byte as the
 // reference's.
-func AppendPyString(dst []byte, s string) []byte {
+func AppendString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {

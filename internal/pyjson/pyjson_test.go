@@ -1,4 +1,4 @@
-package wire
+package pyjson
 
 import (
 	"encoding/json"
@@ -11,7 +11,7 @@ import (
 
 // The wanted outputs are Python's, from
 // python3 -c 'import json; print(json.dumps({"a": S}, separators=(",", ":"), sort_keys=True))', as Flask writes them.
-func TestAppendPyString(t *testing.T) {
+func TestAppendString(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"", `""`},
 		{"gw04.ext.ffmuc.net", `"gw04.ext.ffmuc.net"`},
@@ -28,8 +28,8 @@ func TestAppendPyString(t *testing.T) {
 		{"a\xffb\xc3", `"a\ufffdb\ufffd"`},
 	}
 	for _, tt := range tests {
-		if got := string(AppendPyString(nil, tt.in)); got != tt.want {
-			t.Errorf("AppendPyString(%q) = %s, want %s", tt.in, got, tt.want)
+		if got := string(AppendString(nil, tt.in)); got != tt.want {
+			t.Errorf("AppendString(%q) = %s, want %s", tt.in, got, tt.want)
 		}
 	}
 }
@@ -69,26 +69,26 @@ func pythonString(s string) string {
 	return b.String()
 }
 
-func FuzzAppendPyString(f *testing.F) {
+func FuzzAppendString(f *testing.F) {
 	for _, s := range []string{"", "gw04.ext.ffmuc.net", "ü<>&\u2028😀", "\x00\x7f\"\\", "\xff\xc3", "\U0010ffff"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		got := string(AppendPyString(nil, s))
+		got := string(AppendString(nil, s))
 		if want := pythonString(s); got != want {
-			t.Fatalf("AppendPyString(%q) = %s, want %s", s, got, want)
+			t.Fatalf("AppendString(%q) = %s, want %s", s, got, want)
 		}
 		for i := 0; i < len(got); i++ {
 			if got[i] < ' ' || got[i] > '~' {
-				t.Fatalf("AppendPyString(%q) = %s: byte %d is not printable ASCII", s, got, i)
+				t.Fatalf("AppendString(%q) = %s: byte %d is not printable ASCII", s, got, i)
 			}
 		}
 		var back string
 		if err := json.Unmarshal([]byte(got), &back); err != nil {
-			t.Fatalf("AppendPyString(%q) = %s: not JSON: %v", s, got, err)
+			t.Fatalf("AppendString(%q) = %s: not JSON: %v", s, got, err)
 		}
 		if utf8.ValidString(s) && back != s {
-			t.Fatalf("AppendPyString(%q) = %s reads back as %q", s, got, back)
+			t.Fatalf("AppendString(%q) = %s reads back as %q", s, got, back)
 		}
 	})
 }
