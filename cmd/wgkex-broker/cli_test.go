@@ -19,8 +19,14 @@ func TestCommandLine(t *testing.T) {
 	if err != nil {
 		t.Skipf("not a git checkout: %v", err)
 	}
+	full, err := exec.Command(git, "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As `make build` does: the commit from Go's build info where .git is a folder, else from -X.
 	dir := t.TempDir()
-	build := exec.Command("go", "build", "-buildvcs=true", "-o", dir+"/", "../wgkex", "../wgkex-broker", "../wgkex-worker")
+	build := exec.Command("go", "build", "-buildvcs=auto", "-ldflags=-X github.com/freifunkMUC/wgkex-go/internal/cli.commit="+
+		strings.TrimSpace(string(full)), "-o", dir+"/", "../wgkex", "../wgkex-broker", "../wgkex-worker")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

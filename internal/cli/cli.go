@@ -94,7 +94,7 @@ var commit string
 func Version(name string) string {
 	version, desc, when := "(devel)", "unknown commit", ""
 	if commit != "" {
-		desc = "commit " + commit
+		desc = "commit " + short(commit)
 	}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		if bi.Main.Version != "" {
@@ -114,7 +114,7 @@ func Version(name string) string {
 			}
 		}
 		if rev != "" {
-			desc = "commit " + rev[:min(12, len(rev))] + modified
+			desc = "commit " + short(rev) + modified
 		}
 	}
 	parts := []string{desc}
@@ -124,3 +124,6 @@ func Version(name string) string {
 	parts = append(parts, runtime.Version())
 	return fmt.Sprintf("%s %s (%s)", name, version, strings.Join(parts, ", "))
 }
+
+// short is a commit hash cut to 12 digits.
+func short(rev string) string { return rev[:min(12, len(rev))] }
