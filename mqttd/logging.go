@@ -2,8 +2,10 @@ package mqttd
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -12,7 +14,8 @@ import (
 // packet rejected" at debug level), and a CONNECT carries the client's password, an AUTH packet its
 // authentication data. redactHandler replaces every packet among a record's attributes (also those added with
 // Logger.With, and inside groups) by what identifies it: its type, packet id and topic. A secret so never reaches
-// a log line, whatever the level or the handler's format.
+// a log line, whatever the level or the handler's format. It also lowers mochi's warnings of routine events to
+// debug (routine).
 type redactHandler struct{ slog.Handler }
 
 // redactingLogger returns log with packets among its attributes redacted.
@@ -23,8 +26,16 @@ func redactingLogger(log *slog.Logger) *slog.Logger {
 	return slog.New(redactHandler{log.Handler()})
 }
 
-// Handle passes r on, with a copy of its attributes redacted if one of them holds a packet.
+// Handle passes r on, with a copy of its attributes redacted if one of them holds a packet, and mochi's warnings
+// of routine events lowered to debug.
 func (h redactHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn && routine(r) {
+		if !h.Handler.Enabled(ctx, slog.LevelDebug) {
+			return nil
+		}
+		r = r.Clone()
+		r.Level = slog.LevelDebug
+	}
 	secret := false
 	r.Attrs(func(a slog.Attr) bool {
 		secret = needsRedaction(a.Value)
@@ -121,4 +132,26 @@ func packetValue(pk *packets.Packet) slog.Value {
 		as = append(as, slog.String("client", pk.Connect.ClientIdentifier))
 	}
 	return slog.GroupValue(as...)
+}
+
+// routine reports whether r is one of the warnings mochi logs for what a healthy network does all day, which
+// leave an operator nothing to do (every WARN should): a client's keepalive at or below 5 s (the reference's
+// default, which mochi calls below its recommendation), and a DISCONNECT that asks for the will to be sent (reason
+// 0x04: our workers' farewell, which publishes their status 0), which mochi handles as an error.
+func routine(r slog.Record) bool {
+	if r.Message == mqtt.ErrMinimumKeepalive.Error() {
+		return true
+	}
+	if r.Message != "error processing packet" {
+		return false
+	}
+	found := false
+	r.Attrs(func(a slog.Attr) bool {
+		if err, ok := a.Value.Any().(error); ok && a.Key == "error" {
+			found = errors.Is(err, packets.CodeDisconnectWillMessage)
+			return false
+		}
+		return true
+	})
+	return found
 }

@@ -2,6 +2,7 @@ package mqttd
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -14,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/crypto/bcrypt"
 
@@ -195,4 +198,30 @@ func TestUsernamesNotEnumerable(t *testing.T) {
 		}
 	}
 	f.unchanged(t)
+}
+
+// TestRoutineWarningsLowered: mochi's warnings of a keepalive of 5 s and of a DISCONNECT that asks for the will
+// reach the log at debug level, other warnings as they are.
+func TestRoutineWarningsLowered(t *testing.T) {
+	var buf bytes.Buffer
+	log := redactingLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	log.Warn(mqtt.ErrMinimumKeepalive.Error(), "client", "gw1", "keepalive", 5, "recommended", 5)
+	log.Warn("error processing packet", "error", packets.CodeDisconnectWillMessage, "client", "gw1")
+	log.Warn("error processing packet", "error", packets.ErrProtocolViolationSecondConnect, "client", "gw2")
+	log.Warn("something else", "client", "gw3")
+	var levels []string
+	for line := range strings.Lines(buf.String()) {
+		f := strings.Fields(line)
+		levels = append(levels, f[1])
+	}
+	want := []string{"level=DEBUG", "level=DEBUG", "level=WARN", "level=WARN"}
+	if diff := cmp.Diff(want, levels); diff != "" {
+		t.Errorf("levels (-want +got):\n%s\n%s", diff, buf.String())
+	}
+	buf.Reset()
+	quiet := redactingLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	quiet.Warn("error processing packet", "error", packets.CodeDisconnectWillMessage, "client", "gw1")
+	if buf.Len() != 0 {
+		t.Errorf("a routine warning reached an info log: %s", buf.String())
+	}
 }
