@@ -33,6 +33,8 @@ type Accounts struct {
 	Monitors map[string]Account
 	// SharedUsername and SharedPassword are the reference's one credential for every worker (mqtt.username and
 	// mqtt.password); a client using it acts as the worker its client id names, for names under Workers only.
+	// Without SharedUsername (one wgkex.yaml for broker and worker with mqtt.password alone), each worker logs in
+	// with its name as username and client id and the shared password, as the worker does without mqtt.username.
 	SharedUsername, SharedPassword string
 }
 
@@ -55,9 +57,9 @@ func (a Accounts) validate() error {
 			errs = append(errs, fmt.Errorf("monitor %s: password hash: %w", name, err))
 		}
 	}
-	if (a.SharedUsername == "") != (a.SharedPassword == "") {
-		errs = append(errs, errors.New("the shared MQTT login needs both mqtt.username and mqtt.password "+
-			"(a worker's own password goes into workers.<name>.password_hash as a hash)"))
+	if a.SharedUsername != "" && a.SharedPassword == "" {
+		errs = append(errs, errors.New("mqtt.username without mqtt.password: set the shared password too "+
+			"(WGKEX_MQTT_PASSWORD), or leave both empty and give each worker workers.<name>.password_hash"))
 	}
 	return errors.Join(errs...)
 }
@@ -79,7 +81,7 @@ type accountSet struct {
 
 func newAccountSet(a Accounts, domains []string) *accountSet {
 	a.Workers, a.Monitors = maps.Clone(a.Workers), maps.Clone(a.Monitors)
-	set := &accountSet{Accounts: a, credentials: a.SharedUsername != "" || len(a.Monitors) > 0}
+	set := &accountSet{Accounts: a, credentials: a.SharedPassword != "" || len(a.Monitors) > 0}
 	var hashes []string
 	for _, m := range []map[string]Account{a.Workers, a.Monitors} {
 		for _, acc := range m {
@@ -90,7 +92,7 @@ func newAccountSet(a Accounts, domains []string) *accountSet {
 	set.cost = passwd.Cost(hashes...)
 	longest := func(names []string) int { return len(slices.MaxFunc(append(names, ""), cmpLen)) }
 	set.maxFilterLen = 1024 + longest(slices.Collect(maps.Keys(a.Workers))) + longest(domains)
-	if a.SharedUsername != "" {
+	if a.SharedPassword != "" {
 		sum := sha256.Sum256([]byte(a.SharedUsername + "\x00" + a.SharedPassword))
 		set.sharedKey = string(sum[:])
 	}

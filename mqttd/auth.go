@@ -108,8 +108,13 @@ func (s *Server) identify(set *accountSet, cl *mqtt.Client, pk packets.Packet) (
 		}
 		return id, reason
 	}
-	if set.SharedUsername != "" &&
-		subtle.ConstantTimeCompare([]byte(user), []byte(set.SharedUsername))&
+	// The shared login: its username, or without one the client id (the worker's name).
+	sharedUser := set.SharedUsername
+	if sharedUser == "" {
+		sharedUser = clientID
+	}
+	if set.SharedPassword != "" &&
+		subtle.ConstantTimeCompare([]byte(user), []byte(sharedUser))&
 			subtle.ConstantTimeCompare(pass, []byte(set.SharedPassword)) == 1 {
 		id, reason := s.sharedWorker(set, clientID)
 		if id != nil {

@@ -221,9 +221,28 @@ func TestAnonymousRule(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "allow_anonymous") {
 		t.Errorf("non-loopback listener without credentials: %v", err)
 	}
-	// A password without a username (WGKEX_MQTT_PASSWORD alone) is not a login: an error, not an open server.
-	if _, err := New(testenv.Logger(t), Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, Accounts: Accounts{SharedPassword: "x"}}); err == nil {
-		t.Error("mqtt.password without mqtt.username accepted")
+	// A username without a password is no login: an error, not an open server.
+	if _, err := New(testenv.Logger(t), Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, Accounts: Accounts{SharedUsername: "x"}}); err == nil {
+		t.Error("mqtt.username without mqtt.password accepted")
+	}
+	// A password without a username (one wgkex.yaml for broker and worker, WGKEX_MQTT_PASSWORD alone) is the
+	// shared password of every configured worker logging in with its name, as the worker does; the server is
+	// not open.
+	shared := start(t, Options{Listeners: []Listener{{Address: "0.0.0.0:0"}},
+		Accounts: Accounts{SharedPassword: "x", Workers: map[string]Account{"gw-s": {}, "gw-own": {PasswordHash: hash(t, "own")}}}}, nil)
+	_, sport, _ := net.SplitHostPort(shared.Addrs()[0])
+	saddr := "127.0.0.1:" + sport
+	testenv.Connect(t, saddr, "gw-s", testenv.ClientOptions{Username: "gw-s", Password: "x"}).Publish(t, wire.StatusTopic("gw-s"), "1", 1, false)
+	for _, c := range []struct{ id, user, pass string }{
+		{"gw-s", "gw-s", "y"},     // wrong password
+		{"gw-s", "gw-t", "x"},     // username not the client id
+		{"gw-u", "gw-u", "x"},     // not a configured worker
+		{"gw-own", "gw-own", "x"}, // a worker with a password of its own
+		{"gw-s", "", ""},          // anonymous
+	} {
+		if _, err := testenv.Dial(saddr, c.id, testenv.ClientOptions{Username: c.user, Password: c.pass}); err == nil {
+			t.Errorf("shared password alone: %s as %q with %q accepted", c.id, c.user, c.pass)
+		}
 	}
 	s := start(t, Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, AllowAnonymous: true}, nil)
 	_, port, _ := net.SplitHostPort(s.Addrs()[0])

@@ -19,20 +19,31 @@ import (
 // if the broker ends its log without starting.
 func startedAddr(t *testing.T, r io.Reader) string {
 	t.Helper()
+	http, _ := startedAddrs(t, r)
+	return http
+}
+
+// startedAddrs is startedAddr, and the address of the first MQTT listener too.
+func startedAddrs(t *testing.T, r io.Reader) (http, mqtt string) {
+	t.Helper()
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		t.Log(sc.Text())
 		var l struct {
-			Msg  string `json:"msg"`
-			HTTP string `json:"http"`
+			Msg  string   `json:"msg"`
+			HTTP string   `json:"http"`
+			MQTT []string `json:"mqtt"`
 		}
 		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "broker started" {
 			go io.Copy(io.Discard, r) // keep the broker's log from blocking
-			return l.HTTP
+			if len(l.MQTT) == 0 {
+				t.Fatal("broker started without an MQTT listener")
+			}
+			return l.HTTP, l.MQTT[0]
 		}
 	}
 	t.Fatalf("broker log ended without \"broker started\": %v", sc.Err())
-	return ""
+	return "", ""
 }
 
 // get fetches url and fails the test unless the answer is 200.
