@@ -1,5 +1,5 @@
 # wgkex: `make run` starts the broker on the example configuration; `make test` runs every test.
-.PHONY: run test build bench
+.PHONY: run test build bench benchmarks
 
 # Build, then exec the binary: it is make's own child, so a SIGTERM to make reaches it (go run would leave it behind).
 # --version names this commit: from Go's build info where the checkout has a .git folder, else (a git worktree,
@@ -17,5 +17,10 @@ test:
 build:
 	CGO_ENABLED=0 go build -buildvcs=auto -trimpath -ldflags='-s -w $(LDFLAGS)' -o bin/ ./cmd/...
 
+# The broker's v2 throughput as a share of a bare net/http server's, side by side (bench/run; installs wrk).
 bench:
+	bench/run
+
+# Every Go benchmark of the repository.
+benchmarks:
 	go test -run '^$$' -bench . -benchmem ./...
