@@ -19,15 +19,19 @@
 // transaction. A merge costs one lookup, one put and one index move per registration, whatever the file holds.
 // bbolt never shrinks its file: Compact (wgkex-broker compact) rewrites a stopped broker's file.
 //
-// Bucket layout (schema 2; Open migrates schema 1, which had no bytime bucket, by building the index once):
+// Bucket layout (schema 3; Open migrates schema 1, which had no bytime bucket, by building the index once, and
+// schema 2, which had no counts bucket, by counting once):
 //
-//	meta                      "schema" → "2"
+//	meta                      "schema" → "3"; after a backup "backup_segment", "last_backup_segment",
+//	                          "archive_from" (archive.go)
 //	keys/<domain>/<key>       key: the 44-character public key; value: first seen (8 bytes, big-endian Unix
 //	                          nanoseconds), last seen (8 bytes, same), then the name of the gateway last assigned
 //	                          (the rest, may be empty)
 //	bytime/<domain>/<t><key>  t: the key's last seen (8 bytes, big-endian Unix nanoseconds with the sign bit
 //	                          flipped, so that byte order is time order); value: its first seen (8 bytes, as in
 //	                          keys). Exactly one entry per key.
+//	counts/<domain>           how many keys keys/<domain> holds (8 bytes, big-endian), kept in the transactions
+//	                          that add and delete keys
 //	workers/<name>            JSON of the store's workerRecord: {"online":…,"peers":{domain: n},"data":{domain:
 //	                          {"ExternalAddress","Port","PublicKey","LinkAddress"}},"changed": RFC 3339 time,
 //	                          "since": RFC 3339 time, optional}

@@ -225,8 +225,12 @@ func TestMigrateSchema1(t *testing.T) {
 	}
 	var schema string
 	s.db.View(func(tx *bolt.Tx) error { schema = string(tx.Bucket(bucketMeta).Get(metaSchema)); return nil })
-	if schema != "2" {
-		t.Errorf("schema %q after migration, want 2", schema)
+	if schema != "3" {
+		t.Errorf("schema %q after migration, want 3", schema)
+	}
+	counts, err := s.KeyCounts()
+	if err != nil || counts["ffmuc_welt"] != len(allKeys(t, s, "ffmuc_welt", time.Unix(0, 0))) {
+		t.Errorf("key counts after migration %v, %v", counts, err)
 	}
 }
 

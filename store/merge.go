@@ -29,6 +29,7 @@ const indexFill = 0.95
 func mergeTx(tx *bolt.Tx, entries []mergeEntry) error {
 	var b, idx *bolt.Bucket
 	domain := ""
+	added := map[string]int{}
 	for _, e := range entries {
 		if b == nil || e.domain != domain {
 			var err error
@@ -47,6 +48,8 @@ func mergeTx(tx *bolt.Tx, entries []mergeEntry) error {
 				return err
 			}
 			r = combine(decodeKey(domain, r.Key, old), r)
+		} else {
+			added[e.domain]++
 		}
 		if err := b.Put([]byte(r.Key), encodeKey(r)); err != nil {
 			return err
@@ -55,7 +58,7 @@ func mergeTx(tx *bolt.Tx, entries []mergeEntry) error {
 			return err
 		}
 	}
-	return nil
+	return addCounts(tx, added)
 }
 
 // buildIndex fills the time index from the keys buckets (the migration from schema 1).

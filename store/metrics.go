@@ -10,7 +10,7 @@ import (
 // RegisterMetrics registers the store's metrics with reg: wgkex_wal_fsync_seconds (a histogram of the write-ahead
 // log's fdatasync calls, one per group of registrations), wgkex_state_file_bytes (the size of the bbolt file) and
 // wgkex_wal_damaged_segment_records (per damaged segment that Open kept aside, the registrations recovered from
-// it and the unreadable stretches lost).
+// it and the unreadable stretches lost) and wgkex_stored_keys (per domain).
 func (s *Store) RegisterMetrics(reg prometheus.Registerer) error {
 	fsync := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "wgkex_wal_fsync_seconds",
@@ -36,7 +36,7 @@ func (s *Store) RegisterMetrics(reg prometheus.Registerer) error {
 		damaged.WithLabelValues(d.File, "recovered").Set(float64(d.Recovered))
 		damaged.WithLabelValues(d.File, "lost").Set(float64(d.Lost))
 	}
-	for _, c := range []prometheus.Collector{fsync, size, damaged} {
+	for _, c := range []prometheus.Collector{fsync, size, damaged, keyCounts{s}} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -49,5 +49,25 @@ func (s *Store) RegisterMetrics(reg prometheus.Registerer) error {
 func (s *Store) observeFsync(d time.Duration) {
 	if h := s.fsyncObserver.Load(); h != nil && d > 0 {
 		(*h).Observe(d.Seconds())
+	}
+}
+
+// keyCounts is wgkex_stored_keys, read from the state file at each scrape (one bucket read).
+type keyCounts struct{ s *Store }
+
+var storedKeysDesc = prometheus.NewDesc("wgkex_stored_keys",
+	"Keys stored per domain (in the state file; registrations waiting in the write-ahead log count once merged, within 30 s).",
+	[]string{"domain"}, nil)
+
+func (k keyCounts) Describe(ch chan<- *prometheus.Desc) { ch <- storedKeysDesc }
+
+func (k keyCounts) Collect(ch chan<- prometheus.Metric) {
+	counts, err := k.s.KeyCounts()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(storedKeysDesc, err)
+		return
+	}
+	for d, n := range counts {
+		ch <- prometheus.MustNewConstMetric(storedKeysDesc, prometheus.GaugeValue, float64(n), d)
 	}
 }

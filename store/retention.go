@@ -176,7 +176,7 @@ func (s *Store) sweepChunk(domain string, from, cut []byte) (deleted int, last [
 				deleted++
 			}
 		}
-		return nil
+		return addCounts(tx, map[string]int{domain: -deleted})
 	})
 	return deleted, last, err
 }

@@ -33,7 +33,7 @@ var (
 )
 
 // schemaVersion is the layout this version writes (doc.go); Open migrates older files.
-const schemaVersion = 2
+const schemaVersion = 3
 
 // maxBatch bounds how many writes share one transaction.
 const maxBatch = 4096
@@ -205,7 +205,7 @@ func initialise(tx *bolt.Tx, log *slog.Logger) error {
 	if schema > schemaVersion {
 		return fmt.Errorf("schema %d, this version reads up to %d", schema, schemaVersion)
 	}
-	for _, b := range [][]byte{bucketKeys, bucketByTime, bucketWorkers, bucketRetained} {
+	for _, b := range [][]byte{bucketKeys, bucketByTime, bucketWorkers, bucketRetained, bucketCounts} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}
@@ -217,6 +217,13 @@ func initialise(tx *bolt.Tx, log *slog.Logger) error {
 			return fmt.Errorf("migrate schema 1: %w", err)
 		}
 		log.Info("state file migrated to schema 2", "keys indexed", n)
+	}
+	if schema < 3 {
+		// Schema 3 adds the key counts per domain.
+		if err := buildCounts(tx); err != nil {
+			return fmt.Errorf("migrate to schema 3: %w", err)
+		}
+		log.Info("state file migrated to schema 3: keys counted per domain")
 	}
 	return meta.Put(metaSchema, fmt.Append(nil, schemaVersion))
 }

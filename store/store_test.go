@@ -256,3 +256,57 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("metrics with a value (-want +got):\n%s", diff)
 	}
 }
+
+// TestKeyCounts: the count of keys per domain follows registrations (new keys only, once merged), imports and the
+// retention sweep, and a count read from a state file whose counts bucket was lost (an older schema) is rebuilt.
+func TestKeyCounts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := open(t, path)
+	t0 := time.Unix(1_700_000_000, 0)
+	for i, k := range []string{"a", "b", "a", "c"} {
+		d := "d1"
+		if i == 3 {
+			d = "d2"
+		}
+		if err := s.PutKey(broker.KeyRecord{Key: k, Domain: d, FirstSeen: t0, LastSeen: t0.Add(time.Duration(i) * time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Import([]broker.KeyRecord{{Key: "old", Domain: "d1", FirstSeen: t0.Add(-48 * time.Hour), LastSeen: t0.Add(-48 * time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	counts := func() map[string]int {
+		c, err := s.KeyCounts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if diff := cmp.Diff(map[string]int{"d1": 3, "d2": 1}, counts()); diff != "" {
+		t.Errorf("counts (-want +got):\n%s", diff)
+	}
+	if n, err := s.Sweep(t.Context(), t0.Add(-time.Hour)); err != nil || n != 1 {
+		t.Fatalf("sweep: %d, %v", n, err)
+	}
+	if diff := cmp.Diff(map[string]int{"d1": 2, "d2": 1}, counts()); diff != "" {
+		t.Errorf("counts after the sweep (-want +got):\n%s", diff)
+	}
+	// As a file of schema 2 would be: no counts. Open counts them once.
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketCounts); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(metaSchema, []byte("2"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = open(t, path)
+	defer s.Close()
+	if diff := cmp.Diff(map[string]int{"d1": 2, "d2": 1}, counts()); diff != "" {
+		t.Errorf("counts after the migration (-want +got):\n%s", diff)
+	}
+}
