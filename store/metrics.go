@@ -11,7 +11,8 @@ import (
 // log's fdatasync calls, one per group of registrations), wgkex_state_file_bytes (the size of the bbolt file) and
 // wgkex_wal_damaged_segment_records (per damaged segment that Open kept aside, the registrations recovered from
 // it and the unreadable stretches lost) and wgkex_stored_keys (per domain).
-func (s *Store) RegisterMetrics(reg prometheus.Registerer) error {
+// wgkex_stored_keys has a series for each of domains (the configured ones) even before its first key.
+func (s *Store) RegisterMetrics(reg prometheus.Registerer, domains ...string) error {
 	fsync := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "wgkex_wal_fsync_seconds",
 		Help:    "Time of each fdatasync of the write-ahead log (one per group of registrations).",
@@ -36,7 +37,7 @@ func (s *Store) RegisterMetrics(reg prometheus.Registerer) error {
 		damaged.WithLabelValues(d.File, "recovered").Set(float64(d.Recovered))
 		damaged.WithLabelValues(d.File, "lost").Set(float64(d.Lost))
 	}
-	for _, c := range []prometheus.Collector{fsync, size, damaged, keyCounts{s}} {
+	for _, c := range []prometheus.Collector{fsync, size, damaged, keyCounts{s, domains}} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -53,7 +54,10 @@ func (s *Store) observeFsync(d time.Duration) {
 }
 
 // keyCounts is wgkex_stored_keys, read from the state file at each scrape (one bucket read).
-type keyCounts struct{ s *Store }
+type keyCounts struct {
+	s       *Store
+	domains []string // reported even without keys
+}
 
 var storedKeysDesc = prometheus.NewDesc("wgkex_stored_keys",
 	"Keys stored per domain (in the state file; registrations waiting in the write-ahead log count once merged, within 30 s).",
@@ -66,6 +70,11 @@ func (k keyCounts) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(storedKeysDesc, err)
 		return
+	}
+	for _, d := range k.domains {
+		if _, ok := counts[d]; !ok {
+			counts[d] = 0
+		}
 	}
 	for d, n := range counts {
 		ch <- prometheus.MustNewConstMetric(storedKeysDesc, prometheus.GaugeValue, float64(n), d)

@@ -90,7 +90,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 			st.Close()
 		}
 	}()
-	if err := st.RegisterMetrics(reg); err != nil {
+	if err := st.RegisterMetrics(reg, cfg.Domains...); err != nil {
 		return nil, fmt.Errorf("register store metrics: %w", err)
 	}
 	st.StartRetention(store.Retention{Keep: cfg.Broker.KeyRetention.D()})
