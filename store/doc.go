@@ -32,6 +32,8 @@
 //	                          keys). Exactly one entry per key.
 //	counts/<domain>           how many keys keys/<domain> holds (8 bytes, big-endian), kept in the transactions
 //	                          that add and delete keys
+//	revoked/<domain>/<key>    the time the key was revoked (8 bytes, big-endian Unix nanoseconds): merges drop
+//	                          registrations of it last seen at or before then; swept with the keys (revoke.go)
 //	workers/<name>            JSON of the store's workerRecord: {"online":…,"peers":{domain: n},"data":{domain:
 //	                          {"ExternalAddress","Port","PublicKey","LinkAddress"}},"changed": RFC 3339 time,
 //	                          "since": RFC 3339 time, optional}

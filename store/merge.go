@@ -27,7 +27,7 @@ const indexFill = 0.95
 // mergeTx writes registrations into the keys buckets, combining each with what the bucket holds, and moves its
 // entry in the time index. Its cost follows the registrations: one lookup, one put and one index move each.
 func mergeTx(tx *bolt.Tx, entries []mergeEntry) error {
-	var b, idx *bolt.Bucket
+	var b, idx, revoked *bolt.Bucket
 	domain := ""
 	added := map[string]int{}
 	for _, e := range entries {
@@ -40,9 +40,13 @@ func mergeTx(tx *bolt.Tx, entries []mergeEntry) error {
 				return fmt.Errorf("index bucket %q: %w", e.domain, err)
 			}
 			idx.FillPercent = indexFill
+			revoked = tx.Bucket(bucketRevoked).Bucket([]byte(e.domain))
 			domain = e.domain
 		}
 		r := e.p.record(e.domain, e.key)
+		if at := revokedAt(revoked, r.Key); at != 0 && r.LastSeen.UnixNano() <= at {
+			continue // registered before its revocation (RevokeKey)
+		}
 		if old := b.Get([]byte(r.Key)); old != nil {
 			if err := idx.Delete(indexKey(lastSeenOf(old), r.Key)); err != nil {
 				return err

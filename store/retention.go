@@ -84,8 +84,8 @@ func (s *Store) startJob() bool {
 
 // Sweep deletes every key last seen before the given time, with its index entry, at most sweepChunk keys a
 // transaction with a pause between them, until none is left or ctx ends. It reads only the expired part of the
-// time index. Keys waiting in the write-ahead log were registered again: they stay. It returns how many keys it
-// deleted.
+// time index. Keys waiting in the write-ahead log were registered again: they stay. Revocations before the same
+// time are forgotten. It returns how many keys it deleted.
 func (s *Store) Sweep(ctx context.Context, before time.Time) (int, error) {
 	if !s.startJob() {
 		return 0, ErrClosed
@@ -127,6 +127,10 @@ func (s *Store) Sweep(ctx context.Context, before time.Time) (int, error) {
 			case <-time.After(sweepPause):
 			}
 		}
+	}
+	// Tombstones of revocations as old as the keys swept have nothing left to hold back (RevokeKey).
+	if _, err := s.sweepRevoked(before); err != nil {
+		return total, fmt.Errorf("sweep revocations: %w", err)
 	}
 	return total, nil
 }

@@ -205,7 +205,7 @@ func initialise(tx *bolt.Tx, log *slog.Logger) error {
 	if schema > schemaVersion {
 		return fmt.Errorf("schema %d, this version reads up to %d", schema, schemaVersion)
 	}
-	for _, b := range [][]byte{bucketKeys, bucketByTime, bucketWorkers, bucketRetained, bucketCounts} {
+	for _, b := range [][]byte{bucketKeys, bucketByTime, bucketWorkers, bucketRetained, bucketCounts, bucketRevoked} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}
