@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freifunkMUC/wgkex-go/broker/cluster"
 	"github.com/freifunkMUC/wgkex-go/broker/selection"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
@@ -63,12 +64,12 @@ func gateway(t *testing.T, addr, name string) *testenv.Client {
 func brokersAlive(d *Daemon, n int) func() bool {
 	return func() bool {
 		select {
-		case <-d.Broker.CaughtUp():
+		case <-d.Cluster.CaughtUp():
 		default:
 			return false
 		}
 		ws := d.Broker.Workers()
-		return len(d.Broker.Brokers()) == n && len(ws) == 2 && ws[0].Online && ws[1].Online
+		return len(d.Cluster.Alive()) == n && len(ws) == 2 && ws[0].Online && ws[1].Online
 	}
 }
 
@@ -164,7 +165,7 @@ func TestTwoBrokersOnMosquitto(t *testing.T) {
 	if err := b.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, 10*time.Second, func() bool { return len(a.Broker.Brokers()) == 1 }, "a still sees b")
+	testenv.Eventually(t, 10*time.Second, func() bool { return len(a.Cluster.Alive()) == 1 }, "a still sees b")
 	var missed []string
 	for range 200 {
 		k := randomKey(t)
@@ -175,7 +176,7 @@ func TestTwoBrokersOnMosquitto(t *testing.T) {
 	}
 	b = startDaemon(t, bCfg)
 	select {
-	case <-b.Broker.CaughtUp():
+	case <-b.Cluster.CaughtUp():
 	case <-time.After(20 * time.Second):
 		t.Fatal("b did not catch up")
 	}
@@ -243,7 +244,7 @@ func TestBrokersShown(t *testing.T) {
 		"broker a shows: %s\nwant: %s", got, one)
 	// The operator deletes b's retained status, as README.md says for a broker taken out of service: a forgets it.
 	op := testenv.Connect(t, addr, "operator", testenv.ClientOptions{Username: "broker-b", Password: clusterUsers["broker-b"]})
-	op.Publish(t, wire.BrokerStatusTopic("broker-b"), "", 1, true)
+	op.Publish(t, cluster.BrokerStatusTopic("broker-b"), "", 1, true)
 	alone := "brokers 1 true; broker-a up 1 true; broker-b up 0 false; status broker-a:" +
 		" broker-a alive=true self=true since=false"
 	testenv.Eventually(t, 10*time.Second, func() bool { seen = brokersShown(t, a); return seen == alone },

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	brokercluster "github.com/freifunkMUC/wgkex-go/broker/cluster"
 	"github.com/freifunkMUC/wgkex-go/broker/selection"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
@@ -55,7 +56,7 @@ func newCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(obs.Close)
-	obs.Subscribe(t, "wireguard-metrics/#", "wireguard-worker/+/status", wire.BrokerStatusFilter)
+	obs.Subscribe(t, "wireguard-metrics/#", "wireguard-worker/+/status", brokercluster.BrokerStatusFilter)
 	s.obs = obs
 	for _, b := range []struct{ id, port string }{{"broker-a", "5000"}, {"broker-b", "5001"}} {
 		cb := &clusterBroker{id: b.id, port: b.port, cfg: filepath.Join(s.dir, b.id+".yaml")}
@@ -134,7 +135,7 @@ func (c *cluster) waitBroker(id, status string) {
 	testenv.Eventually(c.t, 20*time.Second, func() bool {
 		st := ""
 		for _, m := range c.obs.Messages() {
-			if m.Topic == wire.BrokerStatusTopic(id) {
+			if m.Topic == brokercluster.BrokerStatusTopic(id) {
 				st = m.Payload
 			}
 		}
