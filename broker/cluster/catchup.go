@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
@@ -37,8 +38,7 @@ func (c *Cluster) handleReplayRequest(topic string, payload []byte) {
 }
 
 // CatchUp asks one live peer after the other for the keys registered since the given time (zero or earlier: the
-// whole replay window) until one has sent them all, then waits until they are recorded. Run calls it after every
-// Up.
+// whole replay window) until one has sent them all, with every key recorded. Run calls it after every Up.
 func (c *Cluster) CatchUp(ctx context.Context, since time.Time) {
 	start := time.Now()
 	if window := c.opts.Now().Add(-c.opts.ReplayWindow); since.Before(window) {
@@ -59,7 +59,6 @@ func (c *Cluster) CatchUp(ctx context.Context, since time.Time) {
 			continue
 		}
 		if c.awaitCatchup(ctx) {
-			c.recording.Wait()
 			c.log.Info("caught up", "from", peer, "keys", c.recorded.Load()-before, "took", time.Since(start).Round(time.Millisecond))
 			c.markCaughtUp()
 			return
@@ -116,7 +115,8 @@ func (c *Cluster) awaitCatchup(ctx context.Context) bool {
 	return true
 }
 
-// handleCatchupBatch takes a batch of the keys this broker asked for, on wgkex/broker/{id}/keys.
+// handleCatchupBatch takes a batch of the keys this broker asked for, on wgkex/broker/{id}/keys. It returns
+// once the batch's keys are written, so that a catch-up that has seen its last batch has its keys.
 func (c *Cluster) handleCatchupBatch(topic string, payload []byte) {
 	batch, err := ParseCatchupBatch(payload)
 	if err != nil {
@@ -124,13 +124,15 @@ func (c *Cluster) handleCatchupBatch(topic string, payload []byte) {
 		return
 	}
 	bad := 0
+	var written sync.WaitGroup // Add and Wait on this goroutine only
 	for _, k := range batch.Keys {
 		if c.local.CheckKey(k.Domain, k.Key) != nil || k.LastSeen < k.FirstSeen {
 			bad++
 			continue
 		}
-		c.record(broker.KeyRecord{Key: k.Key, Domain: k.Domain, FirstSeen: time.Unix(k.FirstSeen, 0), LastSeen: time.Unix(k.LastSeen, 0)})
+		c.record(broker.KeyRecord{Key: k.Key, Domain: k.Domain, FirstSeen: time.Unix(k.FirstSeen, 0), LastSeen: time.Unix(k.LastSeen, 0)}, &written)
 	}
+	written.Wait()
 	if bad > 0 {
 		c.log.Warn("dropped invalid keys from catch-up", "count", bad)
 	}

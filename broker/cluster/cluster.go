@@ -103,8 +103,8 @@ type Cluster struct {
 	local Local // set by Handlers
 
 	sem       chan struct{}
-	answering chan struct{} // one catch-up answer at a time
-	recording sync.WaitGroup
+	answering chan struct{}  // one catch-up answer at a time
+	recording sync.WaitGroup // every key being recorded; only Stop waits for it, after begin refuses new ones
 	answers   sync.WaitGroup
 
 	mu      sync.Mutex
@@ -284,15 +284,22 @@ func (c *Cluster) begin(wg *sync.WaitGroup) bool {
 }
 
 // record stores a key another broker registered, concurrently with others so that the store commits them
-// together; it blocks while maxRecording writes are pending.
-func (c *Cluster) record(r broker.KeyRecord) {
+// together; it blocks while maxRecording writes are pending. A catch-up batch passes its own WaitGroup to learn
+// when its keys are written; live keys pass nil.
+func (c *Cluster) record(r broker.KeyRecord, batch *sync.WaitGroup) {
 	if !c.begin(&c.recording) {
 		return // stopping: the next start catches up
 	}
 	c.sem <- struct{}{}
+	if batch != nil {
+		batch.Add(1)
+	}
 	go func() {
 		defer c.recording.Done()
 		defer func() { <-c.sem }()
+		if batch != nil {
+			defer batch.Done()
+		}
 		if err := c.st.PutKey(r); err != nil {
 			c.log.Error("record key of another broker", "domain", r.Domain, "err", err)
 			return
@@ -314,7 +321,7 @@ func (c *Cluster) handleKey(topic string, payload []byte) {
 		return
 	}
 	now := c.opts.Now()
-	c.record(broker.KeyRecord{Key: key, Domain: domain, FirstSeen: now, LastSeen: now})
+	c.record(broker.KeyRecord{Key: key, Domain: domain, FirstSeen: now, LastSeen: now}, nil)
 }
 
 // handleChoice takes wgkex/broker/{id}/choice and counts the new peer on the chosen worker, as if this broker

@@ -66,7 +66,7 @@ type env struct {
 	now time.Time
 }
 
-func newEnv(t *testing.T, mod func(*Options)) *env {
+func newEnv(t *testing.T, mod func(*Options), wrap ...func(*store.Store) Store) *env {
 	t.Helper()
 	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"), testenv.Logger(t))
 	if err != nil {
@@ -80,7 +80,11 @@ func newEnv(t *testing.T, mod func(*Options)) *env {
 	if mod != nil {
 		mod(&opts)
 	}
-	e.c = New(st, e.pub, testenv.Logger(t), opts)
+	var cst Store = st
+	for _, w := range wrap {
+		cst = w(st)
+	}
+	e.c = New(cst, e.pub, testenv.Logger(t), opts)
 	e.b, err = broker.New(st, e.pub, testenv.Logger(t), broker.Options{
 		Domains: domains,
 		Gateways: map[string]broker.Gateway{
@@ -371,5 +375,45 @@ func TestCatchupRequestsCoalesced(t *testing.T) {
 	want := map[string]int{CatchupKeysTopic("broker-b"): 2, CatchupKeysTopic("broker-c"): 1}
 	if diff := cmp.Diff(want, answers); diff != "" {
 		t.Errorf("catch-up answers (-want +got):\n%s", diff)
+	}
+}
+
+// gated holds back the write of one key until its gate is closed.
+type gated struct {
+	*store.Store
+	key  string
+	gate chan struct{}
+}
+
+func (g *gated) PutKey(r broker.KeyRecord) error {
+	if r.Key == g.key {
+		<-g.gate
+	}
+	return g.Store.PutKey(r)
+}
+
+// TestCatchupWhileKeysArrive: a catch-up ends once its own keys are recorded, even while the write of a key
+// another broker published live is still pending. It used to wait on the WaitGroup of every key being recorded,
+// which live keys kept adding to while it waited (Wait racing Add), so under a steady stream it could wait
+// without end.
+func TestCatchupWhileKeysArrive(t *testing.T) {
+	g := &gated{key: key1, gate: make(chan struct{})}
+	e := newEnv(t, nil, func(st *store.Store) Store { g.Store = st; return g })
+	defer close(g.gate)
+	e.c.handleStatus(BrokerStatusTopic("broker-b"), []byte("1"))
+	e.c.handleKey(wire.KeyTopic("ffmuc_welt"), []byte(key1)) // its write hangs
+	done := make(chan struct{})
+	go func() { e.c.CatchUp(context.Background(), time.Time{}); close(done) }()
+	testenv.Eventually(t, 5*time.Second, func() bool { return len(e.pub.take()) > 0 }, "no catch-up request")
+	e.c.handleCatchupBatch(CatchupKeysTopic("broker-a"), mustJSON(t, CatchupBatch{Last: true, Keys: []CatchupKey{
+		{Domain: "ffwert_city", Key: gwKey7, FirstSeen: 1, LastSeen: 2},
+	}}))
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the catch-up waits for the write of a live key")
+	}
+	if _, err := e.st.Key("ffwert_city", gwKey7); err != nil {
+		t.Fatalf("catch-up ended before its key was recorded: %v", err)
 	}
 }
