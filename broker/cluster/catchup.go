@@ -50,10 +50,14 @@ func (c *Cluster) CatchUp(ctx context.Context, since time.Time) {
 		c.markCaughtUp()
 		return
 	}
-	req, _ := json.Marshal(CatchupRequest{From: c.opts.ID, Since: since.Unix()})
+	defer func() {
+		c.mu.Lock()
+		c.asked = "" // the last round is over: no batch ends it any more
+		c.mu.Unlock()
+	}()
 	for _, peer := range peers {
 		before := c.recorded.Load()
-		c.finished.Store(false)
+		req, _ := json.Marshal(CatchupRequest{From: c.opts.ID, Since: since.Unix(), Round: c.await(peer)})
 		if err := c.pub.Publish(CatchupRequestTopic(peer), req, false, 1); err != nil {
 			c.log.Warn("ask for catch-up", "broker", peer, "err", err)
 			continue
@@ -70,6 +74,17 @@ func (c *Cluster) CatchUp(ctx context.Context, since time.Time) {
 	}
 	c.log.Warn("no broker completed the catch-up; replays go on with the keys at hand")
 	c.markCaughtUp()
+}
+
+// await starts a new round: a request to peer, whose answer only peer's batches of the round end. It returns
+// the round's number.
+func (c *Cluster) await(peer string) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.round++
+	c.asked = peer
+	c.finished.Store(false)
+	return c.round
 }
 
 // waitPeers returns the other live brokers, waiting up to peerWait for the retained statuses to arrive.
@@ -136,6 +151,17 @@ func (c *Cluster) handleCatchupBatch(topic string, payload []byte) {
 	if bad > 0 {
 		c.log.Warn("dropped invalid keys from catch-up", "count", bad)
 	}
+	if batch.From != "" { // from a broker of this version: it must answer the request awaited now
+		c.mu.Lock()
+		current := batch.From == c.asked && batch.Round == c.round
+		c.mu.Unlock()
+		if !current {
+			c.log.Info("late catch-up batch of an earlier request: keys recorded, round goes on", "broker", batch.From, "round", batch.Round)
+			return
+		}
+	}
+	// A batch without From comes from a broker of an earlier version, which does not say which request it answers:
+	// it is taken as the answer awaited, as that version took it.
 	if batch.Last {
 		c.finished.Store(true)
 	}
@@ -147,7 +173,8 @@ func (c *Cluster) handleCatchupBatch(topic string, payload []byte) {
 
 // handleCatchupRequest takes wgkex/broker/{id}/catchup and sends the asking broker every key seen since the time
 // it names, in batches, one answer at a time. Requests of a broker whose answer still waits for its turn join it
-// (from the earliest time asked for), so a peer asking again and again gets one more answer, not one each.
+// (from the earliest time asked for, as an answer to the latest request), so a peer asking again and again gets
+// one more answer, not one each.
 func (c *Cluster) handleCatchupRequest(topic string, payload []byte) {
 	req, err := ParseCatchupRequest(payload)
 	if err != nil {
@@ -155,13 +182,13 @@ func (c *Cluster) handleCatchupRequest(topic string, payload []byte) {
 		return
 	}
 	c.mu.Lock()
-	since, ok := c.waiting[req.From]
+	p, ok := c.waiting[req.From]
 	switch {
 	case c.stopped:
 		c.mu.Unlock()
 		return
 	case ok:
-		c.waiting[req.From] = min(since, req.Since)
+		c.waiting[req.From] = pending{since: min(p.since, req.Since), round: max(p.round, req.Round)}
 		c.mu.Unlock()
 		return
 	case len(c.waiting) >= maxCatchupWaiting:
@@ -169,7 +196,7 @@ func (c *Cluster) handleCatchupRequest(topic string, payload []byte) {
 		c.log.Warn("too many catch-up requests waiting, dropped", "broker", req.From)
 		return
 	}
-	c.waiting[req.From] = req.Since
+	c.waiting[req.From] = pending{since: req.Since, round: req.Round}
 	c.answers.Add(1)
 	c.mu.Unlock()
 	go func() {
@@ -177,16 +204,23 @@ func (c *Cluster) handleCatchupRequest(topic string, payload []byte) {
 		c.answering <- struct{}{}
 		defer func() { <-c.answering }()
 		c.mu.Lock()
-		req.Since = c.waiting[req.From]
+		p := c.waiting[req.From]
+		req.Since, req.Round = p.since, p.round
 		delete(c.waiting, req.From)
 		c.mu.Unlock()
 		c.sendCatchup(req)
 	}()
 }
 
+// pending is a catch-up request waiting for its answer's turn.
+type pending struct {
+	since int64
+	round uint64
+}
+
 func (c *Cluster) sendCatchup(req CatchupRequest) {
 	topic := CatchupKeysTopic(req.From)
-	batch := CatchupBatch{Keys: make([]CatchupKey, 0, catchupBatch)}
+	batch := CatchupBatch{From: c.opts.ID, Round: req.Round, Keys: make([]CatchupKey, 0, catchupBatch)}
 	sent := 0
 	flush := func(last bool) error {
 		select {

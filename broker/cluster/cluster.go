@@ -110,7 +110,9 @@ type Cluster struct {
 	mu      sync.Mutex
 	brokers map[string]broker.BrokerState // by id, as their last status said
 	stopped bool                          // set by Stop: no new background work
-	waiting map[string]int64              // asking broker → earliest time asked for, while its answer waits for its turn
+	waiting map[string]pending            // asking broker → its request, while the answer waits for its turn
+	round   uint64                        // the number of the last catch-up request this broker sent
+	asked   string                        // the peer whose answer to request round is awaited; "" between catch-ups
 
 	caughtUp     chan struct{} // closed after the first catch-up
 	caughtUpOnce sync.Once
@@ -140,7 +142,7 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) *Cluster {
 		sem:       make(chan struct{}, maxRecording),
 		answering: make(chan struct{}, 1),
 		brokers:   map[string]broker.BrokerState{},
-		waiting:   map[string]int64{},
+		waiting:   map[string]pending{},
 		caughtUp:  make(chan struct{}),
 		stop:      make(chan struct{}),
 		progress:  make(chan struct{}, 1),

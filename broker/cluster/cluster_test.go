@@ -278,7 +278,7 @@ func TestReplayWaitsForCatchup(t *testing.T) {
 	// The catch-up asks broker-b; nothing is replayed before its answer.
 	var asked []string
 	testenv.Eventually(t, 5*time.Second, func() bool { asked = append(asked, e.pub.take()...); return len(asked) > 0 }, "no catch-up request")
-	if diff := cmp.Diff([]string{`wgkex/broker/broker-b/catchup {"from":"broker-a","since":1699989200} retain=false qos=1`}, asked); diff != "" {
+	if diff := cmp.Diff([]string{`wgkex/broker/broker-b/catchup {"from":"broker-a","since":1699989200,"round":1} retain=false qos=1`}, asked); diff != "" {
 		t.Fatalf("catch-up request (-want +got):\n%s", diff)
 	}
 	e.c.handleCatchupBatch(CatchupKeysTopic("broker-a"), mustJSON(t, CatchupBatch{Last: true, Keys: []CatchupKey{
@@ -316,7 +316,7 @@ func mustJSON(t *testing.T, v any) []byte {
 func TestCatchupSince(t *testing.T) {
 	e := newEnv(t, nil)
 	e.c.handleStatus(BrokerStatusTopic("broker-b"), []byte("1"))
-	for _, tc := range []struct {
+	for i, tc := range []struct {
 		since time.Time
 		want  int64
 	}{
@@ -327,7 +327,7 @@ func TestCatchupSince(t *testing.T) {
 		go func() { e.c.CatchUp(context.Background(), tc.since); close(done) }()
 		var asked []string
 		testenv.Eventually(t, 5*time.Second, func() bool { asked = append(asked, e.pub.take()...); return len(asked) > 0 }, "no catch-up request")
-		want := []string{`wgkex/broker/broker-b/catchup {"from":"broker-a","since":` + fmt.Sprint(tc.want) + `} retain=false qos=1`}
+		want := []string{`wgkex/broker/broker-b/catchup {"from":"broker-a","since":` + fmt.Sprint(tc.want) + `,"round":` + fmt.Sprint(i+1) + `} retain=false qos=1`}
 		if diff := cmp.Diff(want, asked); diff != "" {
 			t.Errorf("since %v (-want +got):\n%s", tc.since, diff)
 		}
@@ -415,5 +415,44 @@ func TestCatchupWhileKeysArrive(t *testing.T) {
 	}
 	if _, err := e.st.Key("ffwert_city", gwKey7); err != nil {
 		t.Fatalf("catch-up ended before its key was recorded: %v", err)
+	}
+}
+
+// TestLateBatchOfEarlierRound: the last batch of a peer asked before, arriving late after the catch-up has moved
+// on to the next peer, does not end the round with that peer: replays held back for the catch-up wait for the
+// keys the peer asked now sends.
+func TestLateBatchOfEarlierRound(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.Stall = 200 * time.Millisecond })
+	e.c.handleStatus(BrokerStatusTopic("broker-b"), []byte("1"))
+	e.c.handleStatus(BrokerStatusTopic("broker-c"), []byte("1"))
+	e.c.handleReplayRequest(wire.ReplayRequestTopic("gw04.in.ffmuc.net"), []byte(`{"domains":["ffmuc_welt"]}`))
+	done := make(chan struct{})
+	go func() { e.c.CatchUp(context.Background(), time.Time{}); close(done) }()
+	// broker-b is asked first and stalls; then broker-c is asked.
+	asked := map[string]CatchupRequest{}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		for _, m := range e.pub.take() {
+			topic, payload, _ := strings.Cut(m, " ")
+			id, _, _ := ParseBrokerTopic(topic)
+			var r CatchupRequest
+			json.Unmarshal([]byte(strings.Fields(payload)[0]), &r)
+			asked[id] = r
+		}
+		return len(asked) == 2
+	}, "asked %v", asked)
+	late := fmt.Sprintf(`{"from":"broker-b","round":%d,"seq":0,"last":true,"keys":[]}`, asked["broker-b"].Round)
+	e.c.handleCatchupBatch(CatchupKeysTopic("broker-a"), []byte(late))
+	answer := mustJSON(t, CatchupBatch{From: "broker-c", Round: asked["broker-c"].Round, Last: true, Keys: []CatchupKey{
+		{Domain: "ffmuc_welt", Key: key1, FirstSeen: e.now.Unix(), LastSeen: e.now.Unix()},
+	}})
+	e.c.handleCatchupBatch(CatchupKeysTopic("broker-a"), answer)
+	<-done
+	var got []string
+	testenv.Eventually(t, 5*time.Second, func() bool { got = append(got, e.pub.take()...); return len(got) > 0 }, "no replay after the catch-up")
+	e.b.WaitReplays()
+	got = append(got, e.pub.take()...)
+	want := []string{`wgkex/replay/gw04.in.ffmuc.net/keys {"domain":"ffmuc_welt","seq":0,"last":true,"keys":["` + key1 + `"]} retain=false qos=1`}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("replay after catch-up (-want +got):\n%s", diff)
 	}
 }

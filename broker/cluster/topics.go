@@ -68,9 +68,12 @@ func ParseChoice(payload []byte) (worker, domain string, err error) {
 const maxRequest = 64 << 10
 
 // CatchupRequest asks one broker for every key it has seen since Since (Unix seconds), to be sent to From.
+// Round numbers the asking broker's requests; the answer carries it back. A broker of an earlier version neither
+// sends nor returns it (0).
 type CatchupRequest struct {
 	From  string `json:"from"`
 	Since int64  `json:"since"`
+	Round uint64 `json:"round,omitempty"`
 }
 
 // ParseCatchupRequest parses a catch-up request; From must be a valid topic level.
@@ -98,10 +101,14 @@ type CatchupKey struct {
 }
 
 // CatchupBatch is one message of a catch-up answer; the one with Last set ends it. Seq counts from 0.
+// From (the answering broker) and Round (the request's) tell a late batch of an earlier request from the
+// answer awaited now; a broker of an earlier version sends neither.
 type CatchupBatch struct {
-	Seq  int          `json:"seq"`
-	Last bool         `json:"last"`
-	Keys []CatchupKey `json:"keys"`
+	From  string       `json:"from,omitempty"`
+	Round uint64       `json:"round,omitempty"`
+	Seq   int          `json:"seq"`
+	Last  bool         `json:"last"`
+	Keys  []CatchupKey `json:"keys"`
 }
 
 // ParseCatchupBatch parses a catch-up batch. Domains and keys are checked by the receiver as it checks a
