@@ -186,11 +186,12 @@ func (c *Cluster) Sync(ctx context.Context) {
 	}
 }
 
-// Announce tells the other brokers that this one sent a node to worker in domain. It goes out at QoS 0
-// before the key, which follows at QoS 1: the server handles a client's messages in order, so once it has
-// acknowledged the key it has passed the choice on too, before the node gets its answer.
+// Announce tells the other brokers that this one sent a node to worker in domain. It goes out before the key,
+// both at QoS 1: the server handles a client's messages in order, so once it has acknowledged the key it has
+// taken the choice too, before the node gets its answer; and a server whose queue for a busy broker is full
+// drops QoS 0 messages first, so a choice at QoS 0 could be lost under load and the spread drift.
 func (c *Cluster) Announce(worker, domain string) {
-	if err := c.pub.Publish(ChoiceTopic(c.opts.ID), FormatChoice(worker, domain), false, 0); err != nil {
+	if err := c.pub.Publish(ChoiceTopic(c.opts.ID), FormatChoice(worker, domain), false, 1); err != nil {
 		c.publishFailed("announce choice", "worker", worker, "domain", domain, "err", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -249,4 +250,39 @@ func TestBrokersShown(t *testing.T) {
 		" broker-a alive=true self=true since=false"
 	testenv.Eventually(t, 10*time.Second, func() bool { seen = brokersShown(t, a); return seen == alone },
 		"broker a shows: %s\nwant: %s", got, alone)
+}
+
+// TestChoiceBurst: under a burst of v2 registrations at one broker, the other counts every choice.
+func TestChoiceBurst(t *testing.T) {
+	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: testenv.DeployedACL(t)}).Addr
+	gateway(t, addr, "gw1")
+	gateway(t, addr, "gw2")
+	dir := t.TempDir()
+	aCfg := clusterConfig(t, filepath.Join(dir, "a.db"), addr, "broker-a")
+	aCfg.BrokerListen.RateLimit = 0 // the burst comes from one address
+	a := startDaemon(t, aCfg)
+	b := startDaemon(t, clusterConfig(t, filepath.Join(dir, "b.db"), addr, "broker-b"))
+	testenv.Eventually(t, 10*time.Second, brokersAlive(a, 2), "broker a: workers or peers not seen")
+	testenv.Eventually(t, 10*time.Second, brokersAlive(b, 2), "broker b: workers or peers not seen")
+	const n = 400
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for range n / 16 {
+				if code, resp := post(t, a, "v2", `{"domain":"ffmuc_welt","public_key":"`+randomKey(t)+`"}`); code != 200 {
+					t.Errorf("v2: %d %s", code, resp)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	counted := func() int {
+		sum := 0
+		for _, w := range b.Broker.Workers() {
+			sum += w.Peers["ffmuc_welt"]
+		}
+		return sum
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return counted() == n }, "broker b counted %d of %d choices",
+		testenv.Lazy(func() string { return fmt.Sprint(counted()) }), n)
 }
