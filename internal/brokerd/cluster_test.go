@@ -19,8 +19,9 @@ import (
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
+// clusterUsers are the Mosquitto accounts: every broker logs in as wgkex-broker (deploy/mosquitto/acl).
 var clusterUsers = map[string]string{
-	"broker-a": "pa", "broker-b": "pb", "gw1": "p1", "gw2": "p2", "observer": "po",
+	"wgkex-broker": "pb", "gw1": "p1", "gw2": "p2", "observer": "po",
 }
 
 func clusterConfig(t testing.TB, state, mqttAddr, id string) *config.Config {
@@ -35,8 +36,8 @@ broker_listen: {host: 127.0.0.1, port: 0}
 broker:
   state_file: %s
   reconnect_grace: 1h
-  mqtt_server: {url: "mqtt://%s", username: %s, password: %s, client_id: %s, keepalive: 2}
-`, state, mqttAddr, id, clusterUsers[id], id)), nil)
+  mqtt_server: {url: "mqtt://%s", username: wgkex-broker, password: %s, client_id: %s, keepalive: 2}
+`, state, mqttAddr, clusterUsers["wgkex-broker"], id)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +245,7 @@ func TestBrokersShown(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, func() bool { seen = brokersShown(t, a); return seen == one },
 		"broker a shows: %s\nwant: %s", got, one)
 	// The operator deletes b's retained status, as README.md says for a broker taken out of service: a forgets it.
-	op := testenv.Connect(t, addr, "operator", testenv.ClientOptions{Username: "broker-b", Password: clusterUsers["broker-b"]})
+	op := testenv.Connect(t, addr, "operator", testenv.ClientOptions{Username: "wgkex-broker", Password: clusterUsers["wgkex-broker"]})
 	op.Publish(t, cluster.BrokerStatusTopic("broker-b"), "", 1, true)
 	alone := "brokers 1 true; broker-a up 1 true; broker-b up 0 false; status broker-a:" +
 		" broker-a alive=true self=true since=false"
@@ -285,4 +286,38 @@ func TestChoiceBurst(t *testing.T) {
 	}
 	testenv.Eventually(t, 10*time.Second, func() bool { return counted() == n }, "broker b counted %d of %d choices",
 		testenv.Lazy(func() string { return fmt.Sprint(counted()) }), n)
+}
+
+// TestThreeBrokersOnDeployedACL: the shipped ACL lets any number of brokers in: three brokers, each with a
+// client id of its own, see each other alive and record each other's keys.
+func TestThreeBrokersOnDeployedACL(t *testing.T) {
+	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: testenv.DeployedACL(t)}).Addr
+	gateway(t, addr, "gw1")
+	gateway(t, addr, "gw2")
+	dir := t.TempDir()
+	var ds []*Daemon
+	for _, id := range []string{"broker-a", "broker-b", "broker-c"} {
+		ds = append(ds, startDaemon(t, clusterConfig(t, filepath.Join(dir, id+".db"), addr, id)))
+	}
+	for i, d := range ds {
+		testenv.Eventually(t, 10*time.Second, brokersAlive(d, 3), "broker %d: workers or peers not seen", i)
+	}
+	var keys []string
+	for i, d := range ds {
+		k := randomKey(t)
+		keys = append(keys, k)
+		if code, resp := post(t, d, "v2", `{"domain":"ffmuc_welt","public_key":"`+k+`"}`); code != 200 {
+			t.Fatalf("v2 at broker %d: %d %s", i, code, resp)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		for _, k := range keys {
+			for _, d := range ds {
+				if _, err := d.Store.Key("ffmuc_welt", k); err != nil {
+					return false
+				}
+			}
+		}
+		return true
+	}, "keys not recorded by all three brokers")
 }
