@@ -94,6 +94,7 @@ func newEnv(t *testing.T, path string, mod func(*broker.Options)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { e.b.StopReplays(context.Background()) })
 	return e
 }
 

@@ -78,6 +78,8 @@ type Daemon struct {
 
 	reloadMu sync.Mutex
 	cfg      *config.Config // the configuration in effect (Reload)
+
+	running sync.WaitGroup // every goroutine Start launched; Shutdown waits for them
 }
 
 // Start opens the state file, starts the MQTT server and the REST API, and returns once both accept connections.
@@ -205,17 +207,17 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.admin = &http.Server{Handler: admin.Handler(st, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
-	go func() {
+	d.running.Go(func() {
 		if err := d.admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
 			log.Error("administration socket", "err", err)
 		}
-	}()
-	go keys.Run(ctx)
-	go func() { d.sample(ctx, cfg.Broker.Dashboard.SampleInterval.D()); close(d.sampled) }()
-	go func() { d.served <- d.http.Serve(web.Listener(ln)) }()
-	go func() { b.Run(ctx); close(d.ran) }()
+	})
+	d.running.Go(func() { keys.Run(ctx) })
+	d.running.Go(func() { d.sample(ctx, cfg.Broker.Dashboard.SampleInterval.D()); close(d.sampled) })
+	d.running.Go(func() { d.served <- d.http.Serve(web.Listener(ln)) })
+	d.running.Go(func() { b.Run(ctx); close(d.ran) })
 	if clusterOn {
-		go peers.Run(ctx)
+		d.running.Go(func() { peers.Run(ctx) })
 	}
 	log.Info("broker started", "http", ln.Addr().String(), "https", d.HTTPSAddr(), "mqtt", mq.Addrs(), "state", cfg.Broker.StateFile,
 		"admin", cfg.Broker.AdminSocketPath())
@@ -239,8 +241,8 @@ func (d *Daemon) listenTLS(ctx context.Context, l config.Listen, ws *web.Server)
 		return fmt.Errorf("listen for https: %w", err)
 	}
 	d.https, d.httpsLn, d.httpsCert = ws.HTTPServer(ln.Addr().String()), ln, cert
-	go cert.Run(ctx)
-	go func() { d.served <- d.https.Serve(web.TLSListener(ln, cert)) }()
+	d.running.Go(func() { cert.Run(ctx) })
+	d.running.Go(func() { d.served <- d.https.Serve(web.TLSListener(ln, cert)) })
 	return nil
 }
 
@@ -341,6 +343,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	if err := d.bus.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("mqtt shutdown: %w", err))
 	}
+	if err := d.wait(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	if replays != nil {
 		errs = append(errs, fmt.Errorf("state file left open: %w", replays))
 		d.log.Error("broker stopped with replays running", "err", replays)
@@ -352,6 +357,19 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	}
 	d.log.Info("broker stopped")
 	return errors.Join(errs...)
+}
+
+// wait waits for the goroutines Start launched, which end once their servers are shut down and the context
+// Start made is cancelled, or returns an error when ctx ends first.
+func (d *Daemon) wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { d.running.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("goroutines of the broker still running: %w", ctx.Err())
+	}
 }
 
 // Reloads tell Run when and how to re-read the configuration.
