@@ -116,8 +116,8 @@ type Options struct {
 	Now func() time.Time
 	// Keys refuses listed keys before they are stored or published; nil accepts every valid key.
 	Keys KeyFilter
-	// ID names this broker among several on one MQTT server (cluster.go); empty: it is alone.
-	ID string
+	// Peers are the other brokers on the MQTT server (broker/cluster); nil: the broker is alone.
+	Peers Peers
 	// Metrics registers the broker's Prometheus collectors; nil means none.
 	Metrics prometheus.Registerer
 }
@@ -140,9 +140,8 @@ type Broker struct {
 	dirty     bool
 	link      link // the connection to the MQTT server, the reconnect grace and the offline delay (outage.go)
 
-	replay  replayer
-	cluster cluster
-	meters  *meters
+	replay replayer
+	meters *meters
 }
 
 // New creates a Broker and loads the worker state from st.
@@ -158,6 +157,9 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, erro
 	}
 	if opts.OfflineDelay <= 0 {
 		opts.OfflineDelay = defaultOfflineDelay
+	}
+	if opts.Peers == nil {
+		opts.Peers = alone{}
 	}
 	b := &Broker{
 		st: st, pub: pub, log: log, opts: opts,
@@ -197,7 +199,6 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, erro
 		b.link.graceEnd = opts.Clock().Add(opts.ReconnectGrace)
 	}
 	b.replay.init(b)
-	b.cluster.init(b)
 	log.Info("worker state loaded", "workers", len(stored), "online", len(b.link.awaiting))
 	return b, nil
 }
@@ -324,9 +325,11 @@ func (b *Broker) ExchangeV2(r Request) (_ wire.WorkerData, err error) {
 	if err := b.validate(r); err != nil {
 		return wire.WorkerData{}, err
 	}
-	b.syncPeers()
+	b.opts.Peers.Sync(context.Background())
 	name, data, chooseErr := b.choose(r.Domain, r.Location)
-	b.announceChoice(name, r.Domain)
+	if name != "" {
+		b.opts.Peers.Announce(name, r.Domain)
+	}
 	if err := b.register(r, name); err != nil {
 		return wire.WorkerData{}, err
 	}
@@ -343,7 +346,7 @@ func (b *Broker) register(r Request, gateway string) error {
 		return fmt.Errorf("%w: record key: %w", ErrStore, err)
 	}
 	// The key is durable: if this publish fails, the replay delivers it.
-	if err := b.pub.Publish(wire.KeyTopic(r.Domain), []byte(r.PublicKey), false, b.keyQoS()); err != nil {
+	if err := b.pub.Publish(wire.KeyTopic(r.Domain), []byte(r.PublicKey), false, b.opts.Peers.KeyQoS()); err != nil {
 		b.publishFailed("publish key", "domain", r.Domain, "err", err)
 	}
 	return nil

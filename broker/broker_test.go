@@ -44,13 +44,6 @@ func (r *recorder) note(m string) {
 	r.msg = append(r.msg, m)
 }
 
-// msgs returns what was published so far and keeps it.
-func (r *recorder) msgs() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]string(nil), r.msg...)
-}
-
 func (r *recorder) take() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -101,6 +94,7 @@ func newEnv(t *testing.T, path string, mod func(*broker.Options)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { e.b.StopReplays(context.Background()) })
 	return e
 }
 
@@ -421,5 +415,12 @@ func TestReplay(t *testing.T) {
 	}
 	if c := batches["ffwert_city"]; len(c) != 1 || !c[0].Last || len(c[0].Keys) != 0 {
 		t.Errorf("empty domain batches %+v", c)
+	}
+}
+
+// TestAlone: a broker alone on its embedded server lists no broker on the status page.
+func TestAlone(t *testing.T) {
+	if got := newEnv(t, "", nil).b.Status().Brokers; got == nil || len(got) != 0 {
+		t.Errorf("brokers of a broker alone: %#v, want []", got)
 	}
 }

@@ -134,17 +134,13 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descWorkersOnline, prometheus.GaugeValue, float64(online))
-	alive := 1 // alone, with the embedded server
-	if bs := c.b.ClusterBrokers(); bs != nil {
-		alive = 0
-		for _, s := range bs {
-			up := 0.0
-			if s.Alive {
-				alive++
-				up = 1
-			}
-			ch <- prometheus.MustNewConstMetric(descClusterBrokerUp, prometheus.GaugeValue, up, s.ID)
+	brokers, alive := c.b.opts.Peers.Brokers()
+	for _, s := range brokers {
+		up := 0.0
+		if s.Alive {
+			up = 1
 		}
+		ch <- prometheus.MustNewConstMetric(descClusterBrokerUp, prometheus.GaugeValue, up, s.ID)
 	}
 	ch <- prometheus.MustNewConstMetric(descClusterBrokers, prometheus.GaugeValue, float64(alive))
 	m := c.b.MQTT()

@@ -37,6 +37,7 @@ type replayer struct {
 	stopped bool
 	exited  chan struct{} // closed when every replay goroutine has returned
 	alive   int
+	started bool // the pool runs (start)
 }
 
 func (r *replayer) init(b *Broker) {
@@ -45,6 +46,14 @@ func (r *replayer) init(b *Broker) {
 	r.cond = sync.NewCond(&r.mu)
 	r.queued = map[replayJob]bool{}
 	r.exited = make(chan struct{})
+}
+
+// start starts the pool with the first request: New starts no goroutine. StopReplays waits for them. r.mu is held.
+func (r *replayer) start() {
+	if r.started {
+		return
+	}
+	r.started = true
 	r.alive = replayWorkers
 	for range replayWorkers {
 		go r.work()
@@ -85,6 +94,7 @@ func (r *replayer) enqueue(j replayJob) {
 		r.b.log.Warn("replay queue full, request dropped", "worker", j.worker, "domain", j.domain)
 		return
 	}
+	r.start()
 	r.queued[j] = true
 	r.queue = append(r.queue, j)
 	r.cond.Signal()
@@ -141,6 +151,10 @@ func (b *Broker) WaitReplays() {
 func (b *Broker) StopReplays(ctx context.Context) error {
 	r := &b.replay
 	r.mu.Lock()
+	if !r.started {
+		r.started = true // no pool: nothing to wait for
+		close(r.exited)
+	}
 	r.stopped = true
 	r.queue, r.queued = nil, map[replayJob]bool{}
 	r.cond.Broadcast()

@@ -14,7 +14,7 @@ type Status struct {
 	Gateways []GatewayStatus `json:"gateways"`
 	// Activity is the registration activity of the last hour.
 	Activity Activity `json:"activity"`
-	// Brokers lists the brokers on the MQTT server (ClusterBrokers); empty with the embedded server.
+	// Brokers lists the brokers on the MQTT server (Peers.Brokers); empty with the embedded server.
 	Brokers []BrokerState `json:"brokers"`
 	// MQTT is the broker's connection to its MQTT server and the workers awaited after a start or an outage.
 	MQTT MQTTState `json:"mqtt"`
@@ -90,10 +90,8 @@ func (b *Broker) Status() Status {
 	if total < 1 {
 		total = 1
 	}
-	st := Status{Activity: act, Brokers: b.ClusterBrokers(), MQTT: b.MQTT()}
-	if st.Brokers == nil {
-		st.Brokers = []BrokerState{}
-	}
+	st := Status{Activity: act, MQTT: b.MQTT()}
+	st.Brokers, _ = b.opts.Peers.Brokers()
 	onlinePeers := 0
 	for _, w := range byName {
 		if w.Online {

@@ -39,6 +39,8 @@ const historyCacheTTL = 5 * time.Second
 // Dashboard is what the status page shows beyond the broker's own state, and who may see it. brokerd fills it in;
 // SetDashboard may replace it while the server runs (configuration reload).
 type Dashboard struct {
+	// ID names the broker among several on one MQTT server; empty when it is alone.
+	ID string
 	// Version is the broker's version.
 	Version string
 	// Started is when the broker started.
@@ -201,7 +203,7 @@ func (s *Server) status(c echo.Context) error {
 	d := s.dashboardOptions()
 	now := time.Now()
 	body := StatusBody{
-		Broker: BrokerInfo{ID: s.b.ID(), Version: d.Version, Now: now.UTC(), Started: d.Started.UTC()},
+		Broker: BrokerInfo{ID: d.ID, Version: d.Version, Now: now.UTC(), Started: d.Started.UTC()},
 		Status: s.b.Status(),
 	}
 	if !d.Started.IsZero() {

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
+	"github.com/freifunkMUC/wgkex-go/broker/cluster"
 	"github.com/freifunkMUC/wgkex-go/broker/keylist"
 	"github.com/freifunkMUC/wgkex-go/internal/admin"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
@@ -51,7 +52,9 @@ type Daemon struct {
 	MQTT *mqttd.Server
 	// Client is the connection to broker.mqtt_server; nil with the embedded server.
 	Client *mqttc.Client
-	bus    bus
+	// Cluster is this broker's part among the others on broker.mqtt_server; nil with the embedded server.
+	Cluster *cluster.Cluster
+	bus     bus
 	// Metrics is the registry GET /metrics serves.
 	Metrics *prometheus.Registry
 
@@ -75,6 +78,8 @@ type Daemon struct {
 
 	reloadMu sync.Mutex
 	cfg      *config.Config // the configuration in effect (Reload)
+
+	running sync.WaitGroup // every goroutine Start launched; Shutdown waits for them
 }
 
 // Start opens the state file, starts the MQTT server and the REST API, and returns once both accept connections.
@@ -95,16 +100,16 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 	}
 	st.StartRetention(store.Retention{Keep: cfg.Broker.KeyRetention.D()})
 	var (
-		b         *broker.Broker // the MQTT client's callbacks need it; they run only after Serve
 		mq        bus
 		embedded  *mqttd.Server
 		client    *mqttc.Client
+		peers     *cluster.Cluster
 		id        string
-		catchUp   = make(chan time.Time, 1)
+		up        link // the MQTT client's callbacks need the broker; they run only after Serve
 		clusterOn = cfg.Broker.MQTTServer.URL != ""
 	)
 	if clusterOn {
-		client, id, err = dialServer(cfg.Broker.MQTTServer, log.With("component", "mqtt"), catchUp, &b)
+		client, id, err = dialServer(cfg.Broker.MQTTServer, log.With("component", "mqtt"), &up)
 		mq = client
 	} else {
 		opts := mqttOptions(cfg, st)
@@ -129,16 +134,21 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 			keys.Close()
 		}
 	}()
-	b, err = broker.New(st, mq, log.With("component", "broker"), broker.Options{
+	bopts := broker.Options{
 		Domains:        cfg.Domains,
 		Gateways:       Gateways(cfg.Workers),
 		ReplayWindow:   cfg.Broker.ReplayWindow.D(),
 		ReconnectGrace: cfg.Broker.ReconnectGrace.D(),
 		External:       clusterOn,
 		Keys:           keys,
-		ID:             id,
 		Metrics:        reg,
-	})
+	}
+	if clusterOn {
+		peers = cluster.New(st, client, log.With("component", "cluster"), cluster.Options{
+			ID: id, Domains: cfg.Domains, ReplayWindow: cfg.Broker.ReplayWindow.D()})
+		bopts.Peers = peers
+	}
+	b, err := broker.New(st, mq, log.With("component", "broker"), bopts)
 	if err != nil {
 		mq.Close()
 		return nil, err
@@ -150,10 +160,11 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		wire.ReplayRequestFilter: b.HandleReplayRequest,
 	}
 	if clusterOn {
-		for filter, h := range clusterHandlers(b, id) {
+		up.b, up.c = b, peers
+		delete(handlers, wire.ReplayRequestFilter) // shared among the brokers instead
+		for filter, h := range peers.Handlers(b) {
 			handlers[filter] = h
 		}
-		delete(handlers, wire.ReplayRequestFilter)
 	}
 	for filter, h := range handlers {
 		if err := mq.Handle(filter, h); err != nil {
@@ -176,7 +187,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		RateBurst:        cfg.BrokerListen.RateBurst,
 		RateLimitClients: cfg.BrokerListen.RateLimitClients,
 	})
-	d := &Daemon{Broker: b, Store: st, MQTT: embedded, Client: client, bus: mq, http: ws.HTTPServer(ln.Addr().String()), httpLn: ln, log: log,
+	d := &Daemon{Broker: b, Store: st, MQTT: embedded, Client: client, Cluster: peers, bus: mq, http: ws.HTTPServer(ln.Addr().String()), httpLn: ln, log: log,
 		served: make(chan error, 2), ran: make(chan struct{}),
 		Metrics: reg, web: ws, started: started, sampled: make(chan struct{}), cfg: cfg}
 	ws.SetDashboard(d.dashboard(cfg))
@@ -196,17 +207,17 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.admin = &http.Server{Handler: admin.Handler(st, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
-	go func() {
+	d.running.Go(func() {
 		if err := d.admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
 			log.Error("administration socket", "err", err)
 		}
-	}()
-	go keys.Run(ctx)
-	go func() { d.sample(ctx, cfg.Broker.Dashboard.SampleInterval.D()); close(d.sampled) }()
-	go func() { d.served <- d.http.Serve(web.Listener(ln)) }()
-	go func() { b.Run(ctx); close(d.ran) }()
+	})
+	d.running.Go(func() { keys.Run(ctx) })
+	d.running.Go(func() { d.sample(ctx, cfg.Broker.Dashboard.SampleInterval.D()); close(d.sampled) })
+	d.running.Go(func() { d.served <- d.http.Serve(web.Listener(ln)) })
+	d.running.Go(func() { b.Run(ctx); close(d.ran) })
 	if clusterOn {
-		go catchUpLoop(ctx, b, catchUp)
+		d.running.Go(func() { peers.Run(ctx) })
 	}
 	log.Info("broker started", "http", ln.Addr().String(), "https", d.HTTPSAddr(), "mqtt", mq.Addrs(), "state", cfg.Broker.StateFile,
 		"admin", cfg.Broker.AdminSocketPath())
@@ -230,8 +241,8 @@ func (d *Daemon) listenTLS(ctx context.Context, l config.Listen, ws *web.Server)
 		return fmt.Errorf("listen for https: %w", err)
 	}
 	d.https, d.httpsLn, d.httpsCert = ws.HTTPServer(ln.Addr().String()), ln, cert
-	go cert.Run(ctx)
-	go func() { d.served <- d.https.Serve(web.TLSListener(ln, cert)) }()
+	d.running.Go(func() { cert.Run(ctx) })
+	d.running.Go(func() { d.served <- d.https.Serve(web.TLSListener(ln, cert)) })
 	return nil
 }
 
@@ -320,8 +331,10 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("https shutdown: %w", err))
 		}
 	}
-	if err := d.Broker.StopCluster(ctx); err != nil {
-		errs = append(errs, err)
+	if d.Cluster != nil {
+		if err := d.Cluster.Stop(ctx); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	replays := d.Broker.StopReplays(ctx)
 	d.cancel()
@@ -329,6 +342,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	<-d.sampled
 	if err := d.bus.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("mqtt shutdown: %w", err))
+	}
+	if err := d.wait(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	if replays != nil {
 		errs = append(errs, fmt.Errorf("state file left open: %w", replays))
@@ -341,6 +357,19 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	}
 	d.log.Info("broker stopped")
 	return errors.Join(errs...)
+}
+
+// wait waits for the goroutines Start launched, which end once their servers are shut down and the context
+// Start made is cancelled, or returns an error when ctx ends first.
+func (d *Daemon) wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { d.running.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("goroutines of the broker still running: %w", ctx.Err())
+	}
 }
 
 // Reloads tell Run when and how to re-read the configuration.

@@ -48,7 +48,7 @@ func BenchmarkCatchup100k(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer a.Shutdown(context.Background())
-	testenv.Eventually(b, 10*time.Second, func() bool { return len(a.Broker.Brokers()) == 1 && a.Client.Connected() }, "a not connected")
+	testenv.Eventually(b, 10*time.Second, func() bool { return len(a.Cluster.Alive()) == 1 && a.Client.Connected() }, "a not connected")
 	b.ResetTimer()
 	for i := range b.N {
 		bCfg := clusterConfig(b, filepath.Join(dir, fmt.Sprintf("b%d.db", i)), addr, "broker-b")
@@ -58,13 +58,13 @@ func BenchmarkCatchup100k(b *testing.B) {
 			b.Fatal(err)
 		}
 		select {
-		case <-d.Broker.CaughtUp():
+		case <-d.Cluster.CaughtUp():
 		case <-time.After(60 * time.Second):
 			b.Fatal("no catch-up")
 		}
 		took := time.Since(start)
 		b.StopTimer()
-		if got := d.Broker.RecordedFromPeers(); got != n {
+		if got := d.Cluster.Recorded(); got != n {
 			b.Fatalf("recorded %d keys, want %d", got, n)
 		}
 		b.ReportMetric(float64(n)/took.Seconds(), "keys/s")

@@ -8,17 +8,20 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/freifunkMUC/wgkex-go/broker/cluster"
 	"github.com/freifunkMUC/wgkex-go/broker/selection"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
+// clusterUsers are the Mosquitto accounts: every broker logs in as wgkex-broker (deploy/mosquitto/acl).
 var clusterUsers = map[string]string{
-	"broker-a": "pa", "broker-b": "pb", "gw1": "p1", "gw2": "p2", "observer": "po",
+	"wgkex-broker": "pb", "gw1": "p1", "gw2": "p2", "observer": "po",
 }
 
 func clusterConfig(t testing.TB, state, mqttAddr, id string) *config.Config {
@@ -33,8 +36,8 @@ broker_listen: {host: 127.0.0.1, port: 0}
 broker:
   state_file: %s
   reconnect_grace: 1h
-  mqtt_server: {url: "mqtt://%s", username: %s, password: %s, client_id: %s, keepalive: 2}
-`, state, mqttAddr, id, clusterUsers[id], id)), nil)
+  mqtt_server: {url: "mqtt://%s", username: wgkex-broker, password: %s, client_id: %s, keepalive: 2}
+`, state, mqttAddr, clusterUsers["wgkex-broker"], id)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,12 +66,12 @@ func gateway(t *testing.T, addr, name string) *testenv.Client {
 func brokersAlive(d *Daemon, n int) func() bool {
 	return func() bool {
 		select {
-		case <-d.Broker.CaughtUp():
+		case <-d.Cluster.CaughtUp():
 		default:
 			return false
 		}
 		ws := d.Broker.Workers()
-		return len(d.Broker.Brokers()) == n && len(ws) == 2 && ws[0].Online && ws[1].Online
+		return len(d.Cluster.Alive()) == n && len(ws) == 2 && ws[0].Online && ws[1].Online
 	}
 }
 
@@ -164,7 +167,7 @@ func TestTwoBrokersOnMosquitto(t *testing.T) {
 	if err := b.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, 10*time.Second, func() bool { return len(a.Broker.Brokers()) == 1 }, "a still sees b")
+	testenv.Eventually(t, 10*time.Second, func() bool { return len(a.Cluster.Alive()) == 1 }, "a still sees b")
 	var missed []string
 	for range 200 {
 		k := randomKey(t)
@@ -175,7 +178,7 @@ func TestTwoBrokersOnMosquitto(t *testing.T) {
 	}
 	b = startDaemon(t, bCfg)
 	select {
-	case <-b.Broker.CaughtUp():
+	case <-b.Cluster.CaughtUp():
 	case <-time.After(20 * time.Second):
 		t.Fatal("b did not catch up")
 	}
@@ -242,10 +245,79 @@ func TestBrokersShown(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, func() bool { seen = brokersShown(t, a); return seen == one },
 		"broker a shows: %s\nwant: %s", got, one)
 	// The operator deletes b's retained status, as README.md says for a broker taken out of service: a forgets it.
-	op := testenv.Connect(t, addr, "operator", testenv.ClientOptions{Username: "broker-b", Password: clusterUsers["broker-b"]})
-	op.Publish(t, wire.BrokerStatusTopic("broker-b"), "", 1, true)
+	op := testenv.Connect(t, addr, "operator", testenv.ClientOptions{Username: "wgkex-broker", Password: clusterUsers["wgkex-broker"]})
+	op.Publish(t, cluster.BrokerStatusTopic("broker-b"), "", 1, true)
 	alone := "brokers 1 true; broker-a up 1 true; broker-b up 0 false; status broker-a:" +
 		" broker-a alive=true self=true since=false"
 	testenv.Eventually(t, 10*time.Second, func() bool { seen = brokersShown(t, a); return seen == alone },
 		"broker a shows: %s\nwant: %s", got, alone)
+}
+
+// TestChoiceBurst: under a burst of v2 registrations at one broker, the other counts every choice.
+func TestChoiceBurst(t *testing.T) {
+	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: testenv.DeployedACL(t)}).Addr
+	gateway(t, addr, "gw1")
+	gateway(t, addr, "gw2")
+	dir := t.TempDir()
+	aCfg := clusterConfig(t, filepath.Join(dir, "a.db"), addr, "broker-a")
+	aCfg.BrokerListen.RateLimit = 0 // the burst comes from one address
+	a := startDaemon(t, aCfg)
+	b := startDaemon(t, clusterConfig(t, filepath.Join(dir, "b.db"), addr, "broker-b"))
+	testenv.Eventually(t, 10*time.Second, brokersAlive(a, 2), "broker a: workers or peers not seen")
+	testenv.Eventually(t, 10*time.Second, brokersAlive(b, 2), "broker b: workers or peers not seen")
+	const n = 400
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for range n / 16 {
+				if code, resp := post(t, a, "v2", `{"domain":"ffmuc_welt","public_key":"`+randomKey(t)+`"}`); code != 200 {
+					t.Errorf("v2: %d %s", code, resp)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	counted := func() int {
+		sum := 0
+		for _, w := range b.Broker.Workers() {
+			sum += w.Peers["ffmuc_welt"]
+		}
+		return sum
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return counted() == n }, "broker b counted %d of %d choices",
+		testenv.Lazy(func() string { return fmt.Sprint(counted()) }), n)
+}
+
+// TestThreeBrokersOnDeployedACL: the shipped ACL lets any number of brokers in: three brokers, each with a
+// client id of its own, see each other alive and record each other's keys.
+func TestThreeBrokersOnDeployedACL(t *testing.T) {
+	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Users: clusterUsers, ACL: testenv.DeployedACL(t)}).Addr
+	gateway(t, addr, "gw1")
+	gateway(t, addr, "gw2")
+	dir := t.TempDir()
+	var ds []*Daemon
+	for _, id := range []string{"broker-a", "broker-b", "broker-c"} {
+		ds = append(ds, startDaemon(t, clusterConfig(t, filepath.Join(dir, id+".db"), addr, id)))
+	}
+	for i, d := range ds {
+		testenv.Eventually(t, 10*time.Second, brokersAlive(d, 3), "broker %d: workers or peers not seen", i)
+	}
+	var keys []string
+	for i, d := range ds {
+		k := randomKey(t)
+		keys = append(keys, k)
+		if code, resp := post(t, d, "v2", `{"domain":"ffmuc_welt","public_key":"`+k+`"}`); code != 200 {
+			t.Fatalf("v2 at broker %d: %d %s", i, code, resp)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		for _, k := range keys {
+			for _, d := range ds {
+				if _, err := d.Store.Key("ffmuc_welt", k); err != nil {
+					return false
+				}
+			}
+		}
+		return true
+	}, "keys not recorded by all three brokers")
 }

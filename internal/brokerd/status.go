@@ -43,12 +43,17 @@ func version() string {
 
 // dashboard is what the status page needs from the daemon, with the page's credentials from cfg.
 func (d *Daemon) dashboard(cfg *config.Config) web.Dashboard {
+	id := "" // alone on the embedded server
+	if d.Cluster != nil {
+		id = d.Cluster.ID()
+	}
 	path := cfg.Broker.StateFile
 	clients := func() int { return -1 } // an external MQTT server does not tell
 	if d.MQTT != nil {
 		clients = d.MQTT.Clients
 	}
 	return web.Dashboard{
+		ID:          id,
 		Version:     version(),
 		Started:     d.started,
 		MQTTClients: clients,

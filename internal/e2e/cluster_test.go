@@ -14,18 +14,19 @@ import (
 	"testing"
 	"time"
 
+	brokercluster "github.com/freifunkMUC/wgkex-go/broker/cluster"
 	"github.com/freifunkMUC/wgkex-go/broker/selection"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
 // The cluster in network namespaces: Debian's Mosquitto at 192.0.2.1:1883 with a password file (one user per
-// gateway, one per broker) and an ACL; the wgkex-broker binaries a (REST on :5000) and b (:5001) on it, each
+// gateway, wgkex-broker for both brokers) and an ACL; the wgkex-broker binaries a (REST on :5000) and b (:5001) on it, each
 // with its own state file; gw1 (weight 2) and gw2 (weight 1) with userspace WireGuard and the wgkex-worker
 // binary; gw3 (weight 1) a reference-style worker (python paho).
 
 var clusterUsers = map[string]string{
-	"broker-a": "secret-a", "broker-b": "secret-b", "gw1": "p1", "gw2": "p2", "gw3": "p3", "gw-probe": "pp", "observer": "po",
+	"wgkex-broker": "secret-b", "gw1": "p1", "gw2": "p2", "gw3": "p3", "gw-probe": "pp", "observer": "po",
 }
 
 type clusterBroker struct {
@@ -55,7 +56,7 @@ func newCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(obs.Close)
-	obs.Subscribe(t, "wireguard-metrics/#", "wireguard-worker/+/status", wire.BrokerStatusFilter)
+	obs.Subscribe(t, "wireguard-metrics/#", "wireguard-worker/+/status", brokercluster.BrokerStatusFilter)
 	s.obs = obs
 	for _, b := range []struct{ id, port string }{{"broker-a", "5000"}, {"broker-b", "5001"}} {
 		cb := &clusterBroker{id: b.id, port: b.port, cfg: filepath.Join(s.dir, b.id+".yaml")}
@@ -70,8 +71,8 @@ broker_listen: {host: %s, port: %s}
 broker:
   state_file: %s
   reconnect_grace: 1m
-  mqtt_server: {url: "mqtt://%s", username: %s, client_id: %s, keepalive: 2}
-`, brokerIP, b.port, filepath.Join(s.dir, b.id+".db"), c.mqtt, b.id, b.id)), 0o644)
+  mqtt_server: {url: "mqtt://%s", username: wgkex-broker, client_id: %s, keepalive: 2}
+`, brokerIP, b.port, filepath.Join(s.dir, b.id+".db"), c.mqtt, b.id)), 0o644)
 		c.brokers[b.id] = cb
 		c.startBroker(b.id)
 	}
@@ -99,7 +100,7 @@ worker: {name: %s, metrics_interval: 10m}
 func (c *cluster) startBroker(id string) {
 	t, b := c.t, c.brokers[id]
 	b.cmd = exec.Command("nsenter", "--net="+c.brokerNS.Path(), binary(t, "wgkex-broker"), "--config", b.cfg)
-	b.cmd.Env = append(os.Environ(), "WGKEX_BROKER_MQTT_SERVER_PASSWORD="+clusterUsers[id])
+	b.cmd.Env = append(os.Environ(), "WGKEX_BROKER_MQTT_SERVER_PASSWORD="+clusterUsers["wgkex-broker"])
 	pr, pw := io.Pipe()
 	b.cmd.Stdout, b.cmd.Stderr = t.Output(), pw
 	b.caughtUp, b.done = make(chan struct{}), make(chan struct{})
@@ -134,7 +135,7 @@ func (c *cluster) waitBroker(id, status string) {
 	testenv.Eventually(c.t, 20*time.Second, func() bool {
 		st := ""
 		for _, m := range c.obs.Messages() {
-			if m.Topic == wire.BrokerStatusTopic(id) {
+			if m.Topic == brokercluster.BrokerStatusTopic(id) {
 				st = m.Payload
 			}
 		}

@@ -1,9 +1,11 @@
-package wire
+package cluster
 
 import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
 // The topics brokers use among themselves when several share one MQTT server. They are ours: reference workers
@@ -12,7 +14,7 @@ const (
 	clusterRoot = "wgkex/broker"
 
 	// KeyAllFilter takes every key any broker publishes, wireguard/+/all.
-	KeyAllFilter = keyRoot + "/+/all"
+	KeyAllFilter = "wireguard/+/all"
 	// SharedGroup is the shared-subscription group of the brokers: a message on a $share/wgkex/… subscription
 	// goes to exactly one of them.
 	SharedGroup = "$share/wgkex/"
@@ -36,11 +38,12 @@ func CatchupKeysTopic(id string) string { return clusterRoot + "/" + id + "/keys
 
 // ParseBrokerTopic splits wgkex/broker/{id}/{kind}.
 func ParseBrokerTopic(topic string) (id, kind string, err error) {
-	p, err := splitTopic(topic, clusterRoot, 2)
-	if err != nil {
-		return "", "", err
+	rest, ok := strings.CutPrefix(topic, clusterRoot+"/")
+	id, kind, ok2 := strings.Cut(rest, "/")
+	if !ok || !ok2 || id == "" || kind == "" || strings.Contains(kind, "/") {
+		return "", "", fmt.Errorf("%w %q: not %s/{id}/{kind}", wire.ErrTopic, topic, clusterRoot)
 	}
-	return p[0], p[1], nil
+	return id, kind, nil
 }
 
 // FormatChoice renders a choice announcement: "{worker}/{domain}".
@@ -50,34 +53,40 @@ func FormatChoice(worker, domain string) []byte { return []byte(worker + "/" + d
 func ParseChoice(payload []byte) (worker, domain string, err error) {
 	w, d, ok := strings.Cut(string(payload), "/")
 	if !ok {
-		return "", "", fmt.Errorf("%w: choice %q is not worker/domain", ErrPayload, payload)
+		return "", "", fmt.Errorf("%w: choice %q is not worker/domain", wire.ErrPayload, payload)
 	}
-	if err := ValidateTopicLevel(w); err != nil {
-		return "", "", fmt.Errorf("%w: choice worker: %v", ErrPayload, err)
+	if err := wire.ValidateTopicLevel(w); err != nil {
+		return "", "", fmt.Errorf("%w: choice worker: %v", wire.ErrPayload, err)
 	}
-	if err := ValidateTopicLevel(d); err != nil {
-		return "", "", fmt.Errorf("%w: choice domain: %v", ErrPayload, err)
+	if err := wire.ValidateTopicLevel(d); err != nil {
+		return "", "", fmt.Errorf("%w: choice domain: %v", wire.ErrPayload, err)
 	}
 	return w, d, nil
 }
 
+// maxRequest bounds a catch-up request.
+const maxRequest = 64 << 10
+
 // CatchupRequest asks one broker for every key it has seen since Since (Unix seconds), to be sent to From.
+// Round numbers the asking broker's requests; the answer carries it back. A broker of an earlier version neither
+// sends nor returns it (0).
 type CatchupRequest struct {
 	From  string `json:"from"`
 	Since int64  `json:"since"`
+	Round uint64 `json:"round,omitempty"`
 }
 
 // ParseCatchupRequest parses a catch-up request; From must be a valid topic level.
 func ParseCatchupRequest(payload []byte) (CatchupRequest, error) {
-	if len(payload) > maxReplayRequest {
-		return CatchupRequest{}, fmt.Errorf("%w: catch-up request of %d bytes", ErrPayload, len(payload))
+	if len(payload) > maxRequest {
+		return CatchupRequest{}, fmt.Errorf("%w: catch-up request of %d bytes", wire.ErrPayload, len(payload))
 	}
 	var r CatchupRequest
 	if err := json.Unmarshal(payload, &r); err != nil {
-		return CatchupRequest{}, fmt.Errorf("%w: catch-up request: %v", ErrPayload, err)
+		return CatchupRequest{}, fmt.Errorf("%w: catch-up request: %v", wire.ErrPayload, err)
 	}
-	if err := ValidateTopicLevel(r.From); err != nil {
-		return CatchupRequest{}, fmt.Errorf("%w: catch-up request from: %v", ErrPayload, err)
+	if err := wire.ValidateTopicLevel(r.From); err != nil {
+		return CatchupRequest{}, fmt.Errorf("%w: catch-up request from: %v", wire.ErrPayload, err)
 	}
 	return r, nil
 }
@@ -92,10 +101,14 @@ type CatchupKey struct {
 }
 
 // CatchupBatch is one message of a catch-up answer; the one with Last set ends it. Seq counts from 0.
+// From (the answering broker) and Round (the request's) tell a late batch of an earlier request from the
+// answer awaited now; a broker of an earlier version sends neither.
 type CatchupBatch struct {
-	Seq  int          `json:"seq"`
-	Last bool         `json:"last"`
-	Keys []CatchupKey `json:"keys"`
+	From  string       `json:"from,omitempty"`
+	Round uint64       `json:"round,omitempty"`
+	Seq   int          `json:"seq"`
+	Last  bool         `json:"last"`
+	Keys  []CatchupKey `json:"keys"`
 }
 
 // ParseCatchupBatch parses a catch-up batch. Domains and keys are checked by the receiver as it checks a
@@ -103,14 +116,14 @@ type CatchupBatch struct {
 func ParseCatchupBatch(payload []byte) (CatchupBatch, error) {
 	var b CatchupBatch
 	if err := json.Unmarshal(payload, &b); err != nil {
-		return CatchupBatch{}, fmt.Errorf("%w: catch-up batch: %v", ErrPayload, err)
+		return CatchupBatch{}, fmt.Errorf("%w: catch-up batch: %v", wire.ErrPayload, err)
 	}
 	if b.Seq < 0 {
-		return CatchupBatch{}, fmt.Errorf("%w: catch-up batch with negative seq", ErrPayload)
+		return CatchupBatch{}, fmt.Errorf("%w: catch-up batch with negative seq", wire.ErrPayload)
 	}
 	return b, nil
 }
 
 // BrokerSyncTopic is wgkex/broker/{id}/sync, on which a broker sends itself tokens to learn that it has handled
-// every message the server sent it before (see mqttc.Client.Sync).
+// every message the server sent it before (see mqttc.Client.Sync and Cluster.Sync).
 func BrokerSyncTopic(id string) string { return clusterRoot + "/" + id + "/sync" }

@@ -1,9 +1,11 @@
-package wire
+package cluster
 
 import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
 func TestParseChoice(t *testing.T) {
@@ -70,7 +72,7 @@ func FuzzParseCluster(f *testing.F) {
 				t.Fatalf("choice %q does not round-trip", p)
 			}
 		}
-		if r, err := ParseCatchupRequest(p); err == nil && ValidateTopicLevel(r.From) != nil {
+		if r, err := ParseCatchupRequest(p); err == nil && wire.ValidateTopicLevel(r.From) != nil {
 			t.Fatalf("request from %q accepted", r.From)
 		}
 		if b, err := ParseCatchupBatch(p); err == nil && b.Seq < 0 {
