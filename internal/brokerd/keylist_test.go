@@ -1,6 +1,7 @@
 package brokerd
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -40,7 +41,7 @@ broker:
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Shutdown(t.Context()) })
+	t.Cleanup(func() { d.Shutdown(context.Background()) }) // t.Context() is done before cleanups run
 	sub := testenv.Connect(t, d.MQTTAddr(), "subscriber", testenv.ClientOptions{})
 	sub.Subscribe(t, "wireguard/#")
 	reg := func(domain, key string) (int, string) {
