@@ -107,7 +107,10 @@ func (s *Server) HTTPServer(addr string) *http.Server {
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		ConnContext:       withConn,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		// "OPTIONS *" goes to the router too, where refuseAmbiguousLength sees it; net/http's own answer (200,
+		// connection kept) would serve what is pipelined behind an ambiguous one.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 }
 
@@ -120,10 +123,12 @@ var errAmbiguousLength = errors.New("both Content-Length and Transfer-Encoding")
 // refuseAmbiguousLength refuses a request that came with both Content-Length and Transfer-Encoding (net/http
 // reads its body by Transfer-Encoding and drops Content-Length, so the connection's framing tells): a proxy in
 // front that reads the other length would take part of the body for a request of its own, which this server
-// would answer. The answer closes the connection, so nothing pipelined behind the request is served.
+// would answer. The answer closes the connection, so nothing pipelined behind the request is served. net/http
+// drops an HTTP/1.0 request's Transfer-Encoding without a trace and reads it by Content-Length, so such a request
+// is refused when any section read on its connection had both.
 func (s *Server) refuseAmbiguousLength(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		if r := c.Request(); len(r.TransferEncoding) > 0 && ambiguousLength(r) {
+		if r := c.Request(); (len(r.TransferEncoding) > 0 || !r.ProtoAtLeast(1, 1)) && ambiguousLength(r) {
 			return errAmbiguousLength
 		}
 		return next(c)

@@ -58,16 +58,20 @@ type RunOptions struct {
 func ServerURL(m MQTT) (*url.URL, error) {
 	host, port := m.BrokerURL, strconv.Itoa(m.BrokerPort)
 	if strings.Contains(host, "://") {
+		// An error never repeats a password written into the url (url.Error quotes the whole url).
 		u, err := url.Parse(host)
 		if err != nil {
-			return nil, fmt.Errorf("mqtt.broker_url %q: %w", m.BrokerURL, err)
+			return nil, fmt.Errorf("mqtt.broker_url: %w", errors.Unwrap(err))
+		}
+		if u.User != nil {
+			return nil, fmt.Errorf("mqtt.broker_url %q: credentials go in mqtt.username and mqtt.password, not in the url", u.Redacted())
 		}
 		switch u.Scheme {
 		case "mqtt", "tcp":
 		case "tls", "ssl", "mqtts":
 			m.TLS = true
 		default:
-			return nil, fmt.Errorf("mqtt.broker_url %q: scheme %q is not mqtt or tls", m.BrokerURL, u.Scheme)
+			return nil, fmt.Errorf("mqtt.broker_url %q: scheme %q is not mqtt or tls", u.Redacted(), u.Scheme)
 		}
 		host = u.Hostname()
 		if u.Port() != "" {

@@ -433,9 +433,16 @@ func TestServerURL(t *testing.T) {
 		{MQTT{BrokerURL: "::1", BrokerPort: 1883}, "mqtt://[::1]:1883", true},
 		{MQTT{BrokerURL: "ws://broker", BrokerPort: 1883}, "", false},
 		{MQTT{BrokerURL: "", BrokerPort: 1883}, "", false},
+		// A password in the url would be dropped without a word; no error repeats it.
+		{MQTT{BrokerURL: "mqtt://gw1:s3cret@broker", BrokerPort: 1883}, "", false},
+		{MQTT{BrokerURL: "ws://gw1:s3cret@broker", BrokerPort: 1883}, "", false},
+		{MQTT{BrokerURL: "mqtt://gw1:s3cret%zz@broker", BrokerPort: 1883}, "", false},
 	}
 	for _, tt := range tests {
 		u, err := ServerURL(tt.m)
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("ServerURL(%+v): %v, repeats the password", tt.m, err)
+		}
 		if (err == nil) != tt.ok || (err == nil && u.String() != tt.want) {
 			t.Errorf("ServerURL(%+v) = %v, %v; want %s", tt.m, u, err, tt.want)
 		}

@@ -546,10 +546,13 @@ func (m MQTTServer) problems() []string {
 		return nil
 	}
 	var p []string
+	// A problem never repeats a password written into the url (url.Error quotes the whole url).
 	u, err := url.Parse(m.URL)
 	switch {
 	case err != nil:
-		p = append(p, fmt.Sprintf("broker.mqtt_server.url: %v", err))
+		p = append(p, fmt.Sprintf("broker.mqtt_server.url: %v", errors.Unwrap(err)))
+	case u.User != nil:
+		p = append(p, fmt.Sprintf("broker.mqtt_server.url %q: credentials go in username and password, not in the url", u.Redacted()))
 	case u.Scheme != "mqtt" && u.Scheme != "tcp" && u.Scheme != "tls" && u.Scheme != "mqtts" && u.Scheme != "ssl":
 		p = append(p, fmt.Sprintf("broker.mqtt_server.url %q: scheme is not mqtt or tls", m.URL))
 	case u.Hostname() == "":

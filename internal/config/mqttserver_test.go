@@ -46,3 +46,14 @@ func TestMQTTServerRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestMQTTServerURLCredentials: a password in broker.mqtt_server.url, which the broker would not use (it logs in
+// with username and password), is refused, and no problem repeats it.
+func TestMQTTServerURLCredentials(t *testing.T) {
+	for _, u := range []string{"mqtt://broker:s3cret@x", "http://broker:s3cret@x", "mqtt://broker:s3cret@", "mqtt://broker:s3cret%zz@x"} {
+		_, err := Parse([]byte(validCfg+"broker:\n  mqtt_server:\n    url: "+u+"\n"), nil)
+		if err == nil || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%q: %v, want a problem without the password", u, err)
+		}
+	}
+}

@@ -61,8 +61,8 @@ func New(opts Options) *Watcher {
 	return w
 }
 
-// Run calls onChange whenever the size, modification time, inode or existence of one of the files differs from
-// what it was at the previous look, until ctx ends. onChange runs on Run's goroutine, one call at a time.
+// Run calls onChange whenever the size, modification time, inode, mode, owner or existence of one of the files
+// differs from what it was at the previous look, until ctx ends. onChange runs on Run's goroutine, one call at a time.
 func (w *Watcher) Run(ctx context.Context, onChange func()) {
 	var events <-chan fsnotify.Event
 	var errs <-chan error
@@ -150,12 +150,14 @@ func watch(paths []string) (*fsnotify.Watcher, error) {
 }
 
 // fileStat is what tells one version of a file from the next; the zero value stands for a file that cannot be
-// read.
+// read. Its mode and owner count too: a file made readable is a change, as a load that failed on it can now work.
 type fileStat struct {
 	exists     bool
 	size       int64
 	mtime      int64
 	dev, inode uint64
+	mode       os.FileMode
+	uid, gid   uint32
 }
 
 func stats(paths []string) []fileStat {
@@ -165,9 +167,9 @@ func stats(paths []string) []fileStat {
 		if err != nil {
 			continue
 		}
-		s[i] = fileStat{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+		s[i] = fileStat{exists: true, size: fi.Size(), mtime: fi.ModTime().UnixNano(), mode: fi.Mode()}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			s[i].dev, s[i].inode = uint64(st.Dev), st.Ino
+			s[i].dev, s[i].inode, s[i].uid, s[i].gid = uint64(st.Dev), st.Ino, st.Uid, st.Gid
 		}
 	}
 	return s

@@ -110,3 +110,19 @@ func TestStatFallback(t *testing.T) {
 	mustWrite(t, f, "x")
 	wait(t, changed, "creating the file")
 }
+
+// TestPermissionChange: a file made readable (a renewed key written with the wrong mode, then chmod by the
+// operator) is a change, though its contents, size and modification time stay: the load that failed on it before
+// has to be tried again.
+func TestPermissionChange(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "key.pem")
+	mustWrite(t, f, "key")
+	if err := os.Chmod(f, 0o000); err != nil {
+		t.Fatal(err)
+	}
+	changed := run(t, f)
+	if err := os.Chmod(f, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, changed, "making the file readable")
+}
