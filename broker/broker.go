@@ -195,8 +195,10 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, erro
 			b.link.awaiting[w.Name] = sinceStart
 		}
 	}
-	if !opts.External && len(b.link.awaiting) > 0 {
-		b.link.graceEnd = opts.Clock().Add(opts.ReconnectGrace)
+	if !opts.External {
+		for name := range b.link.awaiting {
+			b.link.deadline[name] = opts.Clock().Add(opts.ReconnectGrace)
+		}
 	}
 	b.replay.init(b)
 	log.Info("worker state loaded", "workers", len(stored), "online", len(b.link.awaiting))

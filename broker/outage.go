@@ -51,7 +51,12 @@ type link struct {
 	down     bool                 // the connection to an external server is down (or not up yet)
 	since    time.Time            // when down last changed (zero: never)
 	awaiting map[string]cause     // workers online before, not yet reconnected
-	graceEnd time.Time            // when the awaiting workers are marked offline; zero: no grace running
+	deadline map[string]time.Time // with the connection up: when each awaiting worker is marked offline
+	// left is, while the connection is down, the grace an awaiting worker had left when it broke: the next
+	// reconnect gives it that much, not a whole grace again, so that a connection flapping faster than the
+	// grace does not keep a gateway that is gone counted online for ever. A worker awaited for the first time
+	// gets the whole grace.
+	left     map[string]time.Duration
 	offline  map[string]time.Time // status 0 taken, not yet in effect: when it takes effect
 	wake     chan struct{}        // tells Run that a deadline changed
 }
@@ -59,6 +64,8 @@ type link struct {
 func (l *link) init(opts Options) {
 	l.down = opts.External
 	l.awaiting = map[string]cause{}
+	l.deadline = map[string]time.Time{}
+	l.left = map[string]time.Duration{}
 	l.offline = map[string]time.Time{}
 	l.wake = make(chan struct{}, 1)
 }
@@ -81,7 +88,12 @@ func (b *Broker) MQTTDown() {
 		return
 	}
 	l := &b.link
-	l.down, l.since, l.graceEnd = true, b.opts.Now(), time.Time{}
+	now := b.opts.Clock()
+	for name, dl := range l.deadline {
+		l.left[name] = max(dl.Sub(now), 0)
+	}
+	clear(l.deadline)
+	l.down, l.since = true, b.opts.Now()
 	dropped := make([]string, 0, len(l.offline))
 	for name := range l.offline {
 		dropped = append(dropped, name)
@@ -103,7 +115,8 @@ func (b *Broker) MQTTDown() {
 }
 
 // MQTTUp tells the broker that its connection to the external MQTT server is up and subscribed. The workers
-// waiting to reconnect have Options.ReconnectGrace from now. Calling it while up is harmless.
+// waiting to reconnect have Options.ReconnectGrace from now, or what they had left of it when the connection
+// broke again before they were back. Calling it while up is harmless.
 func (b *Broker) MQTTUp() {
 	b.mu.Lock()
 	if !b.link.down {
@@ -113,9 +126,15 @@ func (b *Broker) MQTTUp() {
 	l := &b.link
 	l.down, l.since = false, b.opts.Now()
 	waiting := len(l.awaiting)
-	if waiting > 0 {
-		l.graceEnd = b.opts.Clock().Add(b.opts.ReconnectGrace)
+	now := b.opts.Clock()
+	for name := range l.awaiting {
+		grace, ok := l.left[name]
+		if !ok {
+			grace = b.opts.ReconnectGrace
+		}
+		l.deadline[name] = now.Add(grace)
 	}
+	clear(l.left)
 	b.mu.Unlock()
 	l.kick()
 	b.log.Info("mqtt connection up", "awaiting_workers", waiting, "grace", b.opts.ReconnectGrace)
@@ -140,13 +159,16 @@ func (b *Broker) tick(now time.Time) (next time.Time, ok bool) {
 			due = append(due, name)
 		}
 	}
-	switch {
-	case l.down || l.graceEnd.IsZero():
-	case l.graceEnd.After(now):
-		later(l.graceEnd)
-	default:
-		l.graceEnd = time.Time{}
-		for name := range l.awaiting {
+	for name, dl := range l.deadline {
+		if l.down {
+			break
+		}
+		if dl.After(now) {
+			later(dl)
+			continue
+		}
+		delete(l.deadline, name)
+		if _, waiting := l.awaiting[name]; waiting {
 			gone = append(gone, name)
 		}
 	}

@@ -150,16 +150,33 @@ func TestOutage(t *testing.T) {
 		want:      "gw04 online, gw07 offline; awaiting ; connected",
 		published: []string{"gw07"},
 	}, {
-		name:     "the grace stops while the connection is down again and starts again with the next reconnect",
+		// 30 s of the 60 s grace used before the connection broke again: 30 s are left after the next reconnect.
+		name:     "the grace stops while the connection is down again and goes on with the next reconnect",
 		external: true,
-		script:   []string{"at 10: down", "at 70: up", "at 100: down", "at 200: tick", "at 300: up", "at 359: tick"},
+		script:   []string{"at 10: down", "at 70: up", "at 100: down", "at 200: tick", "at 300: up", "at 329: tick"},
 		want:     "gw04 online, gw07 online; awaiting gw04 gw07; connected",
 	}, {
-		name:      "the grace after the last reconnect ends",
+		name:      "a grace cut by flaps ends when its time connected is up",
 		external:  true,
-		script:    []string{"at 10: down", "at 70: up", "at 100: down", "at 200: tick", "at 300: up", "at 360: tick"},
+		script:    []string{"at 10: down", "at 70: up", "at 100: down", "at 200: tick", "at 300: up", "at 330: tick"},
 		want:      "gw04 offline, gw07 offline; awaiting ; connected",
 		published: []string{"gw04", "gw07"},
+	}, {
+		// A connection flapping faster than the grace used to start a whole grace at every reconnect: a gateway
+		// that was gone stayed online for ever.
+		name:     "a connection flapping faster than the grace does not keep a gone gateway online",
+		external: true,
+		script: []string{"at 10: down", "at 20: up", "at 45: down", "at 50: up", "at 75: down", "at 80: up",
+			"at 89: tick", "at 90: tick"},
+		want:      "gw04 offline, gw07 offline; awaiting ; connected",
+		published: []string{"gw04", "gw07"},
+	}, {
+		name:     "a worker confirmed between flaps gets a whole grace after the next",
+		external: true,
+		script: []string{"at 10: down", "at 20: up", "at 30: 1 gw04", "at 75: down", "at 80: up", "at 90: tick",
+			"at 139: tick"},
+		want:      "gw04 online, gw07 offline; awaiting gw04; connected",
+		published: []string{"gw07"},
 	}, {
 		name:     "a worker offline before the outage stays offline",
 		external: true,

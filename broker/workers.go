@@ -2,7 +2,6 @@ package broker
 
 import (
 	"sync"
-	"time"
 
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
@@ -71,10 +70,11 @@ func (b *Broker) confirm(worker string) {
 	delete(b.link.awaiting, worker)
 	_, withdrawn := b.link.offline[worker]
 	delete(b.link.offline, worker)
-	allBack := waited && len(b.link.awaiting) == 0 && !b.link.graceEnd.IsZero()
-	if allBack {
-		b.link.graceEnd = time.Time{}
-	}
+	_, graced := b.link.deadline[worker]
+	_, halted := b.link.left[worker]
+	delete(b.link.deadline, worker)
+	delete(b.link.left, worker)
+	allBack := waited && len(b.link.awaiting) == 0 && (graced || halted)
 	b.mu.Unlock()
 	switch {
 	case waited && c == sinceOutage:
