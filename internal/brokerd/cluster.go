@@ -10,8 +10,8 @@ import (
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
-	"github.com/freifunkMUC/wgkex-go/mqttc"
 )
 
 // catchupMargin is how long before a lost connection was noticed a reconnected broker asks for keys: the loss is
@@ -23,7 +23,7 @@ const catchupMargin = 2 * time.Minute
 // will. After every connect it sends catchUp the time from which keys may have been missed: zero (the whole
 // replay window) after the start, shortly before the connection was lost after a reconnect. It tells the broker
 // *b (set before the client serves) when the connection comes up and goes down.
-func dialServer(s config.MQTTServer, log *slog.Logger, catchUp chan<- time.Time, b **broker.Broker) (*mqttc.Client, string, error) {
+func dialServer(s config.MQTTServer, log *slog.Logger, catchUp chan<- time.Time, b **broker.Broker) (*mqttclient.Client, string, error) {
 	if s.ClientID == "" {
 		host, err := os.Hostname()
 		if err != nil {
@@ -33,10 +33,10 @@ func dialServer(s config.MQTTServer, log *slog.Logger, catchUp chan<- time.Time,
 	}
 	id := s.ClientID
 	var down atomic.Int64 // Unix nanoseconds of the last lost connection, 0 before any
-	c, err := mqttc.New(log, mqttc.Options{
-		Server:    s,
-		Will:      &mqttc.Message{Topic: wire.BrokerStatusTopic(id), Payload: []byte("0"), QoS: 1, Retain: true},
-		Hello:     &mqttc.Message{Topic: wire.BrokerStatusTopic(id), Payload: []byte("1"), QoS: 1, Retain: true},
+	c, err := mqttclient.New(log, mqttclient.Options{
+		Server:    serverOptions(s),
+		Will:      &mqttclient.Message{Topic: wire.BrokerStatusTopic(id), Payload: []byte("0"), QoS: 1, Retain: true},
+		Hello:     &mqttclient.Message{Topic: wire.BrokerStatusTopic(id), Payload: []byte("1"), QoS: 1, Retain: true},
 		SyncTopic: wire.BrokerSyncTopic(id),
 		OnUp: func() {
 			(*b).MQTTUp()

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"reflect"
 	"sort"
@@ -25,6 +24,7 @@ import (
 	"github.com/knadh/koanf/v2"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
@@ -539,14 +539,8 @@ func (m MQTTServer) problems() []string {
 		return nil
 	}
 	var p []string
-	u, err := url.Parse(m.URL)
-	switch {
-	case err != nil:
+	if _, err := mqttclient.ParseURL(m.URL); err != nil {
 		p = append(p, fmt.Sprintf("broker.mqtt_server.url: %v", err))
-	case u.Scheme != "mqtt" && u.Scheme != "tcp" && u.Scheme != "tls" && u.Scheme != "mqtts" && u.Scheme != "ssl":
-		p = append(p, fmt.Sprintf("broker.mqtt_server.url %q: scheme is not mqtt or tls", m.URL))
-	case u.Hostname() == "":
-		p = append(p, fmt.Sprintf("broker.mqtt_server.url %q: no host", m.URL))
 	}
 	if (m.CertFile == "") != (m.KeyFile == "") {
 		p = append(p, "broker.mqtt_server: cert_file and key_file go together")

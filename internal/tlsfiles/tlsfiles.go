@@ -1,5 +1,5 @@
 // Package tlsfiles builds TLS configuration from PEM files: the MQTT clients (the broker's client of an external
-// server, mqttc, and the worker) read the same kind of files the same way, and the embedded server its client CA.
+// server, and the worker: internal/mqttclient) read the same kind of files the same way, and the embedded server its client CA.
 package tlsfiles
 
 import (

@@ -112,5 +112,5 @@ func ParseCatchupBatch(payload []byte) (CatchupBatch, error) {
 }
 
 // BrokerSyncTopic is wgkex/broker/{id}/sync, on which a broker sends itself tokens to learn that it has handled
-// every message the server sent it before (see mqttc.Client.Sync).
+// every message the server sent it before (see mqttclient.Client.Sync).
 func BrokerSyncTopic(id string) string { return clusterRoot + "/" + id + "/sync" }
