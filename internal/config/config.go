@@ -8,11 +8,12 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"reflect"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -22,9 +23,9 @@ import (
 	"github.com/knadh/koanf/providers/confmap"
 	"github.com/knadh/koanf/providers/rawbytes"
 	"github.com/knadh/koanf/v2"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
+	"github.com/freifunkMUC/wgkex-go/internal/passwd"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
@@ -473,7 +474,7 @@ func (c *Config) Validate() error {
 	}
 	if (c.Broker.Dashboard.Username == "") != (c.Broker.Dashboard.PasswordHash == "") {
 		p = append(p, "broker.dashboard: username and password_hash go together")
-	} else if _, err := bcrypt.Cost([]byte(c.Broker.Dashboard.PasswordHash)); c.Broker.Dashboard.PasswordHash != "" && err != nil {
+	} else if err := passwd.Valid(c.Broker.Dashboard.PasswordHash); c.Broker.Dashboard.PasswordHash != "" && err != nil {
 		p = append(p, fmt.Sprintf("broker.dashboard.password_hash: not a bcrypt hash: %v", err))
 	}
 	positive := map[string]Duration{
@@ -485,7 +486,7 @@ func (c *Config) Validate() error {
 		"broker.reconnect_grace":           c.Broker.ReconnectGrace + 1,
 		"broker.dashboard.sample_interval": c.Broker.Dashboard.SampleInterval,
 	}
-	for _, name := range sortedKeys(positive) {
+	for _, name := range slices.Sorted(maps.Keys(positive)) {
 		if positive[name] <= 0 {
 			p = append(p, fmt.Sprintf("%s: must be positive", name))
 		}
@@ -581,15 +582,6 @@ func (c *Config) Stripped() map[string]string {
 		}
 	}
 	return m
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
 
 var durationType = reflect.TypeOf(Duration(0))
