@@ -336,7 +336,7 @@ func (s *session) setup(ctx context.Context) error {
 		a.log.Debug("connection setup outlived its connection", "generation", gen)
 		return nil
 	}
-	a.log.Info("mqtt connected", "ready_domains", ready)
+	a.log.Info("mqtt session up", "ready_domains", ready)
 	s.publishMetrics(ctx)
 	s.requestReplay(ctx, ready)
 	return nil
