@@ -56,9 +56,9 @@ type link struct {
 	// reconnect gives it that much, not a whole grace again, so that a connection flapping faster than the
 	// grace does not keep a gateway that is gone counted online for ever. A worker awaited for the first time
 	// gets the whole grace.
-	left     map[string]time.Duration
-	offline  map[string]time.Time // status 0 taken, not yet in effect: when it takes effect
-	wake     chan struct{}        // tells Run that a deadline changed
+	left    map[string]time.Duration
+	offline map[string]time.Time // status 0 taken, not yet in effect: when it takes effect
+	wake    chan struct{}        // tells Run that a deadline changed
 }
 
 func (l *link) init(opts Options) {

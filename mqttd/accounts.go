@@ -9,7 +9,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/freifunkMUC/wgkex-go/internal/passwd"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
@@ -45,7 +44,7 @@ func (a Accounts) validate() error {
 		if err := wire.ValidateTopicLevel(name); err != nil || name == mqtt.InlineClientId {
 			errs = append(errs, fmt.Errorf("worker %q: not a possible client id", name))
 		}
-		if _, err := bcrypt.Cost([]byte(w.PasswordHash)); w.PasswordHash != "" && err != nil {
+		if err := passwd.Valid(w.PasswordHash); w.PasswordHash != "" && err != nil {
 			errs = append(errs, fmt.Errorf("worker %s: password hash: %w", name, err))
 		}
 	}
@@ -53,7 +52,7 @@ func (a Accounts) validate() error {
 		if _, dup := a.Workers[name]; dup || name == "" || name == mqtt.InlineClientId {
 			errs = append(errs, fmt.Errorf("monitor %q: empty, reserved or also a worker", name))
 		}
-		if _, err := bcrypt.Cost([]byte(m.PasswordHash)); err != nil {
+		if err := passwd.Valid(m.PasswordHash); err != nil {
 			errs = append(errs, fmt.Errorf("monitor %s: password hash: %w", name, err))
 		}
 	}

@@ -64,7 +64,7 @@ func (id *identity) canRead(topic string) bool {
 }
 
 // covered reports whether filter is one of the worker's filters, or a topic without wildcards one of them matches.
-// FuzzACL checks it against matches.
+// FuzzACL checks it against mqttclient.Match.
 func (id *identity) covered(filter string) bool {
 	if id.sub[filter] {
 		return true
@@ -91,26 +91,3 @@ func monitorReadable(topic string) bool {
 }
 
 func hasWildcard(s string) bool { return strings.ContainsAny(s, "+#") }
-
-// matches reports whether the MQTT filter matches topic (MQTT 5 §4.7: + one level, # the rest, at the end only).
-// Topics starting with $ match no filter starting with a wildcard.
-func matches(filter, topic string) bool {
-	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
-		return false
-	}
-	for {
-		f, frest, fmore := strings.Cut(filter, "/")
-		if f == "#" {
-			return !fmore
-		}
-		t, trest, tmore := strings.Cut(topic, "/")
-		if f != "+" && f != t {
-			return false
-		}
-		if !fmore || !tmore {
-			// "a/#" also matches "a".
-			return fmore == tmore || (!tmore && frest == "#")
-		}
-		filter, topic = frest, trest
-	}
-}

@@ -6,34 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
-
-func TestMatches(t *testing.T) {
-	for _, c := range []struct {
-		filter, topic string
-		want          bool
-	}{
-		{"#", "a/b", true},
-		{"#", "$SYS/x", false},
-		{"a/#", "a", true},
-		{"a/#", "a/b/c", true},
-		{"a/+", "a/b", true},
-		{"a/+", "a/b/c", false},
-		{"a/+", "a", false},
-		{"+/+", "a/b", true},
-		{"+", "", true},
-		{"a/b", "a/b", true},
-		{"a/b", "a/b/", false},
-		{"a//b", "a//b", true},
-		{"+/b", "$SYS/b", false},
-		{"wireguard/ffmuc_welt/+", "wireguard/ffmuc_welt/all", true},
-	} {
-		if got := matches(c.filter, c.topic); got != c.want {
-			t.Errorf("matches(%q, %q) = %v, want %v", c.filter, c.topic, got, c.want)
-		}
-	}
-}
 
 func TestWorkerRights(t *testing.T) {
 	id := &identity{name: "gw-a"}
@@ -68,7 +43,7 @@ func TestWorkerRights(t *testing.T) {
 	}
 }
 
-// refMatches is the MQTT matching rule written level by level, the model matches is checked against.
+// refMatches is the MQTT matching rule written level by level, the model mqttclient.Match is checked against.
 func refMatches(filter, topic string) bool {
 	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
 		return false
@@ -92,12 +67,12 @@ func FuzzACL(f *testing.F) {
 	f.Add("a", "a/#")
 	f.Add("+", "wireguard-worker/+/status")
 	f.Fuzz(func(t *testing.T, name, s string) {
-		if !hasWildcard(s) && !matches(s, s) {
+		if !hasWildcard(s) && !mqttclient.Match(s, s) {
 			t.Fatalf("topic %q does not match itself", s)
 		}
 		for _, topic := range []string{s, "wgkex/replay/" + name + "/keys", "a/b", "wireguard/ffmuc_welt/all"} {
-			if got, want := matches(s, topic), refMatches(s, topic); got != want {
-				t.Fatalf("matches(%q, %q) = %v, model says %v", s, topic, got, want)
+			if got, want := mqttclient.Match(s, topic), refMatches(s, topic); got != want {
+				t.Fatalf("Match(%q, %q) = %v, model says %v", s, topic, got, want)
 			}
 		}
 		if wire.ValidateTopicLevel(name) != nil {
@@ -111,14 +86,14 @@ func FuzzACL(f *testing.F) {
 		if !hasWildcard(s) {
 			want := false
 			for f := range id.sub {
-				want = want || matches(f, s)
+				want = want || mqttclient.Match(f, s)
 			}
 			if id.covered(s) != want {
 				t.Fatalf("covered(%q) = %v, the filters say %v", s, !want, want)
 			}
 		}
 		other := "x" + name
-		if id.canSubscribe(s) && (matches(s, wire.ReplayKeysTopic(other)) || matches(s, wire.StatusTopic(other))) {
+		if id.canSubscribe(s) && (mqttclient.Match(s, wire.ReplayKeysTopic(other)) || mqttclient.Match(s, wire.StatusTopic(other))) {
 			t.Fatalf("%s may subscribe to %q, which reads %s's traffic", name, s, other)
 		}
 		mon := &identity{name: name, monitor: true}

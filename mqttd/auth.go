@@ -5,7 +5,6 @@ import (
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
-	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -15,7 +14,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
@@ -175,24 +173,6 @@ func (s *Server) checkPassword(set *accountSet, hash, pass []byte) string {
 	}
 	return reasonBadLogin
 }
-
-// HashPassword returns the bcrypt hash of password for workers.<name>.password_hash or a monitor; cost 0 means
-// DefaultCost.
-func HashPassword(password []byte, cost int) (string, error) {
-	if cost == 0 {
-		cost = DefaultCost
-	}
-	h, err := bcrypt.GenerateFromPassword(password, cost)
-	if err != nil {
-		return "", fmt.Errorf("hash password: %w", err)
-	}
-	return string(h), nil
-}
-
-// DefaultCost is the bcrypt cost of HashPassword: about 10 ms a check on one core, so that 200 gateways
-// connecting at once after a broker restart are through in under 2 s on two cores (BENCHMARKS.md). Gateway
-// passwords are machine-made and long; the cost does not have to make up for weak ones.
-const DefaultCost = 7
 
 // account returns the identity of a worker or monitor that proved its name with its own credential.
 func (s *Server) account(set *accountSet, name, via string) (*identity, string) {

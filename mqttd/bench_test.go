@@ -5,17 +5,18 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/freifunkMUC/wgkex-go/internal/passwd"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
 
-// BenchmarkConnect200 connects 200 workers at once, each with its own password hashed at DefaultCost, as after a
-// broker restart: one op is all 200 connected (CONNACK received). "cold" is a fresh server (every password
+// BenchmarkConnect200 connects 200 workers at once, each with its own password hashed at passwd.DefaultCost, as
+// after a broker restart: one op is all 200 connected (CONNACK received). "cold" is a fresh server (every password
 // checked with bcrypt), "reconnect" the same server again (each password remembered after its first check).
 func BenchmarkConnect200(b *testing.B) {
 	const n = 200
 	workers := map[string]Account{}
 	for i := range n {
-		h, err := HashPassword(fmt.Appendf(nil, "secret-%d", i), 0)
+		h, err := passwd.Hash(fmt.Appendf(nil, "secret-%d", i), 0)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -3,23 +3,15 @@ package worker
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"net"
-	"net/url"
 	"slices"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/eclipse/paho.golang/autopaho"
-	"github.com/eclipse/paho.golang/paho"
-
+	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
 	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
@@ -53,46 +45,34 @@ type RunOptions struct {
 	ReadyInterval time.Duration
 }
 
-// ServerURL turns mqtt.broker_url and mqtt.broker_port into the URL the client dials. broker_url may be a host
-// ("mqtt.example.org") or a URL ("mqtt://broker", "tls://broker:8883"); mqtt.tls switches to TLS.
-func ServerURL(m MQTT) (*url.URL, error) {
-	host, port := m.BrokerURL, strconv.Itoa(m.BrokerPort)
-	if strings.Contains(host, "://") {
-		// An error never repeats a password written into the url (url.Error quotes the whole url).
-		u, err := url.Parse(host)
-		if err != nil {
-			return nil, fmt.Errorf("mqtt.broker_url: %w", errors.Unwrap(err))
-		}
-		if u.User != nil {
-			return nil, fmt.Errorf("mqtt.broker_url %q: credentials go in mqtt.username and mqtt.password, not in the url", u.Redacted())
-		}
-		switch u.Scheme {
-		case "mqtt", "tcp":
-		case "tls", "ssl", "mqtts":
-			m.TLS = true
-		default:
-			return nil, fmt.Errorf("mqtt.broker_url %q: scheme %q is not mqtt or tls", u.Redacted(), u.Scheme)
-		}
-		host = u.Hostname()
-		if u.Port() != "" {
-			port = u.Port()
-		}
+// clientOptions maps the worker's MQTT settings to its MQTT client: the will (status 0) also fires at a clean
+// stop, a password of the worker's own logs in as its name, and any packet after a PINGREQ proves the link.
+func (a *Agent) clientOptions(m MQTT) mqttclient.Options {
+	user := m.Username
+	if user == "" && m.Password != "" {
+		user = a.opts.Name // a password of the worker's own: its username is its name
 	}
-	if host == "" {
-		return nil, errors.New("mqtt.broker_url is empty")
+	return mqttclient.Options{
+		Server: mqttclient.Server{
+			Addr: m.BrokerURL, Port: m.BrokerPort, TLS: m.TLS,
+			Files: tlsfiles.Client{Keys: "mqtt.", CAFile: m.CAFile, ServerName: m.ServerName, CertFile: m.CertFile,
+				KeyFile: m.KeyFile},
+			Username: user, Password: m.Password,
+			ClientID:  a.opts.Name,
+			Keepalive: m.Keepalive,
+		},
+		Backoff: mqttclient.Backoff{Min: time.Second, Max: 60 * time.Second, Jitter: 2 * time.Second},
+		// A PINGRESP queued behind a burst of keys does not end a connection that delivers them.
+		Pinger:       newPinger(),
+		Will:         &mqttclient.Message{Topic: wire.StatusTopic(a.opts.Name), Payload: []byte("0"), QoS: 1, Retain: true},
+		WillOnClose:  true,
+		CloseTimeout: 3 * time.Second,
+		Echo:         true,
+		OnConnectError: func(error) {
+			a.count(func(s *Stats) { s.ConnectErrors++ })
+			a.m.connectErrors.Inc()
+		},
 	}
-	scheme := "mqtt"
-	if m.TLS {
-		scheme = "tls"
-	}
-	return &url.URL{Scheme: scheme, Host: net.JoinHostPort(host, port)}, nil
-}
-
-// TLSConfig builds the client TLS configuration from mqtt.ca_file, mqtt.server_name and the worker's client
-// certificate mqtt.cert_file and mqtt.key_file (its CN or a DNS SAN is the worker name).
-func TLSConfig(m MQTT) (*tls.Config, error) {
-	files := tlsfiles.Client{Keys: "mqtt.", CAFile: m.CAFile, ServerName: m.ServerName, CertFile: m.CertFile, KeyFile: m.KeyFile}
-	return files.Config()
 }
 
 // HandleMessage takes one MQTT message: a key on wireguard/{domain}/+ or a replay batch on
@@ -133,22 +113,20 @@ func (a *Agent) HandleMessage(topic string, payload []byte) {
 }
 
 // session is the MQTT side of a running worker. Connection state changes are sequenced by a generation: every
-// CONNACK and every loss of the link starts a new one, and the setup run for a CONNACK may change the state (ready
-// domains, up) only while its generation is still the current one. So a setup that outlived its connection cannot
-// mark a dead link up or clear the ready domains of a newer one.
+// connection and every loss of the link starts a new one, and the setup run for a connection may change the state
+// (ready domains, up) only while its generation is still the current one. So a setup that outlived its connection
+// cannot mark a dead link up or clear the ready domains of a newer one.
 type session struct {
 	a    *Agent
 	opts RunOptions
-	cm   atomic.Pointer[autopaho.ConnectionManager]
-	base context.Context // ends when the worker stops
+	c    *mqttclient.Client
 
 	mu     sync.Mutex
 	gen    uint64
-	cancel context.CancelFunc // ends the current generation's setup
+	conn   context.Context // the setup context of the current generation's connection; nil after a loss
 	up     bool
 	ready  map[string]bool // domains whose endpoint data was published in the current generation
 	status string          // the status last published in the current generation ("" none yet)
-	setups sync.WaitGroup
 
 	// pub orders what tells the broker which domains this gateway serves (endpoint data, connected-peer counts,
 	// withdrawals, status): the setup, the readiness round and the metrics round take it, so that a count can
@@ -160,25 +138,42 @@ type session struct {
 	draining atomic.Bool // the worker is stopping: the health check answers 503
 }
 
-func newSession(base context.Context, a *Agent, opts RunOptions) *session {
-	return &session{a: a, opts: opts, base: base, ready: map[string]bool{}}
+func newSession(a *Agent, opts RunOptions) *session {
+	return &session{a: a, opts: opts, ready: map[string]bool{}}
 }
 
-// next starts a new generation (a CONNACK or a lost link): the previous setup is cancelled, nothing is up or
-// ready. It returns the new generation and its context.
-func (s *session) next() (uint64, context.Context) {
+// begin returns the generation of the connection whose setup context is ctx (mqttclient runs the setup again
+// with the same context when it failed), starting a new generation for a new connection. It reports false once
+// ctx has ended: the client ends it before it reports the loss, so a setup that begins late cannot take a
+// generation after the loss.
+func (s *session) begin(ctx context.Context) (uint64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cancel != nil {
-		s.cancel()
+	if ctx.Err() != nil {
+		return 0, false
 	}
+	if s.conn != ctx {
+		s.conn = ctx
+		s.a.m.connects.Inc()
+		s.reset()
+	}
+	return s.gen, true
+}
+
+// next starts a new generation without a connection (a lost link, the farewell): nothing is up or ready.
+func (s *session) next() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conn = nil
+	s.reset()
+}
+
+// reset starts a new generation. Callers hold s.mu.
+func (s *session) reset() {
 	s.gen++
 	s.a.replays.reset()
-	ctx, cancel := context.WithCancel(s.base)
-	s.cancel = cancel
 	s.up, s.ready, s.status = false, map[string]bool{}, ""
 	s.a.m.mqttUp.Set(0)
-	return s.gen, ctx
 }
 
 // markReady records that domain's endpoint data was published, if gen is still current.
@@ -224,87 +219,35 @@ func (s *session) state() (uint64, bool, map[string]bool) {
 	return s.gen, s.up, r
 }
 
-// onUp is autopaho's OnConnectionUp: a new generation whose setup runs in its own tracked goroutine.
-func (s *session) onUp(cm *autopaho.ConnectionManager) {
-	s.cm.Store(cm)
-	s.a.m.connects.Inc()
-	gen, ctx := s.next()
-	s.setups.Add(1)
-	go func() {
-		defer s.setups.Done()
-		s.connected(ctx, gen)
-	}()
-}
-
-// onDown is autopaho's OnConnectionDown.
-func (s *session) onDown() bool {
-	s.next()
-	s.a.log.Warn("mqtt connection lost, reconnecting")
-	return true
-}
-
 // Run connects to MQTT and serves until ctx ends: the reconcile loop applies keys, the session publishes endpoint
 // data, status and metrics, sweeps are requested every cleanup interval and, if configured, health checks are
 // answered. On the way out it publishes -1 for every domain and status 0 whatever the state of the connection,
 // then disconnects with reason 0x04 so that the server publishes the will (status 0) too: a stopped worker always
 // leaves the broker believing it is offline.
 func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
-	u, err := ServerURL(opts.MQTT)
+	s := newSession(a, opts)
+	copts := a.clientOptions(opts.MQTT)
+	copts.Setup = s.setup
+	copts.OnDown = s.next
+	copts.Farewell = s.farewell
+	c, err := mqttclient.New(a.log, copts)
 	if err != nil {
 		return err
 	}
-	// The connection outlives ctx by the few seconds the farewell messages need.
-	connCtx, cancelConn := context.WithCancel(context.Background())
-	defer cancelConn()
-	s := newSession(connCtx, a, opts)
-	cfg := autopaho.ClientConfig{
-		ServerUrls:                    []*url.URL{u},
-		KeepAlive:                     uint16(opts.MQTT.Keepalive),
-		CleanStartOnInitialConnection: true,
-		ConnectTimeout:                10 * time.Second,
-		ReconnectBackoff:              autopaho.NewExponentialBackoff(time.Second, 60*time.Second, 2*time.Second, 2),
-		OnConnectionUp:                func(cm *autopaho.ConnectionManager, _ *paho.Connack) { s.onUp(cm) },
-		OnConnectionDown:              s.onDown,
-		OnConnectError: func(err error) {
-			a.count(func(s *Stats) { s.ConnectErrors++ })
-			a.m.connectErrors.Inc()
-			a.log.Warn("mqtt connect failed, retrying", "server", u.String(), "err", err)
-		},
-		// 0x04, "disconnect with will message": the server publishes the will (status 0) even after a clean stop.
-		DisconnectPacketBuilder: func() *paho.Disconnect { return &paho.Disconnect{ReasonCode: 0x04} },
-		ClientConfig: paho.ClientConfig{
-			ClientID: a.opts.Name,
-			// A PINGRESP queued behind a burst of keys does not end a connection that delivers them.
-			PingHandler: newPinger(),
-			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-				a.HandleMessage(pr.Packet.Topic, pr.Packet.Payload)
-				return true, nil
-			}},
-			OnClientError: func(err error) { a.log.Warn("mqtt client error", "err", err) },
-		},
-	}
-	if u.Scheme == "tls" {
-		if cfg.TlsCfg, err = TLSConfig(opts.MQTT); err != nil {
+	s.c = c
+	for _, f := range append([]string{wire.ReplayKeysTopic(a.opts.Name)}, keyFilters(a.Domains())...) {
+		if err := c.Handle(f, a.HandleMessage); err != nil {
 			return err
 		}
 	}
-	if opts.MQTT.Username != "" {
-		cfg.ConnectUsername, cfg.ConnectPassword = opts.MQTT.Username, []byte(opts.MQTT.Password)
-	} else if opts.MQTT.Password != "" {
-		// A password of the worker's own: its username is its name.
-		cfg.ConnectUsername, cfg.ConnectPassword = a.opts.Name, []byte(opts.MQTT.Password)
-	}
-	cfg.WillMessage = &paho.WillMessage{Topic: wire.StatusTopic(a.opts.Name), Payload: []byte("0"), QoS: 1, Retain: true}
 
 	// The first setup publishes what the first probe found.
 	a.CheckReady()
 
-	cm, err := autopaho.NewConnection(connCtx, cfg)
-	if err != nil {
-		return fmt.Errorf("mqtt: %w", err)
+	if err := c.Serve(); err != nil {
+		return err
 	}
-	s.cm.CompareAndSwap(nil, cm)
-	a.log.Info("worker starting", "name", a.opts.Name, "server", u.String(), "domains", a.Domains())
+	a.log.Info("worker starting", "name", a.opts.Name, "server", c.Addrs()[0], "domains", a.Domains())
 
 	// The first pass reads every device: peers already there join the desired state, missing routes and FDB
 	// entries are restored.
@@ -328,11 +271,11 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	close(done)
 	cancelLoop()
 	wg.Wait()
-	s.farewell()
-	// A reconnect between the farewell's last generation and its DISCONNECT starts a setup that nothing would end
-	// (autopaho reports no connection down after Disconnect): end the connection's context before waiting.
-	cancelConn()
-	s.setups.Wait()
+	// The farewell marks every domain offline (-1) and the worker offline (0), whether or not the session is up
+	// (a status 1 may be on its way unacknowledged), then disconnects with reason 0x04 so that the will fires too.
+	if err := c.Close(); err != nil {
+		a.log.Warn("mqtt disconnect", "err", err)
+	}
 	if hs != nil {
 		hs.close()
 	}
@@ -354,36 +297,27 @@ func every(interval time.Duration, done <-chan struct{}, fn func()) {
 	}
 }
 
-// maxSetupDelay caps the doubling wait before the connection setup is tried again.
-const maxSetupDelay = 30 * time.Second
-
-// connected runs after every (re)connect: subscribe, publish endpoint data per ready domain and -1 for the others,
-// the status (1 while at least one domain is ready, else 0), metrics, and ask the broker to replay the keys of the
-// ready domains. A step that fails (a SUBSCRIBE or PUBLISH lost, or its
-// acknowledgement later than paho waits) makes it start over after a doubling delay, each step being idempotent,
-// for as long as the connection lasts: a connection is never left without subscriptions or status. It changes
-// the session state only while gen is current; ctx ends with the generation.
-func (s *session) connected(ctx context.Context, gen uint64) {
-	for delay := time.Second; !s.setup(ctx, gen); delay = min(2*delay, maxSetupDelay) {
-		s.a.log.Warn("mqtt connection setup failed, retrying", "in", delay)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
+// keyFilters returns the key filter of every domain.
+func keyFilters(domains []string) []string {
+	out := make([]string, len(domains))
+	for i, d := range domains {
+		out[i] = wire.KeyFilter(d)
 	}
+	return out
 }
 
-// setup runs the steps of connected once and reports whether it is done (set up, or no longer current).
-func (s *session) setup(ctx context.Context, gen uint64) bool {
+// setup runs after every (re)connect, once the client has subscribed to the keys of every domain and to the
+// replays: publish endpoint data per ready domain and -1 for the others, the status (1 while at least one domain
+// is ready, else 0), metrics, and ask the broker to replay the keys of the ready domains. A step that fails (a
+// PUBLISH lost, or its acknowledgement later than paho waits) fails the setup, which the client tries again,
+// subscriptions included, after a doubling delay, each step being idempotent, for as long as the connection
+// lasts: a connection is never left without subscriptions or status. It changes the session state only while
+// its generation is current; ctx ends with the connection.
+func (s *session) setup(ctx context.Context) error {
 	a := s.a
-	sub := &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: wire.ReplayKeysTopic(a.opts.Name), QoS: 1}}}
-	for _, d := range a.Domains() {
-		sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: wire.KeyFilter(d), QoS: 1})
-	}
-	if _, err := s.cm.Load().Subscribe(ctx, sub); err != nil {
-		a.log.Warn("mqtt subscribe failed", "err", err)
-		return ctx.Err() != nil
+	gen, ok := s.begin(ctx)
+	if !ok {
+		return ctx.Err()
 	}
 	s.pub.Lock()
 	defer s.pub.Unlock()
@@ -396,17 +330,16 @@ func (s *session) setup(ctx context.Context, gen uint64) bool {
 		}
 	}
 	if err := s.publishStatus(ctx, gen); err != nil {
-		a.log.Warn("publish status", "err", err)
-		return ctx.Err() != nil
+		return fmt.Errorf("publish status: %w", err)
 	}
 	if !s.markUp(gen) {
 		a.log.Debug("connection setup outlived its connection", "generation", gen)
-		return true
+		return nil
 	}
-	a.log.Info("mqtt connected", "ready_domains", ready)
+	a.log.Info("mqtt session up", "ready_domains", ready)
 	s.publishMetrics(ctx)
 	s.requestReplay(ctx, ready)
-	return true
+	return nil
 }
 
 // publishStatus publishes 1 while at least one domain's endpoint is published, else 0 (QoS 1, retained), unless
@@ -473,8 +406,7 @@ func (s *session) requestReplay(ctx context.Context, domains []string) {
 }
 
 func (s *session) publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
-	_, err := s.cm.Load().Publish(ctx, &paho.Publish{Topic: topic, Payload: payload, QoS: qos, Retain: retain})
-	return err
+	return s.c.Send(ctx, mqttclient.Message{Topic: topic, Payload: payload, QoS: qos, Retain: retain})
 }
 
 // maxReplayAsks bounds the replay requests per domain and connection: a broker without replays (the reference)
@@ -608,21 +540,13 @@ func (s *session) publishMetrics(ctx context.Context, only ...string) {
 	}
 }
 
-// farewell marks every domain offline (-1) and the worker offline (0), whether or not the session is up (a
-// status 1 may be on its way unacknowledged), then disconnects with reason 0x04 so that the will fires too.
-func (s *session) farewell() {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
+// farewell is what the client publishes at Close before the will's payload (status 0): -1 for every domain. The
+// session's generation ends first, so that a setup still running can no longer mark anything.
+func (s *session) farewell() []mqttclient.Message {
+	s.next()
+	var bye []mqttclient.Message
 	for _, d := range s.a.Domains() {
-		if err := s.publish(ctx, wire.MetricTopic(d, s.a.opts.Name), []byte("-1"), 1, true); err != nil {
-			s.a.log.Warn("publish offline metric", "domain", d, "err", err)
-		}
+		bye = append(bye, mqttclient.Message{Topic: wire.MetricTopic(d, s.a.opts.Name), Payload: []byte("-1"), QoS: 1, Retain: true})
 	}
-	if err := s.publish(ctx, wire.StatusTopic(s.a.opts.Name), []byte("0"), 1, true); err != nil {
-		s.a.log.Warn("publish offline status", "err", err)
-	}
-	s.next() // whatever setup still runs may no longer mark anything
-	if err := s.cm.Load().Disconnect(ctx); err != nil {
-		s.a.log.Warn("mqtt disconnect", "err", err)
-	}
+	return bye
 }

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -420,49 +421,25 @@ func FuzzHandleMessage(f *testing.F) {
 	})
 }
 
-func TestServerURL(t *testing.T) {
-	tests := []struct {
-		m    MQTT
-		want string
-		ok   bool
-	}{
-		{MQTT{BrokerURL: "127.0.0.1", BrokerPort: 1883}, "mqtt://127.0.0.1:1883", true},
-		{MQTT{BrokerURL: "broker.example", BrokerPort: 8883, TLS: true}, "tls://broker.example:8883", true},
-		{MQTT{BrokerURL: "mqtt://broker", BrokerPort: 1883}, "mqtt://broker:1883", true},
-		{MQTT{BrokerURL: "tls://broker:8884", BrokerPort: 1883}, "tls://broker:8884", true},
-		{MQTT{BrokerURL: "::1", BrokerPort: 1883}, "mqtt://[::1]:1883", true},
-		{MQTT{BrokerURL: "ws://broker", BrokerPort: 1883}, "", false},
-		{MQTT{BrokerURL: "", BrokerPort: 1883}, "", false},
-		// A password in the url would be dropped without a word; no error repeats it.
-		{MQTT{BrokerURL: "mqtt://gw1:s3cret@broker", BrokerPort: 1883}, "", false},
-		{MQTT{BrokerURL: "ws://gw1:s3cret@broker", BrokerPort: 1883}, "", false},
-		{MQTT{BrokerURL: "mqtt://gw1:s3cret%zz@broker", BrokerPort: 1883}, "", false},
-	}
-	for _, tt := range tests {
-		u, err := ServerURL(tt.m)
-		if err != nil && strings.Contains(err.Error(), "s3cret") {
-			t.Errorf("ServerURL(%+v): %v, repeats the password", tt.m, err)
-		}
-		if (err == nil) != tt.ok || (err == nil && u.String() != tt.want) {
-			t.Errorf("ServerURL(%+v) = %v, %v; want %s", tt.m, u, err, tt.want)
-		}
-	}
-}
-
 // TestSessionGenerations: the setup started by one CONNACK cannot mark the session up or a domain ready once
 // the link dropped or a newer CONNACK came (it used to be an untracked goroutine writing shared flags).
 func TestSessionGenerations(t *testing.T) {
 	a, _ := newAgent(t, dataplane.NewFake(welt), nil)
-	s := newSession(t.Context(), a, RunOptions{})
-	first, ctx := s.next() // CONNACK 1
-	s.next()               // link lost
-	if ctx.Err() == nil {
-		t.Error("the first setup's context still runs after the link dropped")
+	s := newSession(a, RunOptions{})
+	conn1, lost := context.WithCancel(t.Context())
+	first, ok := s.begin(conn1) // connection 1
+	if again, _ := s.begin(conn1); !ok || again != first {
+		t.Errorf("a retried setup of one connection got generation %d, then %d", first, again)
+	}
+	lost() // the client ends the setup's context, then reports the loss
+	s.next()
+	if _, ok := s.begin(conn1); ok {
+		t.Error("a setup of a lost connection began a generation")
 	}
 	if s.markReady(first, "ffmuc_welt") || s.markUp(first) {
 		t.Error("a stale setup changed the state")
 	}
-	second, _ := s.next() // CONNACK 2
+	second, _ := s.begin(t.Context()) // connection 2
 	if !s.markReady(second, "ffmuc_welt") || !s.markUp(second) {
 		t.Error("the current setup could not change the state")
 	}

@@ -125,5 +125,5 @@ func ParseCatchupBatch(payload []byte) (CatchupBatch, error) {
 }
 
 // BrokerSyncTopic is wgkex/broker/{id}/sync, on which a broker sends itself tokens to learn that it has handled
-// every message the server sent it before (see mqttc.Client.Sync and Cluster.Sync).
+// every message the server sent it before (see mqttclient.Client.Sync and Cluster.Sync).
 func BrokerSyncTopic(id string) string { return clusterRoot + "/" + id + "/sync" }

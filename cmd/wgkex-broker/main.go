@@ -20,7 +20,7 @@ import (
 	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
 	"github.com/freifunkMUC/wgkex-go/internal/cli"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
-	"github.com/freifunkMUC/wgkex-go/mqttd"
+	"github.com/freifunkMUC/wgkex-go/internal/passwd"
 	"github.com/freifunkMUC/wgkex-go/store"
 )
 
@@ -156,7 +156,7 @@ func fileCommand(name string, args []string) (*config.Config, string, error) {
 // see it) and prints its bcrypt hash for workers.<name>.password_hash or broker.mqtt_monitors.<name>.
 func hashPassword(args []string, in io.Reader, out io.Writer) error {
 	fs := flag.NewFlagSet("wgkex-broker hash-password", flag.ContinueOnError)
-	cost := fs.Int("cost", mqttd.DefaultCost, "bcrypt cost")
+	cost := fs.Int("cost", passwd.DefaultCost, "bcrypt cost")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -171,7 +171,7 @@ func hashPassword(args []string, in io.Reader, out io.Writer) error {
 	if pw == "" {
 		return errors.New("empty password on standard input")
 	}
-	h, err := mqttd.HashPassword([]byte(pw), *cost)
+	h, err := passwd.Hash([]byte(pw), *cost)
 	if err != nil {
 		return err
 	}

@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freifunkMUC/wgkex-go/internal/passwd"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
-	"github.com/freifunkMUC/wgkex-go/mqttd"
 )
 
 // logLine is one JSON log line of the broker.
@@ -201,7 +201,7 @@ log: {format: json}
 // hash returns a bcrypt hash of pw at the lowest cost.
 func hash(t *testing.T, pw string) string {
 	t.Helper()
-	h, err := mqttd.HashPassword([]byte(pw), 4)
+	h, err := passwd.Hash([]byte(pw), 4)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,15 +21,15 @@ import (
 	"github.com/freifunkMUC/wgkex-go/broker/keylist"
 	"github.com/freifunkMUC/wgkex-go/internal/admin"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
 	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
-	"github.com/freifunkMUC/wgkex-go/mqttc"
 	"github.com/freifunkMUC/wgkex-go/mqttd"
 	"github.com/freifunkMUC/wgkex-go/store"
 	"github.com/freifunkMUC/wgkex-go/web"
 )
 
-// bus is the broker's MQTT side: the embedded server (mqttd) or a client of an existing server (mqttc).
+// bus is the broker's MQTT side: the embedded server (mqttd) or a client of an existing server (mqttclient).
 type bus interface {
 	// Handle subscribes fn to filter; call it before Serve.
 	Handle(filter string, fn func(topic string, payload []byte)) error
@@ -41,7 +41,7 @@ type bus interface {
 
 var (
 	_ bus = (*mqttd.Server)(nil)
-	_ bus = (*mqttc.Client)(nil)
+	_ bus = (*mqttclient.Client)(nil)
 )
 
 // Daemon is a running broker.
@@ -51,7 +51,7 @@ type Daemon struct {
 	// MQTT is the embedded server; nil when the broker uses broker.mqtt_server.
 	MQTT *mqttd.Server
 	// Client is the connection to broker.mqtt_server; nil with the embedded server.
-	Client *mqttc.Client
+	Client *mqttclient.Client
 	// Cluster is this broker's part among the others on broker.mqtt_server; nil with the embedded server.
 	Cluster *cluster.Cluster
 	bus     bus
@@ -102,7 +102,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 	var (
 		mq        bus
 		embedded  *mqttd.Server
-		client    *mqttc.Client
+		client    *mqttclient.Client
 		peers     *cluster.Cluster
 		id        string
 		up        link // the MQTT client's callbacks need the broker; they run only after Serve

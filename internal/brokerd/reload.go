@@ -2,8 +2,9 @@ package brokerd
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/freifunkMUC/wgkex-go/internal/config"
@@ -35,6 +36,38 @@ func restartOnly(cfg *config.Config) map[string]any {
 	}
 }
 
+// reloadable names the configuration keys Reload applies to the running broker: which gateways exist and their
+// own passwords, the embedded MQTT server's shared login and monitors, the status page's credentials.
+var reloadable = []string{
+	"workers",
+	"mqtt.username",
+	"mqtt.password",
+	"broker.mqtt_monitors",
+	"broker.dashboard.username",
+	"broker.dashboard.password_hash",
+}
+
+// ignored names the configuration keys the broker does not read, which a reload may change freely: the worker's
+// own, and two of the reference's, log_level (folded into log.level at load, where restartOnly sees a change)
+// and logging_config (read by nobody). TestEveryKeyClassified checks that every key of config.Config is in
+// restartOnly, reloadable or here.
+var ignored = []string{
+	"externalName",
+	"key_whitelist",
+	"cleanup",
+	"worker",
+	"mqtt.broker_url",
+	"mqtt.broker_port",
+	"mqtt.keepalive",
+	"mqtt.tls",
+	"mqtt.ca_file",
+	"mqtt.server_name",
+	"mqtt.cert_file",
+	"mqtt.key_file",
+	"log_level",
+	"logging_config",
+}
+
 // RestartError refuses a reload that changes keys the broker reads only at start.
 type RestartError struct {
 	// Keys are the changed keys, sorted.
@@ -56,7 +89,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	defer d.reloadMu.Unlock()
 	old, cur := restartOnly(d.cfg), restartOnly(cfg)
 	var changed []string
-	for _, k := range sortedKeys(cur) {
+	for _, k := range slices.Sorted(maps.Keys(cur)) {
 		if !reflect.DeepEqual(old[k], cur[k]) {
 			changed = append(changed, k)
 		}
@@ -73,15 +106,6 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	d.web.SetDashboard(d.dashboard(cfg))
 	d.cfg = cfg
 	return nil
-}
-
-func sortedKeys(m map[string]any) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
 
 // ReloadCertificates reads the certificates of the HTTPS listener and of the embedded MQTT server's TLS

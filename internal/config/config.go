@@ -8,12 +8,12 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"reflect"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,8 +23,9 @@ import (
 	"github.com/knadh/koanf/providers/confmap"
 	"github.com/knadh/koanf/providers/rawbytes"
 	"github.com/knadh/koanf/v2"
-	"golang.org/x/crypto/bcrypt"
 
+	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
+	"github.com/freifunkMUC/wgkex-go/internal/passwd"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
@@ -473,7 +474,7 @@ func (c *Config) Validate() error {
 	}
 	if (c.Broker.Dashboard.Username == "") != (c.Broker.Dashboard.PasswordHash == "") {
 		p = append(p, "broker.dashboard: username and password_hash go together")
-	} else if _, err := bcrypt.Cost([]byte(c.Broker.Dashboard.PasswordHash)); c.Broker.Dashboard.PasswordHash != "" && err != nil {
+	} else if err := passwd.Valid(c.Broker.Dashboard.PasswordHash); c.Broker.Dashboard.PasswordHash != "" && err != nil {
 		p = append(p, fmt.Sprintf("broker.dashboard.password_hash: not a bcrypt hash: %v", err))
 	}
 	positive := map[string]Duration{
@@ -483,7 +484,7 @@ func (c *Config) Validate() error {
 		"broker.replay_window":             c.Broker.ReplayWindow,
 		"broker.dashboard.sample_interval": c.Broker.Dashboard.SampleInterval,
 	}
-	for _, name := range sortedKeys(positive) {
+	for _, name := range slices.Sorted(maps.Keys(positive)) {
 		if positive[name] <= 0 {
 			p = append(p, fmt.Sprintf("%s: must be positive", name))
 		}
@@ -492,7 +493,7 @@ func (c *Config) Validate() error {
 		"cleanup.initial_handshake_grace": c.Cleanup.InitialHandshakeGrace,
 		"broker.reconnect_grace":          c.Broker.ReconnectGrace,
 	}
-	for _, name := range sortedKeys(nonNegative) {
+	for _, name := range slices.Sorted(maps.Keys(nonNegative)) {
 		if nonNegative[name] < 0 {
 			p = append(p, fmt.Sprintf("%s: must not be negative", name))
 		}
@@ -546,17 +547,8 @@ func (m MQTTServer) problems() []string {
 		return nil
 	}
 	var p []string
-	// A problem never repeats a password written into the url (url.Error quotes the whole url).
-	u, err := url.Parse(m.URL)
-	switch {
-	case err != nil:
-		p = append(p, fmt.Sprintf("broker.mqtt_server.url: %v", errors.Unwrap(err)))
-	case u.User != nil:
-		p = append(p, fmt.Sprintf("broker.mqtt_server.url %q: credentials go in username and password, not in the url", u.Redacted()))
-	case u.Scheme != "mqtt" && u.Scheme != "tcp" && u.Scheme != "tls" && u.Scheme != "mqtts" && u.Scheme != "ssl":
-		p = append(p, fmt.Sprintf("broker.mqtt_server.url %q: scheme is not mqtt or tls", m.URL))
-	case u.Hostname() == "":
-		p = append(p, fmt.Sprintf("broker.mqtt_server.url %q: no host", m.URL))
+	if _, err := mqttclient.ParseURL(m.URL); err != nil {
+		p = append(p, fmt.Sprintf("broker.mqtt_server.url: %v", err))
 	}
 	if (m.CertFile == "") != (m.KeyFile == "") {
 		p = append(p, "broker.mqtt_server: cert_file and key_file go together")
@@ -597,15 +589,6 @@ func (c *Config) Stripped() map[string]string {
 		}
 	}
 	return m
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
 
 var durationType = reflect.TypeOf(Duration(0))

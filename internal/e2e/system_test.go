@@ -7,12 +7,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -600,7 +601,7 @@ func TestSystem(t *testing.T) {
 		before := map[string][]string{}
 		for _, g := range s.gws {
 			wg, _, _, _ := s.peers(g)
-			before[g.name] = sortedKeys(wg)
+			before[g.name] = slices.Sorted(maps.Keys(wg))
 		}
 		// Published by gw3 with its own password: refused outside gw3's topics (acknowledged and dropped: MQTT
 		// 3.1.1), dropped by the broker's parsers on gw3's own.
@@ -638,7 +639,7 @@ func TestSystem(t *testing.T) {
 			s.waitPeers(g, []string{sentinel}, 10*time.Second)
 			wg, _, _, _ := s.peers(g)
 			delete(wg, sentinel)
-			if got := sortedKeys(wg); strings.Join(got, ",") != strings.Join(before[g.name], ",") {
+			if got := slices.Sorted(maps.Keys(wg)); strings.Join(got, ",") != strings.Join(before[g.name], ",") {
 				t.Errorf("%s peers changed by garbage: %d before, %d after", g.name, len(before[g.name]), len(got))
 			}
 			if g.worker.ProcessState != nil {
@@ -668,13 +669,13 @@ func TestSystem(t *testing.T) {
 		}
 		// Damage what a crash mid-apply could leave: a peer whose route and FDB entry are missing.
 		wg, _, _, _ := s.peers(gw1)
-		victim := sortedKeys(wg)[0]
+		victim := slices.Sorted(maps.Keys(wg))[0]
 		ll := wire.LinkLocal(victim).String()
 		gw1.in("ip", "-6", "route", "del", ll+"/128", "dev", "wg-welt").Run()
 		gw1.in("bridge", "fdb", "del", "00:00:00:00:00:00", "dev", "vx-welt", "dst", ll, "via", "wg-welt").Run()
 		s.startWorker(gw1)
 		s.waitOnline(gw1)
-		s.waitPeers(gw1, sortedKeys(wg), 20*time.Second)
+		s.waitPeers(gw1, slices.Sorted(maps.Keys(wg)), 20*time.Second)
 		s.checkConsistent(gw1)
 		testenv.Eventually(t, 10*time.Second, func() bool { return s.chosen() == "gw1" }, "gw1 not chosen again")
 	})
@@ -705,13 +706,4 @@ func step(t *testing.T, name string, fn func()) {
 	start := time.Now()
 	fn()
 	t.Logf("=== %s: done in %v", name, time.Since(start).Round(time.Millisecond))
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

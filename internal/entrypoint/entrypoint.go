@@ -6,13 +6,13 @@ package entrypoint
 
 import (
 	"fmt"
-	"net"
-	"net/url"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
 )
 
 // Defaults are the values the reference's entrypoint uses for variables that are not set.
@@ -92,25 +92,15 @@ func parseBool(s string) bool {
 // yamlZero matches the YAML 1.1 spellings of the integer and float zero.
 var yamlZero = regexp.MustCompile(`^[-+]?(0[0_]*|0b[0_]+|0x[0_]+|0[0_]*\.[0_]*([eE][-+][0-9]+)?|\.[0_]+([eE][-+][0-9]+)?)$`)
 
-// serverURL builds broker.mqtt_server.url from the reference's host (or URL), port and TLS flag.
+// serverURL builds broker.mqtt_server.url from the reference's host (or URL), port and TLS flag. What
+// mqttclient.ServerURL cannot read is written as it is, for the configuration check to name.
 func serverURL(host, port string, tls bool) string {
-	if strings.Contains(host, "://") {
-		if u, err := url.Parse(host); err == nil {
-			switch u.Scheme {
-			case "tls", "ssl", "mqtts":
-				tls = true
-			}
-			if u.Port() != "" {
-				port = u.Port()
-			}
-			host = u.Hostname()
-		}
+	p, _ := strconv.Atoi(port) // not a number: broker_port names it, and the standard port stands in here
+	u, err := mqttclient.ServerURL(host, p, tls)
+	if err != nil {
+		return host
 	}
-	scheme := "mqtt"
-	if tls {
-		scheme = "tls"
-	}
-	return scheme + "://" + net.JoinHostPort(host, port)
+	return u.String()
 }
 
 // Plan is what the entrypoint does: write Config to Path (when not nil), then run Argv with Env.

@@ -1,5 +1,6 @@
-// Package tlsfiles builds TLS configuration from PEM files: the MQTT clients (the broker's client of an external
-// server, mqttc, and the worker) read the same kind of files the same way, and the embedded server its client CA.
+// Package tlsfiles builds TLS configuration from PEM files: the one MQTT client (internal/mqttclient, the
+// worker's and the broker's of an external server) its client configuration, the embedded server its client CA,
+// and the HTTPS and MQTT listeners their certificates, reloaded when they change.
 package tlsfiles
 
 import (

@@ -1,4 +1,4 @@
-package mqttc
+package mqttclient
 
 import (
 	"fmt"
@@ -31,15 +31,22 @@ func parseFilter(filter string) ([]string, error) {
 	return levels, nil
 }
 
-// match reports whether topic levels match filter levels (MQTT 5 §4.7). Topics starting with $ match no filter
-// that starts with a wildcard.
+// Match reports whether topic matches filter (MQTT 5 §4.7: + is one level, # the rest, and only as the last
+// level). Topics starting with $ match no filter that starts with a wildcard. It does not check the filter, nor
+// take off a $share/<group>/ prefix: that is what a Client does with the filters it subscribes to. The embedded
+// server's access rules are checked against it.
+func Match(filter, topic string) bool {
+	return match(strings.Split(filter, "/"), strings.Split(topic, "/"))
+}
+
+// match is Match on filter and topic levels.
 func match(filter, topic []string) bool {
 	if len(topic) > 0 && strings.HasPrefix(topic[0], "$") && len(filter) > 0 && (filter[0] == "+" || filter[0] == "#") {
 		return false
 	}
 	for i, f := range filter {
 		if f == "#" {
-			return true
+			return i == len(filter)-1
 		}
 		if i >= len(topic) {
 			return false

@@ -1,4 +1,4 @@
-package mqttc
+package mqttclient
 
 import (
 	"net"
@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
+	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
 )
 
 // pki writes a CA, a server certificate for mqtt.test and 127.0.0.1, and a client certificate for CN broker-a
@@ -33,8 +33,8 @@ func TestClientTLS(t *testing.T) {
 	addr := testenv.Mosquitto(t, testenv.MosquittoOptions{Extra: "cafile " + dir + "/ca.pem\ncertfile " + dir + "/server.pem\nkeyfile " + dir +
 		"/server.key\nrequire_certificate true\nuse_identity_as_username true\n"}).Addr
 	_, port, _ := net.SplitHostPort(addr)
-	good := config.MQTTServer{URL: "tls://127.0.0.1:" + port, CAFile: dir + "/ca.pem", ServerName: "mqtt.test",
-		CertFile: dir + "/client.pem", KeyFile: dir + "/client.key", ClientID: "broker-a", Keepalive: 5}
+	good := Server{Addr: "tls://127.0.0.1:" + port, Files: tlsfiles.Client{CAFile: dir + "/ca.pem", ServerName: "mqtt.test",
+		CertFile: dir + "/client.pem", KeyFile: dir + "/client.key"}, ClientID: "broker-a", Keepalive: 5}
 	in := &inbox{}
 	c, err := New(testenv.Logger(t), Options{Server: good})
 	if err != nil {
@@ -48,13 +48,13 @@ func TestClientTLS(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, c.Connected, "no TLS connection with a client certificate")
 
 	noCert, noCA := good, good
-	noCert.CertFile, noCert.KeyFile, noCert.ClientID = "", "", "no-cert"
-	noCA.CAFile, noCA.ClientID = "", "no-ca"
+	noCert.Files.CertFile, noCert.Files.KeyFile, noCert.ClientID = "", "", "no-cert"
+	noCA.Files.CAFile, noCA.ClientID = "", "no-ca"
 	// Without a certificate, TLS 1.3 completes the client's side of the handshake before the server checks it: the
 	// server's "certificate required" alert can lose the race against its closing the connection, which the client
 	// then sees as a reset. Either way the server refused it; the trust failure is the client's own and certain.
 	for _, tc := range []struct {
-		s    config.MQTTServer
+		s    Server
 		want []string
 	}{{noCert, []string{"certificate required", "connection reset by peer"}}, {noCA, []string{"certificate signed by unknown authority"}}} {
 		log, logs := testenv.CaptureLogger(t)

@@ -1,4 +1,4 @@
-package mqttc
+package mqttclient
 
 import (
 	"strings"
@@ -24,6 +24,20 @@ func TestMatch(t *testing.T) {
 		{"$SYS/#", "$SYS/broker/uptime", true},
 		{"a/b", "a", false},
 		{"a", "a/b", false},
+		{"#", "a/b", true},
+		{"#", "$SYS/x", false},
+		{"a/#", "a", true},
+		{"a/#", "a/b/c", true},
+		{"a/+", "a/b", true},
+		{"a/+", "a/b/c", false},
+		{"a/+", "a", false},
+		{"+/+", "a/b", true},
+		{"+", "", true},
+		{"a/b", "a/b", true},
+		{"a/b", "a/b/", false},
+		{"a//b", "a//b", true},
+		{"+/b", "$SYS/b", false},
+		{"wireguard/ffmuc_welt/+", "wireguard/ffmuc_welt/all", true},
 	} {
 		p, err := parseFilter(tc.filter)
 		if err != nil {
@@ -31,6 +45,9 @@ func TestMatch(t *testing.T) {
 		}
 		if got := match(p, strings.Split(tc.topic, "/")); got != tc.want {
 			t.Errorf("match(%q, %q) = %v, want %v", tc.filter, tc.topic, got, tc.want)
+		}
+		if got := Match(tc.filter, tc.topic); got != tc.want && !strings.HasPrefix(tc.filter, "$share/") {
+			t.Errorf("Match(%q, %q) = %v, want %v", tc.filter, tc.topic, got, tc.want)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package mqttc
+package mqttclient
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
 
@@ -34,7 +33,7 @@ func (b *inbox) list() []string {
 func dial(t *testing.T, addr, id, pass string, handlers map[string]*inbox) *Client {
 	t.Helper()
 	c, err := New(testenv.Logger(t), Options{
-		Server:    config.MQTTServer{URL: "mqtt://" + addr, Username: id, Password: pass, ClientID: id, Keepalive: 5},
+		Server:    Server{Addr: "mqtt://" + addr, Username: id, Password: pass, ClientID: id, Keepalive: 5, MaxPacket: 1 << 20},
 		Will:      &Message{Topic: "test/" + id + "/status", Payload: []byte("0"), QoS: 1, Retain: true},
 		Hello:     &Message{Topic: "test/" + id + "/status", Payload: []byte("1"), QoS: 1, Retain: true},
 		SyncTopic: "test/" + id + "/sync",
@@ -111,7 +110,7 @@ func TestClientAgainstMosquitto(t *testing.T) {
 	}
 	wg.Wait()
 
-	bad, err := New(testenv.Logger(t), Options{Server: config.MQTTServer{URL: "mqtt://" + addr, Username: "a", Password: "guess", ClientID: "intruder", Keepalive: 5}})
+	bad, err := New(testenv.Logger(t), Options{Server: Server{Addr: "mqtt://" + addr, Username: "a", Password: "guess", ClientID: "intruder", Keepalive: 5}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package mqttc
+package mqttclient
 
 import (
 	"context"
