@@ -220,8 +220,8 @@ func (p *page) fitsPhone(what string) {
 	if eval[bool](p, `document.documentElement.scrollWidth > window.innerWidth`) {
 		p.t.Errorf("%s: the page is wider than a phone's screen", what)
 	}
-	if eval[bool](p, `[...document.querySelectorAll(".table-wrap")].some(w => w.scrollWidth > w.clientWidth)`) {
-		p.t.Errorf("%s: a table must be scrolled sideways on a phone", what)
+	if id := eval[string](p, `[...document.querySelectorAll(".table-wrap table")].filter(t => t.parentNode.scrollWidth > t.parentNode.clientWidth).map(t => t.id).join(" ")`); id != "" {
+		p.t.Errorf("%s: a table must be scrolled sideways on a phone: %s", what, id)
 	}
 }
 

@@ -180,7 +180,12 @@
 			tr.setAttribute("data-domain", d.name);
 			const reported = d.gateways.filter(dg => seen.has(dg.name));
 			const serving = reported.filter(dg => dg.serving).length;
-			cell(tr, "Domain", "name", d.name);
+			// A long domain name may break after its underscores (on a phone), nowhere else.
+			const name = cell(tr, "Domain", "name");
+			d.name.split(/(?<=_)/).forEach((part, i) => {
+				if (i) name.appendChild(el("wbr"));
+				name.appendChild(document.createTextNode(part));
+			});
 			cell(tr, "Handshaking peers", "num peers", d.peers);
 			const s = cell(tr, "Gateways serving", "num serving", serving + " of " + reported.length);
 			if (!serving) {
