@@ -27,7 +27,10 @@ type GatewayStatus struct {
 	Weight   int    `json:"weight"`
 	// Configured reports whether the worker is listed under workers: (others weigh 1).
 	Configured bool `json:"configured"`
-	Online     bool `json:"online"`
+	// Seen reports whether the broker has heard from the worker (its state is kept in the state file); false: a
+	// configured gateway that never connected, as against one that left (offline, seen).
+	Seen   bool `json:"seen"`
+	Online bool `json:"online"`
 	// Since is when the worker last went online or offline (zero: not seen since this version recorded it).
 	Since time.Time `json:"since,omitzero"`
 	// LastReport is when the worker last reported anything new.
@@ -82,6 +85,10 @@ func (b *Broker) Status() Status {
 	cfg := b.gateways // replaced, never changed in place, by SetGateways
 	total := b.total
 	b.mu.Unlock()
+	seen := make(map[string]bool, len(byName))
+	for name := range byName {
+		seen[name] = true
+	}
 	for name := range cfg {
 		if _, ok := byName[name]; !ok {
 			byName[name] = WorkerState{Name: name}
@@ -101,7 +108,7 @@ func (b *Broker) Status() Status {
 	for name, w := range byName {
 		c, configured := cfg[name]
 		g := GatewayStatus{
-			Name: name, Location: c.Location, Weight: c.Weight, Configured: configured,
+			Name: name, Location: c.Location, Weight: c.Weight, Configured: configured, Seen: seen[name],
 			Online: w.Online, Since: w.Since, LastReport: w.Changed, Peers: sumPeers(w.Peers),
 		}
 		wt := 1 // as the gateway choice weighs an unconfigured worker

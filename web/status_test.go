@@ -83,9 +83,9 @@ func TestStatusJSON(t *testing.T) {
 	}
 	// Four configured workers of weight 1; gw05 is offline, so only gw04's 10+3 peers are online.
 	wantGW := []broker.GatewayStatus{
-		{Name: "gw04", Location: "MUC", Weight: 1, Configured: true, Online: true, Peers: 13, Share: 0.25,
+		{Name: "gw04", Location: "MUC", Weight: 1, Configured: true, Seen: true, Online: true, Peers: 13, Share: 0.25,
 			Target: 3.25, Distance: 9.75, AssignedLastHour: 3, Serving: []string{"ffmuc_welt"}},
-		{Name: "gw05", Location: "Vienna", Weight: 1, Configured: true, Peers: 30, Share: 0.25, Serving: []string{}},
+		{Name: "gw05", Location: "Vienna", Weight: 1, Configured: true, Seen: true, Peers: 30, Share: 0.25, Serving: []string{}},
 		{Name: "gw06", Location: "MUC", Weight: 1, Configured: true, Share: 0.25, Serving: []string{}},
 		{Name: "gw07", Weight: 1, Configured: true, Share: 0.25, Serving: []string{}},
 	}

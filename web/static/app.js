@@ -18,6 +18,7 @@
 	};
 	let peerPlot = null, peerKey = "";
 	let regPlot = null;
+	let nowSec = 0; // the broker's time at the last answer, Unix seconds
 
 	function $(id) { return document.getElementById(id); }
 
@@ -42,6 +43,16 @@
 		if (h) return h + "h " + m + "m";
 		if (m) return m + "m " + (s % 60) + "s";
 		return s + "s";
+	}
+
+	// when is a time in short: the time of day if it is on the day of now, else the date too.
+	function when(t, now) {
+		const d = new Date(t), n = new Date(now);
+		const hm = { hour: "numeric", minute: "2-digit" };
+		if (d.toDateString() === n.toDateString()) return d.toLocaleTimeString([], hm);
+		const day = { month: "short", day: "numeric" };
+		if (d.getFullYear() !== n.getFullYear()) day.year = "numeric";
+		return d.toLocaleString([], Object.assign(day, hm));
 	}
 
 	function fixed(x, digits) { return Number(x).toFixed(digits); }
@@ -121,74 +132,178 @@
 				scales: { x: { time: true } },
 				series: [{}, { label: "v1", stroke: palette[0], width: 2, points: { show: false } },
 					{ label: "v2", stroke: palette[1], width: 2, points: { show: false } }],
-				axes: [{}, { label: "per minute" }],
+				axes: [{ values: timeLabels }, { label: "per minute" }],
 			}, data, $("reg-chart"));
 		} else {
 			regPlot.setData(data);
 		}
 	}
 
-	function renderDomains(st) {
-		const gws = {};
-		for (const g of st.gateways || []) gws[g.name] = g;
-		const awaiting = new Set((st.mqtt && st.mqtt.awaiting) || []);
-		const box = $("domains");
-		box.replaceChildren();
+	// plural counts a thing: "1 peer", "2 peers", "0 peers".
+	function plural(n, one, many) { return n + " " + (n === 1 ? one : (many || one + "s")); }
+
+	// distance shows a gateway's distance from its target to one decimal: 0.0 is neutral (no sign, no colour, never
+	// "-0.0" or "+0.0"); below its target (green) it is chosen first, above it (red) last.
+	function distance(td, x) {
+		const r = Math.round(x * 10) / 10;
+		if (r === 0) {
+			td.textContent = "0.0";
+			return;
+		}
+		td.textContent = (r > 0 ? "+" : "") + r.toFixed(1);
+		td.classList.add(r < 0 ? "below" : "above");
+	}
+
+	// domainsOf maps each gateway to the domains it reported, in configuration order, with its figures there. A
+	// gateway the broker never heard from is listed under every domain in the JSON; here it has none.
+	function domainsOf(st, seen) {
+		const out = {};
 		for (const d of st.domains || []) {
-			const sec = el("section", "card domain");
-			sec.setAttribute("data-domain", d.name);
-			const h = el("h2", "", d.name + " ");
-			h.appendChild(el("span", "peers-total", d.peers + " peers"));
-			sec.appendChild(h);
-			if (!d.gateways.length) {
-				sec.appendChild(el("p", "muted", "no gateway serves this domain"));
-				box.appendChild(sec);
-				continue;
-			}
-			const wrap = el("div", "table-wrap");
-			const table = el("table", "gateways");
-			const head = el("tr");
-			for (const [t, c] of [["Gateway", ""], ["Location", ""], ["Weight", "num"], ["Status", ""], ["Peers", "num"],
-				["Share", "num"], ["Target", "num"], ["Distance", "num"], ["Assigned 1h", "num"], ["Endpoint", ""]]) {
-				head.appendChild(el("th", c, t));
-			}
-			const thead = el("thead");
-			thead.appendChild(head);
-			table.appendChild(thead);
-			const tbody = el("tbody");
 			for (const dg of d.gateways) {
-				const g = gws[dg.name] || { name: dg.name };
-				const tr = el("tr", g.online ? "online" : "offline");
-				if (g.online && !dg.serving) tr.classList.add("not-serving");
-				tr.setAttribute("data-gateway", dg.name);
-				cell(tr, "Gateway", "name", dg.name);
-				cell(tr, "Location", "location", g.location || "–");
-				cell(tr, "Weight", "num weight", g.weight);
-				// An online gateway that cannot serve this domain (an interface missing, no CAP_NET_ADMIN) is not offered.
-				const s = cell(tr, "Status", "status", g.online ? (dg.serving ? "online" : "online, not serving") : "offline");
-				if (g.online && awaiting.has(dg.name)) s.appendChild(el("span", "note", "not reconnected yet"));
-				if (g.since) {
-					const since = new Date(g.since);
-					const sp = el("span", "since", "since " + since.toLocaleString());
-					s.appendChild(sp);
-				}
-				cell(tr, "Peers", "num peers", dg.peers < 0 ? "–" : dg.peers);
-				cell(tr, "Share", "num share", fixed(g.share * 100, 1) + " %");
-				cell(tr, "Target", "num target", g.online ? fixed(g.target, 1) : "–");
-				const dist = cell(tr, "Distance", "num distance", g.online ? (g.distance > 0 ? "+" : "") + fixed(g.distance, 1) : "–");
-				if (g.online) dist.classList.add(g.distance < 0 ? "below" : "above");
-				cell(tr, "Assigned 1h", "num assigned", dg.assigned_last_hour);
-				cell(tr, "Endpoint", "endpoint", dg.endpoint || "–");
-				tbody.appendChild(tr);
+				if (!seen.has(dg.name)) continue;
+				(out[dg.name] = out[dg.name] || []).push(Object.assign({ domain: d.name }, dg));
 			}
-			table.appendChild(tbody);
-			wrap.appendChild(table);
-			sec.appendChild(wrap);
-			box.appendChild(sec);
+		}
+		return out;
+	}
+
+	// renderDomainSummary: per domain, the handshaking peers on its online gateways, the gateways offering it and
+	// the nodes sent there in the last hour.
+	function renderDomainSummary(st) {
+		const seen = new Set((st.gateways || []).filter(g => g.seen !== false).map(g => g.name));
+		const ds = st.domains || [];
+		$("domains-count").textContent = plural(ds.length, "domain");
+		const tbody = $("domain-list").tBodies[0];
+		tbody.replaceChildren();
+		for (const d of ds) {
+			const tr = el("tr");
+			tr.setAttribute("data-domain", d.name);
+			const reported = d.gateways.filter(dg => seen.has(dg.name));
+			const serving = reported.filter(dg => dg.serving).length;
+			// A long domain name may break after its underscores (on a phone), nowhere else.
+			const name = cell(tr, "Domain", "name");
+			d.name.split(/(?<=_)/).forEach((part, i) => {
+				if (i) name.appendChild(el("wbr"));
+				name.appendChild(document.createTextNode(part));
+			});
+			cell(tr, "Handshaking peers", "num peers", d.peers);
+			const s = cell(tr, "Gateways serving", "num serving", serving + " of " + reported.length);
+			if (!serving) {
+				tr.classList.add("unserved");
+				s.appendChild(el("span", "note", "no gateway serves it"));
+			}
+			cell(tr, "Assigned (v2, 1h)", "num assigned", reported.reduce((n, dg) => n + dg.assigned_last_hour, 0));
+			tbody.appendChild(tr);
+		}
+	}
+
+	// hostPort splits an endpoint at its last colon (the port); an IPv6 address keeps its own colons.
+	function hostPort(ep) {
+		const i = ep.lastIndexOf(":");
+		return i < 0 ? [ep, ""] : [ep.slice(0, i), ep.slice(i)];
+	}
+
+	// domainList is a gateway's domains, compact: the domain, its handshaking peers there and the endpoint (the
+	// host once above the list when every domain has the same one, then only the ports).
+	function domainList(td, g, doms) {
+		if (!doms.length) {
+			td.appendChild(el("span", "muted", "–"));
+			return;
+		}
+		const hosts = new Set(doms.filter(x => x.endpoint).map(x => hostPort(x.endpoint)[0]));
+		const common = hosts.size === 1 && doms.every(x => x.endpoint) ? [...hosts][0] : "";
+		if (common) td.appendChild(el("div", "dhost", common));
+		const ul = el("ul", "domains");
+		for (const x of doms) {
+			const li = el("li");
+			li.setAttribute("data-domain", x.domain);
+			li.appendChild(el("span", "dname", x.domain));
+			li.appendChild(el("span", "dpeers", x.peers < 0 ? "offline" : plural(x.peers, "peer")));
+			const ep = !x.endpoint ? "no endpoint" : common ? hostPort(x.endpoint)[1] : x.endpoint;
+			li.appendChild(el("span", "dep" + (x.endpoint ? "" : " muted"), ep));
+			if (x.endpoint) li.title = x.endpoint;
+			// An online gateway that cannot serve this domain (an interface missing, no CAP_NET_ADMIN) is not offered.
+			if (g.online && !x.serving) {
+				li.classList.add("not-serving");
+				li.appendChild(el("span", "dnote", "not serving"));
+			}
+			ul.appendChild(li);
+		}
+		td.appendChild(ul);
+	}
+
+	// renderGateways: one row per gateway, its domains in the row.
+	function renderGateways(st) {
+		const gws = st.gateways || [];
+		const seen = new Set(gws.filter(g => g.seen !== false).map(g => g.name));
+		const doms = domainsOf(st, seen);
+		const awaiting = new Set((st.mqtt && st.mqtt.awaiting) || []);
+		const never = gws.filter(g => g.seen === false).length;
+		$("gateways-count").textContent = gws.filter(g => g.online).length + " of " + gws.length + " online" +
+			(never ? ", " + never + " never connected" : "");
+		const tbody = $("gateway-list").tBodies[0];
+		tbody.replaceChildren();
+		if (!gws.length) {
+			const tr = el("tr");
+			cell(tr, "", "muted", "no gateway configured or seen").colSpan = 10;
+			tbody.appendChild(tr);
+			return;
+		}
+		for (const g of gws) {
+			const mine = doms[g.name] || [];
+			const unserved = g.online ? mine.filter(x => !x.serving).length : 0;
+			const state = g.seen === false ? "never" : !g.online ? "offline" : unserved ? "online not-serving" : "online";
+			const tr = el("tr", state);
+			tr.setAttribute("data-gateway", g.name);
+			const name = cell(tr, "Gateway", "name", g.name);
+			if (!g.configured) name.appendChild(el("span", "note", "not configured: weighs 1"));
+			cell(tr, "Location", "location", g.location || "–");
+			cell(tr, "Weight", "num weight", g.weight);
+			let text = "online";
+			if (g.seen === false) text = "never connected";
+			else if (!g.online) text = "offline";
+			else if (unserved === mine.length) text = "online, not serving";
+			else if (unserved) text = "online, not serving " + unserved + " of " + plural(mine.length, "domain");
+			const s = cell(tr, "Status", "status", text);
+			if (g.seen === false) s.appendChild(el("span", "note", "configured, never seen"));
+			if (g.online && awaiting.has(g.name)) s.appendChild(el("span", "note", "not reconnected yet"));
+			if (g.since) s.appendChild(el("span", "since", "since " + when(g.since, st.broker.now)));
+			cell(tr, "Handshaking peers", "num peers", g.online ? g.peers : "–");
+			cell(tr, "Share", "num share", fixed(g.share * 100, 1) + " %");
+			cell(tr, "Target", "num target", g.online ? fixed(g.target, 1) : "–");
+			const dist = cell(tr, "Distance", "num distance", "–");
+			if (g.online) distance(dist, g.distance);
+			cell(tr, "Assigned 1h", "num assigned", g.assigned_last_hour);
+			domainList(cell(tr, "Domains", "domains"), g, mine);
+			tbody.appendChild(tr);
 		}
 	}
 
 	function chartWidth(id) { return Math.max(240, $(id).clientWidth || 600); }
+
+	// The peer chart's time axis: its ticks as the labels show them, kept on the chart's element for the tests.
+	function timeLabels(u, splits) {
+		const span = u.scales.x.max - u.scales.x.min;
+		const labels = splits.map(t => {
+			const d = new Date(t * 1000);
+			return span > 86400 * 1.5 ? d.toLocaleDateString([], { month: "short", day: "numeric" }) :
+				d.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" });
+		});
+		const box = u.root.parentNode;
+		if (box) {
+			box.dataset.xTicks = splits.join(" ");
+			box.dataset.xLabels = labels.join("|");
+		}
+		return labels;
+	}
+
+	// peerRange is the chart's time window, from the samples themselves: it ends now and spans an hour at least.
+	// (uPlot's own range for a single time is 1000 days when times are seconds: the axis ran from 2027 to 2029.)
+	function peerRange(u) {
+		const xs = u.data[0] || [];
+		const end = Math.max(nowSec || Date.now() / 1000, xs.length ? xs[xs.length - 1] : 0);
+		return [Math.min(xs.length ? xs[0] : end, end - 3600), end];
+	}
 
 	function renderHistory(st) {
 		const h = st.peer_history;
@@ -196,7 +311,13 @@
 		const names = Object.keys(h.workers).sort();
 		haveHistory = h.times.length > 0;
 		$("history-empty").hidden = haveHistory;
-		if (typeof uPlot === "undefined" || h.times.length === 0) return;
+		$("peer-chart").dataset.samples = h.times.length;
+		if (!haveHistory && peerPlot) {
+			peerPlot.destroy();
+			peerPlot = null;
+			peerKey = "";
+		}
+		if (typeof uPlot === "undefined" || !haveHistory) return;
 		const data = [h.times].concat(names.map(n => h.workers[n]));
 		const key = names.join("\n");
 		if (peerPlot && key === peerKey) {
@@ -207,17 +328,22 @@
 		peerKey = key;
 		peerPlot = new uPlot({
 			width: chartWidth("peer-chart"), height: 260,
-			scales: { x: { time: true } },
-			series: [{}].concat(names.map((n, i) => ({ label: n, stroke: palette[i % palette.length], width: 2, spanGaps: false }))),
-			axes: [{}, { label: "peers" }],
+			scales: { x: { time: true, range: peerRange } },
+			series: [{}].concat(names.map((n, i) => ({
+				label: n, stroke: palette[i % palette.length], width: 2, spanGaps: false,
+				points: { show: (u, si, i0, i1) => i1 - i0 < 60, size: 6 },
+			}))),
+			axes: [{ values: timeLabels }, { label: "peers" }],
 		}, data, $("peer-chart"));
 	}
 
 	function render(st) {
+		nowSec = Date.parse(st.broker.now) / 1000;
 		renderBroker(st);
 		renderBrokers(st);
 		renderActivity(st);
-		renderDomains(st);
+		renderDomainSummary(st);
+		renderGateways(st);
 		renderHistory(st);
 	}
 
