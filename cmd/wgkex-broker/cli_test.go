@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -30,6 +31,12 @@ func TestCommandLine(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
+	// A wgkex.yaml of the Python deployment: its broker used the Mosquitto that mqtt.broker_url names.
+	python := filepath.Join(dir, "python.yaml")
+	if err := os.WriteFile(python, []byte("domains: [ffmuc_welt]\ndomain_prefixes: [ffmuc_]\n"+
+		"mqtt: {broker_url: mqtt.ffmuc.net, broker_port: 1883, username: wgkex, password: from-python}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		cmd  []string
 		code int
@@ -48,6 +55,11 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"wgkex-broker", "frobnicate"}, 1, []string{"unknown command \"frobnicate\": `wgkex-broker --help` lists the commands"}},
 		{[]string{"wgkex-broker", "--config", filepath.Join(dir, "missing.yaml")}, 1, []string{"missing.yaml"}},
 		{[]string{"wgkex-broker", "backup"}, 1, []string{"usage: wgkex-broker backup [--config FILE] BACKUP_FILE"}},
+		{[]string{"wgkex-broker", "check-config", "--config", "../../wgkex.yaml.example"}, 0,
+			[]string{"mqtt.password: (empty)", "workers[gw04.in.ffmuc.net].weight: 30", "# the broker would start"}},
+		{[]string{"wgkex-broker", "check-config", "--config", python}, 1,
+			[]string{"mqtt.password: (set)", "set broker.mqtt_server.url: mqtt://mqtt.ffmuc.net:1883"}},
+		{[]string{"wgkex-broker", "--config", python}, 1, []string{"set broker.mqtt_server.url: mqtt://mqtt.ffmuc.net:1883"}},
 	}
 	for _, tc := range tests {
 		out, err := exec.Command(filepath.Join(dir, tc.cmd[0]), tc.cmd[1:]...).CombinedOutput()

@@ -60,6 +60,8 @@ func program(logOut io.Writer) cli.Program {
 				Run: func(ctx context.Context, args []string) error { return backup(ctx, args, os.Stdout) }},
 			{Name: "restore", Args: "[--config FILE] [--force] BACKUP_FILE", Summary: "put a backup in place of the stopped broker's state, with the log written since it",
 				Run: func(_ context.Context, args []string) error { return restore(args, os.Stdout) }},
+			{Name: "check-config", Args: "[--config FILE]", Summary: "print the configuration in effect (secrets masked), its warnings and problems",
+				Run: func(_ context.Context, args []string) error { return checkConfig(args, os.Stdout) }},
 			{Name: "compact", Args: "[--config FILE]", Summary: "shrink the stopped broker's state file",
 				Run: func(_ context.Context, args []string) error { return compact(args, os.Stdout) }},
 			{Name: "hash-password", Args: "[--cost N] < PASSWORD", Summary: "print the bcrypt hash of the password on standard input",
@@ -86,6 +88,31 @@ func serve(ctx context.Context, args []string, logOut io.Writer) error {
 		Signals: hup,
 		Load:    func() (*config.Config, error) { return config.FromArgs("wgkex-broker", args) },
 	})
+}
+
+// checkConfig is `wgkex-broker check-config [--config FILE]`: the configuration as the broker would run it, with
+// the file and environment applied and secrets masked, then its warnings; it fails on anything that would stop
+// the broker.
+func checkConfig(args []string, out io.Writer) error {
+	cfg, err := config.FromArgs("wgkex-broker check-config", args)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "# the configuration in effect (file, environment, defaults; secrets masked)")
+	for _, l := range cfg.Effective() {
+		fmt.Fprintln(out, l)
+	}
+	if w := cfg.BrokerWarnings(); len(w) > 0 {
+		fmt.Fprintln(out, "# warnings")
+		for _, l := range w {
+			fmt.Fprintln(out, "warning: "+l)
+		}
+	}
+	if p := cfg.BrokerProblems(); len(p) > 0 {
+		return &config.Error{Problems: p}
+	}
+	fmt.Fprintln(out, "# the broker would start with this configuration")
+	return nil
 }
 
 // compact is `wgkex-broker compact [--config FILE]`: it shrinks the stopped broker's state file.

@@ -84,6 +84,9 @@ type Daemon struct {
 
 // Start opens the state file, starts the MQTT server and the REST API, and returns once both accept connections.
 func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
+	if p := cfg.BrokerProblems(); len(p) > 0 {
+		return nil, &config.Error{Problems: p}
+	}
 	started := time.Now()
 	reg := newRegistry()
 	st, err := store.Open(cfg.Broker.StateFile, log.With("component", "store"))

@@ -179,6 +179,8 @@ type Broker struct {
 	MQTTServer MQTTServer `koanf:"mqtt_server"`
 	// MQTTMonitors are read-only MQTT accounts (subscribe to worker topics, never publish, never see keys).
 	MQTTMonitors map[string]MQTTMonitor `koanf:"mqtt_monitors"`
+	// listenersDefault: MQTTListeners is the default, not set in the file (BrokerProblems).
+	listenersDefault bool
 	// AllowAnonymous accepts MQTT clients without credentials on every listener (default: only on loopback
 	// listeners, and only while no credential is configured).
 	AllowAnonymous bool `koanf:"allow_anonymous"`
@@ -382,6 +384,7 @@ func (c *Config) fill() {
 	}
 	if len(c.Broker.MQTTListeners) == 0 {
 		c.Broker.MQTTListeners = []MQTTListener{defaultMQTTListener}
+		c.Broker.listenersDefault = true
 	}
 }
 
