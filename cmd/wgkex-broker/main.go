@@ -9,12 +9,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/freifunkMUC/wgkex-go/internal/admin"
 	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
@@ -80,6 +84,13 @@ func serve(ctx context.Context, args []string, logOut io.Writer) error {
 	cfg, err := config.FromArgs("wgkex-broker", args)
 	if err != nil {
 		return err
+	}
+	if addr := os.Getenv("WGKEX_PPROF_LISTEN"); addr != "" {
+		stop, err := servePprof(addr)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -204,4 +215,25 @@ func hashPassword(args []string, in io.Reader, out io.Writer) error {
 	}
 	_, err = fmt.Fprintln(out, h)
 	return err
+}
+
+// servePprof serves Go's profiler (net/http/pprof) on addr, a loopback address only: profiles show what the broker
+// does, and CPU profiles cost it while they run. For measuring (README "Profiling"), not for production.
+func servePprof(addr string) (stop func(), err error) {
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("WGKEX_PPROF_LISTEN=%q: a loopback address and port, e.g. 127.0.0.1:6060", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("WGKEX_PPROF_LISTEN: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(ln) }()
+	return func() { srv.Close(); <-done }, nil
 }
