@@ -91,9 +91,22 @@ func TLSConfig(m MQTT) (*tls.Config, error) {
 	return files.Config()
 }
 
-// HandleMessage takes one MQTT message: a key on wireguard/{domain}/+ or a replay batch on
-// wgkex/replay/{worker}/keys. Anything malformed is logged and dropped.
+// HandleMessage takes one MQTT message: a key on wireguard/{domain}/+, a revocation on wgkex/revoke/{domain} or
+// a replay batch on wgkex/replay/{worker}/keys (whose last batch carries the revocations of the window).
+// Anything malformed is logged and dropped.
 func (a *Agent) HandleMessage(topic string, payload []byte) {
+	if domain, err := wire.ParseRevokeTopic(topic); err == nil {
+		r, err := wire.ParseRevocation(payload)
+		if err == nil {
+			err = a.Revoke(domain, r.Key)
+		}
+		if err != nil {
+			a.log.Warn("dropped revocation", "topic", topic, "err", err)
+			return
+		}
+		a.log.Info("key revoked", "domain", domain, "key", r.Key)
+		return
+	}
 	if topic == wire.ReplayKeysTopic(a.opts.Name) {
 		b, err := wire.ParseReplayBatch(payload)
 		if err != nil {
@@ -103,6 +116,11 @@ func (a *Agent) HandleMessage(topic string, payload []byte) {
 		bad := 0
 		for _, k := range b.Keys {
 			if err := a.enqueue(b.Domain, k, true); err != nil {
+				bad++
+			}
+		}
+		for _, k := range b.Revoked {
+			if err := a.Revoke(b.Domain, k); err != nil {
 				bad++
 			}
 		}
@@ -375,7 +393,8 @@ func (s *session) setup(ctx context.Context, gen uint64) bool {
 	a := s.a
 	sub := &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: wire.ReplayKeysTopic(a.opts.Name), QoS: 1}}}
 	for _, d := range a.Domains() {
-		sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: wire.KeyFilter(d), QoS: 1})
+		sub.Subscriptions = append(sub.Subscriptions, paho.SubscribeOptions{Topic: wire.KeyFilter(d), QoS: 1},
+			paho.SubscribeOptions{Topic: wire.RevokeTopic(d), QoS: 1})
 	}
 	if _, err := s.cm.Load().Subscribe(ctx, sub); err != nil {
 		a.log.Warn("mqtt subscribe failed", "err", err)
