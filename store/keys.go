@@ -125,7 +125,7 @@ func (s *Store) overlayPage(domain string, start []byte, limit int) []pageEntry 
 }
 
 // LatestKeys returns up to limit keys of domain, the most recently seen first, with key, domain, first and last
-// seen (not the gateway). It walks the time index backwards from its end in one read transaction, together with
+// seen (not the gateway; for a registration still in the write-ahead log, its own first seen, as KeysPage). It walks the time index backwards from its end in one read transaction, together with
 // the registrations still in the write-ahead log.
 func (s *Store) LatestKeys(domain string, limit int) ([]broker.KeyRecord, error) {
 	if limit <= 0 {

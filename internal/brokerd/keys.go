@@ -50,8 +50,9 @@ func (k keyAdmin) ListKeys(domain string, limit int) ([]admin.Key, error) {
 		out = out[:limit]
 	}
 	for i := range out {
+		// The whole record: one still in the write-ahead log is combined with the stored one (first seen).
 		if r, err := k.st.Key(out[i].Domain, out[i].Key); err == nil {
-			out[i].Gateway = r.Gateway
+			out[i].FirstSeen, out[i].Gateway = r.FirstSeen, r.Gateway
 		}
 	}
 	return out, nil
