@@ -191,6 +191,9 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, erro
 	}
 	for _, d := range opts.Domains {
 		b.domain[d] = true
+		for _, src := range []string{RevokeAdmin, RevokeBlocklist, RevokePeer} {
+			b.meters.revocations.WithLabelValues(d, src) // a series from the start, 0 until the first
+		}
 	}
 	b.setGateways(opts.Gateways)
 	opts.Gateways = nil // b.gateways holds them
