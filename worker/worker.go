@@ -129,6 +129,7 @@ func New(dp dataplane.Dataplane, log *slog.Logger, opts Options) (*Agent, error)
 	a.m = m
 	for d := range opts.Domains {
 		m.ready.WithLabelValues(d).Set(0)
+		m.revoked.WithLabelValues(d) // 0 until the first revocation
 	}
 	return a, nil
 }
