@@ -28,6 +28,8 @@ var (
 	ErrNoGatewayData = errors.New("could not get gateway data")
 	// ErrStore means a registration could not be made durable.
 	ErrStore = errors.New("state store failed")
+	// ErrNotFound reports a key that is not stored (store.ErrNotFound is this error).
+	ErrNotFound = errors.New("not found")
 )
 
 // KeyRecord is one registered key.
@@ -64,6 +66,15 @@ type Store interface {
 	KeysPage(domain string, since time.Time, after KeyCursor, limit int) (keys []KeyRecord, next KeyCursor, err error)
 	PutWorker(WorkerState) error
 	Workers() ([]WorkerState, error)
+	// Key returns the record of key in domain, or ErrNotFound.
+	Key(domain, key string) (KeyRecord, error)
+	// RevokeKey removes key from domain if it was last seen at or before at, and keeps a tombstone that voids
+	// every registration of it up to at, however late it arrives; it reports whether the key was removed.
+	RevokeKey(domain, key string, at time.Time) (bool, error)
+	// Revoked returns the keys of domain revoked at or after since, with the time of each revocation.
+	Revoked(domain string, since time.Time) (map[string]time.Time, error)
+	// RevokedAt returns when key was last revoked in domain, while the tombstone is kept.
+	RevokedAt(domain, key string) (time.Time, bool, error)
 }
 
 // KeyCursor marks where a page of Store.KeysPage ended; it is opaque to the broker.
@@ -120,6 +131,11 @@ type Options struct {
 	Peers Peers
 	// Metrics registers the broker's Prometheus collectors; nil means none.
 	Metrics prometheus.Registerer
+	// ID is this broker's MQTT client id among several on one MQTT server (the by of its revocations); empty
+	// with the embedded server.
+	ID string
+	// LogNodeAddresses adds the node's address to the INFO line of each registration (broker.log_node_addresses).
+	LogNodeAddresses bool
 }
 
 // Broker is the key exchange and gateway choice. It is safe for concurrent use.
@@ -175,6 +191,9 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) (*Broker, erro
 	}
 	for _, d := range opts.Domains {
 		b.domain[d] = true
+		for _, src := range []string{RevokeAdmin, RevokeBlocklist, RevokePeer} {
+			b.meters.revocations.WithLabelValues(d, src) // a series from the start, 0 until the first
+		}
 	}
 	b.setGateways(opts.Gateways)
 	opts.Gateways = nil // b.gateways holds them
@@ -292,6 +311,9 @@ type Request struct {
 	PublicKey string
 	Domain    string
 	Location  string
+	// Node is the address the registration came from (the web package fills it in); it is logged only with
+	// Options.LogNodeAddresses.
+	Node string
 }
 
 // validate checks a registration in the reference's order: key, then domain, then the key lists.
@@ -316,7 +338,7 @@ func (b *Broker) ExchangeV1(r Request) (err error) {
 	if err := b.validate(r); err != nil {
 		return err
 	}
-	return b.register(r, "")
+	return b.register(r, "", APIv1)
 }
 
 // ExchangeV2 records and publishes the key like ExchangeV1, then chooses the gateway for the node and returns its
@@ -332,7 +354,7 @@ func (b *Broker) ExchangeV2(r Request) (_ wire.WorkerData, err error) {
 	if name != "" {
 		b.opts.Peers.Announce(name, r.Domain)
 	}
-	if err := b.register(r, name); err != nil {
+	if err := b.register(r, name, APIv2); err != nil {
 		return wire.WorkerData{}, err
 	}
 	if chooseErr != nil {
@@ -341,11 +363,16 @@ func (b *Broker) ExchangeV2(r Request) (_ wire.WorkerData, err error) {
 	return data, nil
 }
 
-// register makes the key durable, then publishes it.
-func (b *Broker) register(r Request, gateway string) error {
+// register makes the key durable, logs it, then publishes it.
+func (b *Broker) register(r Request, gateway, api string) error {
 	now := b.opts.Now()
 	if err := b.st.PutKey(KeyRecord{Key: r.PublicKey, Domain: r.Domain, FirstSeen: now, LastSeen: now, Gateway: gateway}); err != nil {
 		return fmt.Errorf("%w: record key: %w", ErrStore, err)
+	}
+	if b.opts.LogNodeAddresses {
+		b.log.Info("key registered", "key", r.PublicKey, "domain", r.Domain, "gateway", gateway, "api", api, "node", r.Node)
+	} else {
+		b.log.Info("key registered", "key", r.PublicKey, "domain", r.Domain, "gateway", gateway, "api", api)
 	}
 	// The key is durable: if this publish fails, the replay delivers it.
 	if err := b.pub.Publish(wire.KeyTopic(r.Domain), []byte(r.PublicKey), false, b.opts.Peers.KeyQoS()); err != nil {

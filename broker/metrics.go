@@ -39,6 +39,7 @@ type meters struct {
 	choices        *prometheus.CounterVec
 	replayRequests prometheus.Counter
 	replayedKeys   prometheus.Counter
+	revocations    *prometheus.CounterVec
 
 	mu      sync.Mutex
 	minutes [activityMinutes]minute // ring indexed by Unix minute modulo its length
@@ -70,6 +71,10 @@ func newMeters() *meters {
 			Name: "wgkex_broker_replayed_keys_total",
 			Help: "Keys sent to workers in replays.",
 		}),
+		revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wgkex_broker_revocations_total",
+			Help: "Keys revoked, by domain and source: admin (wgkex-broker keys revoke), blocklist, peer (another broker's).",
+		}, []string{"domain", "source"}),
 	}
 }
 
@@ -79,7 +84,7 @@ func (b *Broker) registerMetrics(reg prometheus.Registerer) error {
 		return nil
 	}
 	m := b.meters
-	for _, c := range []prometheus.Collector{m.exchanges, m.choices, m.replayRequests, m.replayedKeys, stateCollector{b}} {
+	for _, c := range []prometheus.Collector{m.exchanges, m.choices, m.replayRequests, m.replayedKeys, m.revocations, stateCollector{b}} {
 		if err := reg.Register(c); err != nil {
 			return fmt.Errorf("register broker metrics: %w", err)
 		}

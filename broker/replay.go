@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
+	"time"
 
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
@@ -171,8 +173,11 @@ func (b *Broker) StopReplays(ctx context.Context) error {
 // errReplayStopped ends a replay cut short by StopReplays.
 var errReplayStopped = errors.New("replays stopped")
 
-// sendReplay publishes the domain's keys to the worker in batches; the last batch has Last set. Each batch is
-// read from the store in one short read and published after it.
+// sendReplay publishes the domain's keys to the worker in batches; the last batch has Last set and carries the
+// keys revoked within the window and not registered again since (wire.ReplayBatch.Revoked). Each batch is read
+// from the store in one short read and published after it. A key whose registration predates its revocation
+// (still in the write-ahead log, which drops it at its merge) is not sent; the revocations are read again for the
+// last batch, so that one made while the replay ran reaches the worker after the key it voids.
 func (b *Broker) sendReplay(ctx context.Context, worker, domain string) {
 	since := b.opts.Now().Add(-b.opts.ReplayWindow)
 	topic := wire.ReplayKeysTopic(worker)
@@ -180,6 +185,11 @@ func (b *Broker) sendReplay(ctx context.Context, worker, domain string) {
 	sent := 0
 	var cursor KeyCursor
 	err := func() error {
+		tombs, err := b.st.Revoked(domain, since)
+		if err != nil {
+			return fmt.Errorf("read revocations: %w", err)
+		}
+		again := map[string]time.Time{} // revoked keys sent as registered again since, with their last seen
 		for {
 			if ctx.Err() != nil {
 				return errReplayStopped
@@ -190,7 +200,18 @@ func (b *Broker) sendReplay(ctx context.Context, worker, domain string) {
 			}
 			batch.Keys, batch.Last = batch.Keys[:0], next == ""
 			for _, k := range keys {
+				if at, ok := tombs[k.Key]; ok {
+					if !k.LastSeen.After(at) {
+						continue
+					}
+					again[k.Key] = k.LastSeen
+				}
 				batch.Keys = append(batch.Keys, k.Key)
+			}
+			if batch.Last {
+				if batch.Revoked, err = b.revokedSince(domain, since, again); err != nil {
+					return err
+				}
 			}
 			p, err := json.Marshal(batch)
 			if err != nil {
@@ -199,8 +220,8 @@ func (b *Broker) sendReplay(ctx context.Context, worker, domain string) {
 			if err := b.pub.Publish(topic, p, false, 1); err != nil {
 				return err
 			}
-			sent += len(keys)
-			b.meters.replayedKeys.Add(float64(len(keys)))
+			sent += len(batch.Keys)
+			b.meters.replayedKeys.Add(float64(len(batch.Keys)))
 			batch.Seq++
 			if batch.Last {
 				return nil
@@ -214,6 +235,25 @@ func (b *Broker) sendReplay(ctx context.Context, worker, domain string) {
 	case err != nil:
 		b.log.Error("replay failed", "worker", worker, "domain", domain, "sent", sent, "err", err)
 	default:
-		b.log.Info("replayed keys", "worker", worker, "domain", domain, "keys", sent, "batches", batch.Seq)
+		b.log.Info("replayed keys", "worker", worker, "domain", domain, "keys", sent, "batches", batch.Seq,
+			"revoked", len(batch.Revoked))
 	}
+}
+
+// revokedSince returns the keys of domain revoked since, sorted, except those in again registered after their
+// revocation.
+func (b *Broker) revokedSince(domain string, since time.Time, again map[string]time.Time) ([]string, error) {
+	tombs, err := b.st.Revoked(domain, since)
+	if err != nil {
+		return nil, fmt.Errorf("read revocations: %w", err)
+	}
+	var out []string
+	for k, at := range tombs {
+		if seen, ok := again[k]; ok && seen.After(at) {
+			continue
+		}
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out, nil
 }

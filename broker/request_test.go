@@ -15,7 +15,7 @@ func TestParseRequest(t *testing.T) {
 		ok   bool
 	}{
 		{`{"domain": "ffmuc_welt", "public_key": "` + k + `"}`, Request{PublicKey: k, Domain: "ffmuc_welt"}, true},
-		{`{"domain":"ffmuc_welt","public_key":"` + k + `","location":"MUC"}`, Request{k, "ffmuc_welt", "MUC"}, true},
+		{`{"domain":"ffmuc_welt","public_key":"` + k + `","location":"MUC"}`, Request{PublicKey: k, Domain: "ffmuc_welt", Location: "MUC"}, true},
 		{`{"domain":"ffmuc_welt","public_key":"` + k + `","location":5}`, Request{PublicKey: k, Domain: "ffmuc_welt"}, true},
 		{`{"domain":"ffmuc_welt","public_key":"` + k + `","extra":[1]}`, Request{PublicKey: k, Domain: "ffmuc_welt"}, true},
 		{`{"domain":"ffmuc_welt"}`, Request{}, false},

@@ -37,6 +37,7 @@ func (id *identity) workerRights(domains []string) {
 		id.pub[wire.MetricTopic(d, id.name)] = true
 		id.pub[wire.DataTopic(id.name, d)] = true
 		id.sub[wire.KeyFilter(d)] = true
+		id.sub[wire.RevokeTopic(d)] = true
 	}
 }
 

@@ -22,6 +22,7 @@ func TestWorkerRights(t *testing.T) {
 		"wireguard-metrics/ffmuc_nord/gw-a/connected_peers": false,
 		"wireguard/ffmuc_welt/all":                          false,
 		"wgkex/replay/gw-a/keys":                            false,
+		"wgkex/revoke/ffmuc_welt":                           false, // only the broker revokes
 	} {
 		if got := id.canPublish(topic); got != want {
 			t.Errorf("publish %s: %v, want %v", topic, got, want)
@@ -36,10 +37,21 @@ func TestWorkerRights(t *testing.T) {
 		"wgkex/replay/+/keys":      false,
 		"#":                        false,
 		"wireguard-worker/#":       false,
+		"wgkex/revoke/ffmuc_welt":  true, // its domains' revocations
+		"wgkex/revoke/ffmuc_nord":  false,
+		"wgkex/revoke/+":           false,
+		"wgkex/#":                  false,
 	} {
 		if got := id.canSubscribe(filter); got != want {
 			t.Errorf("subscribe %s: %v, want %v", filter, got, want)
 		}
+	}
+	if !id.canRead("wgkex/revoke/ffmuc_welt") || id.canRead("wgkex/revoke/ffmuc_nord") {
+		t.Error("a worker reads the revocations of its domains only")
+	}
+	mon := &identity{name: "grafana", monitor: true}
+	if mon.canRead("wgkex/revoke/ffmuc_welt") || mon.canPublish("wgkex/revoke/ffmuc_welt") {
+		t.Error("a monitor may read or publish revocations")
 	}
 }
 

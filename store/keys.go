@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -11,19 +12,25 @@ import (
 	"github.com/freifunkMUC/wgkex-go/broker"
 )
 
-// Key returns the record of key in domain, or ErrNotFound.
+// Key returns the record of key in domain, or ErrNotFound. A registration still in the write-ahead log from
+// before a revocation of the key, which its merge will drop, is not found either.
 func (s *Store) Key(domain, key string) (broker.KeyRecord, error) {
 	o, inLog := s.overlayOf(domain)[key]
 	var r broker.KeyRecord
 	found := false
+	var revoked int64
 	err := s.db.View(func(tx *bolt.Tx) error {
 		if b := tx.Bucket(bucketKeys).Bucket([]byte(domain)); b != nil {
 			if v := b.Get([]byte(key)); v != nil {
 				r, found = decodeKey(domain, key, v), true
 			}
 		}
+		revoked = revokedAt(tx.Bucket(bucketRevoked).Bucket([]byte(domain)), key)
 		return nil
 	})
+	if inLog && revoked != 0 && o.LastSeen.UnixNano() <= revoked {
+		inLog = false
+	}
 	switch {
 	case err != nil:
 		return broker.KeyRecord{}, err
@@ -115,4 +122,49 @@ func (s *Store) overlayPage(domain string, start []byte, limit int) []pageEntry 
 		out = out[:limit]
 	}
 	return out
+}
+
+// LatestKeys returns up to limit keys of domain, the most recently seen first, with key, domain, first and last
+// seen (not the gateway; for a registration still in the write-ahead log, its own first seen, as KeysPage). It walks the time index backwards from its end in one read transaction, together with
+// the registrations still in the write-ahead log.
+func (s *Store) LatestKeys(domain string, limit int) ([]broker.KeyRecord, error) {
+	if limit <= 0 {
+		limit = 1
+	}
+	page := s.overlayPage(domain, indexKey(0, ""), math.MaxInt)
+	if len(page) > limit {
+		page = page[len(page)-limit:]
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		idx := tx.Bucket(bucketByTime).Bucket([]byte(domain))
+		if idx == nil {
+			return nil
+		}
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		c := idx.Cursor()
+		n := 0
+		for ik, v := c.Last(); ik != nil && n < limit; ik, v = c.Prev() {
+			if s.inOverlay(domain, string(ik[8:])) {
+				continue
+			}
+			page = append(page, pageEntry{ik: string(ik), firstSeen: firstSeenOf(v)})
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(page, func(a, b pageEntry) int { return strings.Compare(b.ik, a.ik) })
+	page = slices.CompactFunc(page, func(a, b pageEntry) bool { return a.ik == b.ik })
+	if len(page) > limit {
+		page = page[:limit]
+	}
+	recs := make([]broker.KeyRecord, len(page))
+	for i, e := range page {
+		recs[i] = broker.KeyRecord{Key: e.ik[8:], Domain: domain, FirstSeen: time.Unix(0, e.firstSeen),
+			LastSeen: time.Unix(0, indexTime([]byte(e.ik)))}
+	}
+	return recs, nil
 }

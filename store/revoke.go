@@ -15,7 +15,9 @@ import (
 
 var bucketRevoked = []byte("revoked")
 
-// RevokeKey removes key from domain as of at and records the revocation. It reports whether the key was stored.
+// RevokeKey removes key from domain as of at and records the revocation. It reports whether the key was stored
+// and removed. A stored registration last seen after at (the node registered again since) stays, and a tombstone
+// later than at stays as it is: applying a revocation twice, or one another broker made, changes nothing more.
 // Registrations still in the write-ahead log are merged first, so that none of them brings the key back.
 func (s *Store) RevokeKey(domain, key string, at time.Time) (bool, error) {
 	if err := s.Flush(); err != nil {
@@ -25,7 +27,7 @@ func (s *Store) RevokeKey(domain, key string, at time.Time) (bool, error) {
 	err := s.update(func(tx *bolt.Tx) error {
 		found = false
 		if b := tx.Bucket(bucketKeys).Bucket([]byte(domain)); b != nil {
-			if v := b.Get([]byte(key)); v != nil {
+			if v := b.Get([]byte(key)); v != nil && lastSeenOf(v) <= at.UnixNano() {
 				found = true
 				if idx := tx.Bucket(bucketByTime).Bucket([]byte(domain)); idx != nil {
 					if err := idx.Delete(indexKey(lastSeenOf(v), key)); err != nil {
@@ -44,9 +46,23 @@ func (s *Store) RevokeKey(domain, key string, at time.Time) (bool, error) {
 		if err != nil {
 			return err
 		}
+		if revokedAt(rb, key) >= at.UnixNano() {
+			return nil
+		}
 		return rb.Put([]byte(key), binary.BigEndian.AppendUint64(nil, uint64(at.UnixNano())))
 	})
 	return found, err
+}
+
+// RevokedAt returns when key was last revoked in domain, if its tombstone is still kept.
+func (s *Store) RevokedAt(domain, key string) (at time.Time, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		if n := revokedAt(tx.Bucket(bucketRevoked).Bucket([]byte(domain)), key); n != 0 {
+			at, ok = time.Unix(0, n), true
+		}
+		return nil
+	})
+	return at, ok, err
 }
 
 // Revoked returns the keys of domain revoked at or after since, with the time of each revocation.

@@ -70,3 +70,95 @@ func TestRevokeKey(t *testing.T) {
 	}
 	s.Close()
 }
+
+// TestRevokeKeyKeepsNewer: a revocation older than the key's last registration (another broker's, from a
+// catch-up) leaves the key stored, and a revocation never moves a tombstone back in time; RevokedAt reports it.
+func TestRevokeKeyKeepsNewer(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	t0 := time.Unix(1_700_000_000, 0)
+	if err := s.PutKey(broker.KeyRecord{Key: "a", Domain: "d", FirstSeen: t0, LastSeen: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if found, err := s.RevokeKey("d", "a", t0.Add(-time.Second)); err != nil || found {
+		t.Fatalf("RevokeKey before the registration = %v, %v; want kept", found, err)
+	}
+	if _, err := s.Key("d", "a"); err != nil {
+		t.Errorf("key registered after the revocation is gone: %v", err)
+	}
+	if found, err := s.RevokeKey("d", "a", t0.Add(time.Minute)); err != nil || !found {
+		t.Fatalf("RevokeKey = %v, %v", found, err)
+	}
+	if _, err := s.RevokeKey("d", "a", t0); err != nil {
+		t.Fatal(err)
+	}
+	at, ok, err := s.RevokedAt("d", "a")
+	if err != nil || !ok || !at.Equal(t0.Add(time.Minute)) {
+		t.Errorf("RevokedAt = %v, %v, %v; want the later revocation", at, ok, err)
+	}
+	if _, ok, _ := s.RevokedAt("d", "b"); ok {
+		t.Error("RevokedAt of a key never revoked")
+	}
+}
+
+// TestKeyHidesVoidRegistration: a registration from before a revocation, still in the write-ahead log, is not
+// found (its merge drops it).
+func TestKeyHidesVoidRegistration(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	t0 := time.Unix(1_700_000_000, 0)
+	if _, err := s.RevokeKey("d", "a", t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutKey(broker.KeyRecord{Key: "a", Domain: "d", FirstSeen: t0.Add(-time.Hour), LastSeen: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.Key("d", "a"); err == nil {
+		t.Errorf("Key found the void registration %+v", r)
+	}
+	if err := s.PutKey(broker.KeyRecord{Key: "a", Domain: "d", FirstSeen: t0.Add(time.Second), LastSeen: t0.Add(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Key("d", "a"); err != nil {
+		t.Errorf("a registration after the revocation is not found: %v", err)
+	}
+}
+
+// TestLatestKeys: the most recently seen keys first, from the bbolt file and the write-ahead log together.
+func TestLatestKeys(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	t0 := time.Unix(1_700_000_000, 0)
+	for i, k := range []string{"a", "b", "c"} {
+		at := t0.Add(time.Duration(i) * time.Second)
+		s.PutKey(broker.KeyRecord{Key: k, Domain: "d", FirstSeen: at, LastSeen: at})
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range []string{"d", "a"} { // in the log; a seen again, last
+		at := t0.Add(time.Duration(10+i) * time.Second)
+		s.PutKey(broker.KeyRecord{Key: k, Domain: "d", FirstSeen: at, LastSeen: at})
+	}
+	keys := func(limit int) []string {
+		recs, err := s.LatestKeys("d", limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range recs {
+			out = append(out, r.Key)
+		}
+		return out
+	}
+	if diff := cmp.Diff([]string{"a", "d", "c", "b"}, keys(10)); diff != "" {
+		t.Errorf("LatestKeys(10) (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"a", "d"}, keys(2)); diff != "" {
+		t.Errorf("LatestKeys(2) (-want +got):\n%s", diff)
+	}
+	recs, _ := s.LatestKeys("d", 1)
+	if len(recs) != 1 || !recs[0].LastSeen.Equal(t0.Add(11*time.Second)) {
+		t.Errorf("LatestKeys(1) = %+v: want a last seen at t0+11s", recs)
+	}
+	if recs, err := s.LatestKeys("none", 5); err != nil || len(recs) != 0 {
+		t.Errorf("LatestKeys of an empty domain = %v, %v", recs, err)
+	}
+}

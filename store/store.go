@@ -17,8 +17,9 @@ import (
 	"github.com/freifunkMUC/wgkex-go/broker"
 )
 
-// ErrNotFound reports a record that is not in the store.
-var ErrNotFound = errors.New("not found")
+// ErrNotFound reports a record that is not in the store. It is broker.ErrNotFound, which the broker core checks
+// without importing the store.
+var ErrNotFound = broker.ErrNotFound
 
 // ErrClosed reports a write after Close.
 var ErrClosed = errors.New("store closed")

@@ -177,7 +177,9 @@ func (s *Server) request(c echo.Context) (broker.Request, error) {
 	if len(body) >= len(utf8BOM) && string(body[:len(utf8BOM)]) == utf8BOM {
 		body = body[len(utf8BOM):]
 	}
-	return broker.ParseRequest(body)
+	r, err := broker.ParseRequest(body)
+	r.Node = c.RealIP()
+	return r, err
 }
 
 func (s *Server) exchangeV1(c echo.Context) error {

@@ -9,7 +9,9 @@ import (
 type message struct {
 	domain, key string
 	replay      bool
-	at          time.Time
+	// revoke: the broker revoked key; the loop removes it from the desired state and from the device.
+	revoke bool
+	at     time.Time
 }
 
 // inbox hands received keys and sync requests from the MQTT side to the loop. Adding never blocks; the loop takes

@@ -49,6 +49,18 @@ func (a *Agent) pass() time.Time {
 
 	for _, m := range msgs {
 		ds := a.domains[m.domain]
+		if dirty[m.domain] == nil {
+			dirty[m.domain] = map[string]bool{}
+		}
+		if m.revoke {
+			delete(ds.want, m.key)
+			delete(ds.received, m.key)
+			delete(ds.failures, m.key)
+			ds.revoked[m.key] = true
+			dirty[m.domain][m.key] = true
+			continue
+		}
+		delete(ds.revoked, m.key) // registered again after the revocation: wanted again
 		// A replayed key already wanted keeps its provisioning time: a replay is not a registration.
 		if _, ok := ds.want[m.key]; !ok || !m.replay {
 			w := ds.want[m.key]
@@ -60,9 +72,6 @@ func (a *Agent) pass() time.Time {
 		}
 		if _, ok := ds.received[m.key]; !ok {
 			ds.received[m.key] = m.at
-		}
-		if dirty[m.domain] == nil {
-			dirty[m.domain] = map[string]bool{}
 		}
 		dirty[m.domain][m.key] = true
 	}
@@ -163,6 +172,7 @@ func (a *Agent) reconcile(ds *domainState, now time.Time, arrived map[string]boo
 	}
 	a.add(ds, plan.Add, log)
 	a.remove(ds, plan.Remove, log)
+	a.removeRevoked(ds, log)
 	for k := range arrived {
 		// A key registered again while in place was never applied: its receipt must not time a later repair.
 		if h := ds.have[k]; h.Peer && h.Route && h.FDB {
@@ -191,6 +201,38 @@ func (a *Agent) reconcile(ds *domainState, now time.Time, arrived map[string]boo
 			ds.nextRetry = w.RetryAt
 		}
 	}
+	if len(ds.revoked) > 0 { // a removal failed: try again after the first retry delay
+		if t := now.Add(a.opts.RetryDelay); ds.nextRetry.IsZero() || t.Before(ds.nextRetry) {
+			ds.nextRetry = t
+		}
+	}
+}
+
+// removeRevoked removes the peers, routes and FDB entries of revoked keys from the device. A key the device is
+// known not to have costs nothing; a removal that fails stays in ds.revoked for the next pass.
+func (a *Agent) removeRevoked(ds *domainState, log *slog.Logger) {
+	removed := 0
+	for k := range ds.revoked {
+		h, known := ds.have[k]
+		if ds.read && !known {
+			delete(ds.revoked, k) // not on the device (a read would have found it)
+			continue
+		}
+		if err := a.dp.RemovePeer(ds.link, k); err != nil {
+			a.m.dpErrors.WithLabelValues("remove").Inc()
+			log.Warn("remove revoked peer failed, will retry", "key", k, "err", err)
+			continue
+		}
+		delete(ds.revoked, k)
+		delete(ds.have, k)
+		delete(ds.want, k)
+		if h.Peer || !ds.read {
+			a.m.revoked.WithLabelValues(ds.name).Inc()
+			log.Info("revoked peer removed", "key", k)
+			removed++
+		}
+	}
+	a.count(func(s *Stats) { s.Removed += removed })
 }
 
 // read replaces what the loop believes the device has with what it reports, and adopts peers it did not know,
@@ -216,7 +258,7 @@ func (a *Agent) read(ds *domainState, now time.Time) error {
 	for _, p := range dev.Peers {
 		addr := dataplane.AllowedIP(p.PublicKey).Addr().As16()
 		have[p.PublicKey] = Have{Peer: true, Route: routes[addr], FDB: fdb[addr], LastHandshake: p.LastHandshake}
-		if _, ok := ds.want[p.PublicKey]; !ok && !a.white[p.PublicKey] {
+		if _, ok := ds.want[p.PublicKey]; !ok && !a.white[p.PublicKey] && !ds.revoked[p.PublicKey] {
 			// Found on the device: WireGuard keeps no creation time, so its grace starts when the worker first
 			// sees it (at start: the worker's start). A whitelisted peer that no registration brought is the
 			// operator's (a supernode, say): it is left as it is, and the sweep keeps it.

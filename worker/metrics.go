@@ -17,6 +17,7 @@ type metrics struct {
 	peers     *prometheus.GaugeVec
 	connected *prometheus.GaugeVec
 	removals  *prometheus.CounterVec
+	revoked   *prometheus.CounterVec
 	dpErrors  *prometheus.CounterVec
 	mqttUp    prometheus.Gauge
 	ready     *prometheus.GaugeVec
@@ -44,6 +45,8 @@ func newMetrics(reg prometheus.Registerer, inbox func() int) (*metrics, error) {
 			Help: "Peers with a handshake in the last 3 minutes, as published to the broker."}, []string{"domain"}),
 		removals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wgkex_worker_cleanup_removals_total",
 			Help: "Peers removed by the stale-peer cleanup, by domain and reason (stale, never-handshaked)."}, []string{"domain", "reason"}),
+		revoked: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wgkex_worker_revoked_peers_total",
+			Help: "Peers removed from the device because the broker revoked their key, by domain."}, []string{"domain"}),
 		dpErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wgkex_worker_dataplane_errors_total",
 			Help: "Failed dataplane steps, by step (peer, route, fdb, remove, read)."}, []string{"step"}),
 		mqttUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wgkex_worker_mqtt_connected",
@@ -62,7 +65,7 @@ func newMetrics(reg prometheus.Registerer, inbox func() int) (*metrics, error) {
 	inboxGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wgkex_worker_inbox_keys",
 		Help: "Keys received and not yet taken by the reconcile loop."}, func() float64 { return float64(inbox()) })
 	for _, c := range []prometheus.Collector{m.keys, m.applied, m.latency, m.desired, m.pending, m.peers,
-		m.connected, m.removals, m.dpErrors, m.mqttUp, m.ready, m.connects, m.connectErrors, inboxGauge} {
+		m.connected, m.removals, m.revoked, m.dpErrors, m.mqttUp, m.ready, m.connects, m.connectErrors, inboxGauge} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register worker metrics: %w", err)
 		}

@@ -75,9 +75,22 @@ func (a *Agent) clientOptions(m MQTT) mqttclient.Options {
 	}
 }
 
-// HandleMessage takes one MQTT message: a key on wireguard/{domain}/+ or a replay batch on
-// wgkex/replay/{worker}/keys. Anything malformed is logged and dropped.
+// HandleMessage takes one MQTT message: a key on wireguard/{domain}/+, a revocation on wgkex/revoke/{domain} or
+// a replay batch on wgkex/replay/{worker}/keys (whose last batch carries the revocations of the window).
+// Anything malformed is logged and dropped.
 func (a *Agent) HandleMessage(topic string, payload []byte) {
+	if domain, err := wire.ParseRevokeTopic(topic); err == nil {
+		r, err := wire.ParseRevocation(payload)
+		if err == nil {
+			err = a.Revoke(domain, r.Key)
+		}
+		if err != nil {
+			a.log.Warn("dropped revocation", "topic", topic, "err", err)
+			return
+		}
+		a.log.Info("key revoked", "domain", domain, "key", r.Key)
+		return
+	}
 	if topic == wire.ReplayKeysTopic(a.opts.Name) {
 		b, err := wire.ParseReplayBatch(payload)
 		if err != nil {
@@ -87,6 +100,11 @@ func (a *Agent) HandleMessage(topic string, payload []byte) {
 		bad := 0
 		for _, k := range b.Keys {
 			if err := a.enqueue(b.Domain, k, true); err != nil {
+				bad++
+			}
+		}
+		for _, k := range b.Revoked {
+			if err := a.Revoke(b.Domain, k); err != nil {
 				bad++
 			}
 		}
@@ -297,11 +315,11 @@ func every(interval time.Duration, done <-chan struct{}, fn func()) {
 	}
 }
 
-// keyFilters returns the key filter of every domain.
+// keyFilters returns the key filter and the revocation topic of every domain.
 func keyFilters(domains []string) []string {
-	out := make([]string, len(domains))
-	for i, d := range domains {
-		out[i] = wire.KeyFilter(d)
+	out := make([]string, 0, 2*len(domains))
+	for _, d := range domains {
+		out = append(out, wire.KeyFilter(d), wire.RevokeTopic(d))
 	}
 	return out
 }

@@ -80,6 +80,9 @@ type domainState struct {
 	// received holds the MQTT receipt time of keys not yet in place, for the apply latency.
 	received map[string]time.Time
 	failures map[string]int
+	// revoked holds keys the broker revoked whose removal from the device is still to be done (or failed and
+	// waits for a retry); a device read does not adopt them.
+	revoked map[string]bool
 	// read: have was read from the device at least once (until then, peers on the device are unknown).
 	read bool
 	// blocked: the last probe found the domain not ready; its keys wait in want, untried, until it is.
@@ -116,7 +119,8 @@ func New(dp dataplane.Dataplane, log *slog.Logger, opts Options) (*Agent, error)
 	}
 	for d, stripped := range opts.Domains {
 		a.domains[d] = &domainState{name: d, link: dataplane.LinkFor(stripped), want: map[string]Want{},
-			have: map[string]Have{}, received: map[string]time.Time{}, failures: map[string]int{}}
+			have: map[string]Have{}, received: map[string]time.Time{}, failures: map[string]int{},
+			revoked: map[string]bool{}}
 	}
 	m, err := newMetrics(opts.Metrics, a.in.len)
 	if err != nil {
@@ -125,6 +129,7 @@ func New(dp dataplane.Dataplane, log *slog.Logger, opts Options) (*Agent, error)
 	a.m = m
 	for d := range opts.Domains {
 		m.ready.WithLabelValues(d).Set(0)
+		m.revoked.WithLabelValues(d) // 0 until the first revocation
 	}
 	return a, nil
 }
@@ -169,6 +174,20 @@ func (a *Agent) enqueue(domain, key string, replay bool) error {
 	}
 	a.m.received(replay)
 	a.in.add(message{domain: domain, key: key, replay: replay, at: a.opts.Now()})
+	return nil
+}
+
+// Revoke hands the loop a key the broker revoked in domain: it leaves the desired state, and its peer, route and
+// FDB entry are removed from the device, also where the worker found the peer there itself. A later registration
+// of the key (live or replayed) adds it again. It never blocks.
+func (a *Agent) Revoke(domain, key string) error {
+	if _, ok := a.opts.Domains[domain]; !ok {
+		return fmt.Errorf("%w: %q", ErrUnknownDomain, domain)
+	}
+	if err := wire.ValidateKey(key); err != nil {
+		return err
+	}
+	a.in.add(message{domain: domain, key: key, revoke: true, at: a.opts.Now()})
 	return nil
 }
 

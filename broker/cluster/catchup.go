@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"sort"
 	"sync"
 	"time"
 
@@ -151,6 +152,10 @@ func (c *Cluster) handleCatchupBatch(topic string, payload []byte) {
 	if bad > 0 {
 		c.log.Warn("dropped invalid keys from catch-up", "count", bad)
 	}
+	// After the keys: a key registered again after its revocation stays (RevokeKey keeps what is newer).
+	for _, r := range batch.Revoked {
+		c.local.ApplyRevocation(r.Domain, r.Key, time.Unix(0, r.At), false)
+	}
 	if batch.From != "" { // from a broker of this version: it must answer the request awaited now
 		c.mu.Lock()
 		current := batch.From == c.asked && batch.Round == c.round
@@ -267,11 +272,35 @@ pages:
 		}
 	}
 	if err == nil {
+		batch.Revoked, err = c.revocations(since)
+	}
+	if err == nil {
 		err = flush(true)
 	}
 	if err != nil {
 		c.log.Error("catch-up answer failed", "broker", req.From, "sent", sent, "err", err)
 		return
 	}
-	c.log.Info("sent catch-up", "broker", req.From, "keys", sent, "batches", batch.Seq)
+	c.log.Info("sent catch-up", "broker", req.From, "keys", sent, "batches", batch.Seq, "revoked", len(batch.Revoked))
+}
+
+// revocations returns the revocations of every domain made since, for the last batch of a catch-up answer.
+func (c *Cluster) revocations(since time.Time) ([]CatchupRevocation, error) {
+	var out []CatchupRevocation
+	for _, d := range c.opts.Domains {
+		tombs, err := c.st.Revoked(d, since)
+		if err != nil {
+			return nil, err
+		}
+		for k, at := range tombs {
+			out = append(out, CatchupRevocation{Domain: d, Key: k, At: at.UnixNano()})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Domain != out[j].Domain {
+			return out[i].Domain < out[j].Domain
+		}
+		return out[i].Key < out[j].Key
+	})
+	return out, nil
 }

@@ -68,6 +68,8 @@ type Syncer interface {
 type Store interface {
 	PutKey(broker.KeyRecord) error
 	KeysPage(domain string, since time.Time, after broker.KeyCursor, limit int) ([]broker.KeyRecord, broker.KeyCursor, error)
+	// Revoked returns the keys of domain revoked at or after since, with the time of each revocation.
+	Revoked(domain string, since time.Time) (map[string]time.Time, error)
 }
 
 // Local is the broker this one speaks for (*broker.Broker).
@@ -78,6 +80,8 @@ type Local interface {
 	CountChoice(worker, domain string)
 	// HandleReplayRequest serves a worker's replay request.
 	HandleReplayRequest(topic string, payload []byte)
+	// ApplyRevocation records a revocation another broker made; live is false for one from a catch-up.
+	ApplyRevocation(domain, key string, at time.Time, live bool)
 }
 
 // Options configure a Cluster.
@@ -159,6 +163,7 @@ func (c *Cluster) Handlers(local Local) map[string]func(topic string, payload []
 	return map[string]func(string, []byte){
 		SharedGroup + wire.ReplayRequestFilter: c.handleReplayRequest,
 		KeyAllFilter:                           c.handleKey,
+		wire.RevokeFilter:                      c.handleRevocation,
 		ChoiceFilter:                           c.handleChoice,
 		BrokerStatusFilter:                     c.handleStatus,
 		CatchupRequestTopic(id):                c.handleCatchupRequest,
@@ -325,6 +330,30 @@ func (c *Cluster) handleKey(topic string, payload []byte) {
 	}
 	now := c.opts.Now()
 	c.record(broker.KeyRecord{Key: key, Domain: domain, FirstSeen: now, LastSeen: now}, nil)
+}
+
+// handleRevocation takes a revocation another broker published on wgkex/revoke/{domain} and applies it to this
+// broker's store, as of the revocation's time or, if later, now: every registration of the key this broker has
+// recorded before it took the revocation is void, whatever the difference between the brokers' clocks.
+func (c *Cluster) handleRevocation(topic string, payload []byte) {
+	domain, err := wire.ParseRevokeTopic(topic)
+	if err != nil {
+		c.log.Warn("dropped revocation", "topic", topic, "err", err)
+		return
+	}
+	r, err := wire.ParseRevocation(payload)
+	if err != nil {
+		c.log.Warn("dropped revocation", "topic", topic, "err", err)
+		return
+	}
+	if r.By == c.opts.ID {
+		return // this broker's own, applied when it was made
+	}
+	at := r.At
+	if now := c.opts.Now(); now.After(at) {
+		at = now
+	}
+	c.local.ApplyRevocation(domain, r.Key, at, true)
 }
 
 // handleChoice takes wgkex/broker/{id}/choice and counts the new peer on the chosen worker, as if this broker

@@ -100,15 +100,26 @@ type CatchupKey struct {
 	LastSeen  int64  `json:"l"`
 }
 
+// CatchupRevocation is one revocation of a catch-up answer: domain, key and when it was revoked (Unix
+// nanoseconds, as the store keeps it).
+type CatchupRevocation struct {
+	Domain string `json:"d"`
+	Key    string `json:"k"`
+	At     int64  `json:"at"`
+}
+
 // CatchupBatch is one message of a catch-up answer; the one with Last set ends it. Seq counts from 0.
 // From (the answering broker) and Round (the request's) tell a late batch of an earlier request from the
-// answer awaited now; a broker of an earlier version sends neither.
+// answer awaited now; a broker of an earlier version sends neither. The last batch carries the revocations made
+// since the time asked for (Revoked), which the asking broker applies after the keys; a broker of an earlier
+// version neither sends nor reads them.
 type CatchupBatch struct {
-	From  string       `json:"from,omitempty"`
-	Round uint64       `json:"round,omitempty"`
-	Seq   int          `json:"seq"`
-	Last  bool         `json:"last"`
-	Keys  []CatchupKey `json:"keys"`
+	From    string              `json:"from,omitempty"`
+	Round   uint64              `json:"round,omitempty"`
+	Seq     int                 `json:"seq"`
+	Last    bool                `json:"last"`
+	Keys    []CatchupKey        `json:"keys"`
+	Revoked []CatchupRevocation `json:"revoked,omitempty"`
 }
 
 // ParseCatchupBatch parses a catch-up batch. Domains and keys are checked by the receiver as it checks a

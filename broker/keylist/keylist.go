@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,22 @@ type Filter struct {
 	watchers []listWatcher
 	block    atomic.Pointer[Blocklist]
 	allow    atomic.Pointer[Allowlist] // nil: no allowlist
+	blocked  func(keys []string)       // OnBlocked
+}
+
+// OnBlocked sets fn to be called, on Run's goroutine, with the keys a reload of the blocklist newly blocks, so that
+// the broker revokes them where they are stored. Call it before Run.
+func (f *Filter) OnBlocked(fn func(keys []string)) { f.blocked = fn }
+
+// Blocked returns every key the blocklist in force blocks, sorted.
+func (f *Filter) Blocked() []string {
+	bl := *f.block.Load()
+	out := make([]string, 0, len(bl))
+	for k := range bl {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Open reads the configured lists. A file that is missing or invalid at start is an error: a typo in a path must
@@ -116,8 +133,18 @@ func (f *Filter) loadBlocklist() error {
 	if err != nil {
 		return fmt.Errorf("blocklist %s: %w", f.opts.BlocklistFile, err)
 	}
-	f.block.Store(&bl)
+	old := *f.block.Swap(&bl)
 	f.log.Info("blocklist loaded", "file", f.opts.BlocklistFile, "keys", len(bl))
+	var added []string
+	for k := range bl {
+		if _, ok := old[k]; !ok {
+			added = append(added, k)
+		}
+	}
+	if len(added) > 0 && f.blocked != nil {
+		sort.Strings(added)
+		f.blocked(added)
+	}
 	return nil
 }
 

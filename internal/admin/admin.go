@@ -1,40 +1,80 @@
 // Package admin is the broker's administration interface for its operators: HTTP on a Unix socket beside the
 // state file, which only the broker's own user can open (mode 0600), so that reaching it is the authentication.
-// wgkex-broker's subcommands (backup) are its client.
+// wgkex-broker's subcommands (backup, keys show|list|revoke) are its client.
 package admin
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
+	"github.com/freifunkMUC/wgkex-go/broker"
 	"github.com/freifunkMUC/wgkex-go/store"
 )
 
-// Backend is what the administration interface needs of the broker.
+// Backend is what the administration interface needs of the broker for backups.
 type Backend interface {
 	// Backup writes a consistent copy of the state to w.
 	Backup(w io.Writer) (int64, error)
 }
 
+// Keys is what the administration interface needs of the broker to look up and revoke keys.
+type Keys interface {
+	// ShowKey returns what the broker knows of key in each domain where it is stored or was revoked.
+	ShowKey(key string) ([]broker.KeyInfo, error)
+	// ListKeys returns up to limit keys of domain ("": of every domain), the most recently seen first.
+	ListKeys(domain string, limit int) ([]Key, error)
+	// RevokeKey revokes key in domain ("": wherever it is stored) on behalf of the operator.
+	RevokeKey(key, domain string) ([]broker.Revocation, error)
+}
+
+// Key is one stored key as `wgkex-broker keys list` shows it.
+type Key struct {
+	Key       string    `json:"key"`
+	Domain    string    `json:"domain"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	// Gateway is the gateway API v2 last chose for the node; empty after API v1.
+	Gateway string `json:"gateway,omitempty"`
+}
+
+// RevokeRequest is the body of POST /v1/keys/revoke.
+type RevokeRequest struct {
+	Key    string `json:"key"`
+	Domain string `json:"domain,omitempty"`
+}
+
 // Paths of the interface.
 const (
 	backupPath = "/v1/backup"
+	// keyPath is GET /v1/key?key=KEY: what the broker knows of one key.
+	keyPath = "/v1/key"
+	// keysPath is GET /v1/keys?domain=D&limit=N: the most recently seen keys.
+	keysPath = "/v1/keys"
+	// revokePath is POST /v1/keys/revoke with a RevokeRequest.
+	revokePath = "/v1/keys/revoke"
 )
+
+// defaultListLimit is the number of keys GET /v1/keys returns without a limit.
+const defaultListLimit = 100
 
 // backupStall is how long a backup waits for its client to take more of the copy before it gives up: the copy is one
 // read transaction, which holds off every remap of the state file and its Close.
 var backupStall = 30 * time.Second
 
-// Handler serves the administration interface.
-func Handler(b Backend, log *slog.Logger) http.Handler {
+// Handler serves the administration interface: backups from b and, unless keys is nil, the key administration.
+func Handler(b Backend, keys Keys, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+backupPath, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/octet-stream")
@@ -55,7 +95,51 @@ func Handler(b Backend, log *slog.Logger) http.Handler {
 		}
 		log.Info("backup written", "bytes", n, "took", time.Since(start).Round(time.Millisecond))
 	})
+	if keys == nil {
+		return mux
+	}
+	mux.HandleFunc("GET "+keyPath, func(w http.ResponseWriter, r *http.Request) {
+		info, err := keys.ShowKey(r.URL.Query().Get("key"))
+		reply(w, log, info, err)
+	})
+	mux.HandleFunc("GET "+keysPath, func(w http.ResponseWriter, r *http.Request) {
+		limit := defaultListLimit
+		if l := r.URL.Query().Get("limit"); l != "" {
+			n, err := strconv.Atoi(l)
+			if err != nil || n < 1 {
+				http.Error(w, fmt.Sprintf("limit %q is not a positive number", l), http.StatusBadRequest)
+				return
+			}
+			limit = n
+		}
+		list, err := keys.ListKeys(r.URL.Query().Get("domain"), limit)
+		reply(w, log, list, err)
+	})
+	mux.HandleFunc("POST "+revokePath, func(w http.ResponseWriter, r *http.Request) {
+		var req RevokeRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+			http.Error(w, "revocation request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		revs, err := keys.RevokeKey(req.Key, req.Domain)
+		reply(w, log, revs, err)
+	})
 	return mux
+}
+
+// reply writes v as JSON, or the error: 400 for a bad key or domain, else 500.
+func reply(w http.ResponseWriter, log *slog.Logger, v any, err error) {
+	switch {
+	case errors.Is(err, broker.ErrBadRequest):
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	case err != nil:
+		log.Error("administration request failed", "err", err)
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
 }
 
 // stallWriter is the response of a backup, which fails a write that the client has not taken within backupStall.
@@ -173,11 +257,62 @@ func (c *Client) Backup(ctx context.Context, path string) (int64, error) {
 	return n, nil
 }
 
+// ShowKey returns what the running broker knows of key.
+func (c *Client) ShowKey(ctx context.Context, key string) ([]broker.KeyInfo, error) {
+	var out []broker.KeyInfo
+	err := c.call(ctx, http.MethodGet, keyPath+"?"+url.Values{"key": {key}}.Encode(), nil, &out)
+	return out, err
+}
+
+// ListKeys returns up to limit of the most recently seen keys of domain ("": of every domain).
+func (c *Client) ListKeys(ctx context.Context, domain string, limit int) ([]Key, error) {
+	q := url.Values{"limit": {strconv.Itoa(limit)}}
+	if domain != "" {
+		q.Set("domain", domain)
+	}
+	var out []Key
+	err := c.call(ctx, http.MethodGet, keysPath+"?"+q.Encode(), nil, &out)
+	return out, err
+}
+
+// RevokeKey revokes key in domain ("": wherever the broker stores it).
+func (c *Client) RevokeKey(ctx context.Context, key, domain string) ([]broker.Revocation, error) {
+	body, _ := json.Marshal(RevokeRequest{Key: key, Domain: domain})
+	var out []broker.Revocation
+	err := c.call(ctx, http.MethodPost, revokePath, body, &out)
+	return out, err
+}
+
+// call sends a request with a JSON body (nil: none) and decodes the JSON answer of a 200 into out.
+func (c *Client) call(ctx context.Context, method, path string, body []byte, out any) error {
+	resp, err := c.do(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("answer of the broker at %s: %w", c.socket, err)
+	}
+	return nil
+}
+
 // get requests path and returns the response of a 200, or an error with what the broker said.
 func (c *Client) get(ctx context.Context, path string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://wgkex-broker"+path, nil)
+	return c.do(ctx, http.MethodGet, path, nil)
+}
+
+// do sends a request and returns the response of a 200, or an error with what the broker said.
+func (c *Client) do(ctx context.Context, method, path string, body []byte) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://wgkex-broker"+path, rd)
 	if err != nil {
 		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -186,7 +321,7 @@ func (c *Client) get(ctx context.Context, path string) (*http.Response, error) {
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		resp.Body.Close()
-		return nil, fmt.Errorf("broker at %s: %s: %s", c.socket, resp.Status, b)
+		return nil, fmt.Errorf("broker at %s: %s: %s", c.socket, resp.Status, bytes.TrimSpace(b))
 	}
 	return resp, nil
 }

@@ -27,7 +27,7 @@ func serve(t *testing.T, dir string, b Backend) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: Handler(b, testenv.Logger(t))}
+	srv := &http.Server{Handler: Handler(b, nil, testenv.Logger(t))}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return path

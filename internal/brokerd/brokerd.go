@@ -145,6 +145,9 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		External:       clusterOn,
 		Keys:           keys,
 		Metrics:        reg,
+		ID:             id,
+
+		LogNodeAddresses: cfg.Broker.LogNodeAddresses,
 	}
 	if clusterOn {
 		peers = cluster.New(st, client, log.With("component", "cluster"), cluster.Options{
@@ -209,7 +212,12 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		mq.Close()
 		return nil, err
 	}
-	d.admin = &http.Server{Handler: admin.Handler(st, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
+	d.admin = &http.Server{Handler: admin.Handler(st, keyAdmin{st: st, b: b, domains: cfg.Domains}, log.With("component", "admin")),
+		ReadHeaderTimeout: 10 * time.Second}
+	// Keys the blocklist blocks are revoked where they are stored: those listed while the broker was down now,
+	// those added later whenever the list is reloaded.
+	b.RevokeBlocked(keys.Blocked())
+	keys.OnBlocked(b.RevokeBlocked)
 	d.running.Go(func() {
 		if err := d.admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
 			log.Error("administration socket", "err", err)

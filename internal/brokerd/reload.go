@@ -33,6 +33,8 @@ func restartOnly(cfg *config.Config) map[string]any {
 		// allow_anonymous decides which listeners may exist. Its accounts are reloaded (mqttd.SetAccounts).
 		"broker.allow_anonymous": cfg.Broker.AllowAnonymous,
 		"broker.mqtt_limits":     cfg.Broker.MQTTLimits,
+		// The broker core takes it at start (broker.Options.LogNodeAddresses).
+		"broker.log_node_addresses": cfg.Broker.LogNodeAddresses,
 	}
 }
 

@@ -186,6 +186,9 @@ type Broker struct {
 	AllowAnonymous bool `koanf:"allow_anonymous"`
 	// MQTTLimits bound what one MQTT client can cost; zero values take the defaults.
 	MQTTLimits MQTTLimits `koanf:"mqtt_limits"`
+	// LogNodeAddresses adds the node's address to the INFO line the broker logs for each registration (default
+	// false: key, domain, gateway and API version only).
+	LogNodeAddresses bool `koanf:"log_node_addresses"`
 	// Dashboard protects the status page and chooses how often its chart is sampled.
 	Dashboard Dashboard `koanf:"dashboard"`
 }
@@ -281,12 +284,13 @@ func Defaults() map[string]any {
 		},
 		"log": map[string]any{"format": "text"},
 		"broker": map[string]any{
-			"state_file":      "wgkex.db",
-			"replay_window":   "3h",
-			"reconnect_grace": "2m",
-			"mqtt_server":     map[string]any{"keepalive": 10},
-			"key_retention":   "720h",
-			"dashboard":       map[string]any{"sample_interval": "1m"},
+			"state_file":         "wgkex.db",
+			"replay_window":      "3h",
+			"reconnect_grace":    "2m",
+			"mqtt_server":        map[string]any{"keepalive": 10},
+			"key_retention":      "720h",
+			"dashboard":          map[string]any{"sample_interval": "1m"},
+			"log_node_addresses": false,
 		},
 		"worker": map[string]any{"metrics_interval": "60s"},
 	}

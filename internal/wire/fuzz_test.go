@@ -1,6 +1,9 @@
 package wire
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 func FuzzValidateKey(f *testing.F) {
 	f.Add(refKey)
@@ -17,7 +20,7 @@ func FuzzValidateKey(f *testing.F) {
 }
 
 func FuzzParseTopics(f *testing.F) {
-	for _, s := range []string{"wireguard/ffmuc_welt/all", "wireguard-metrics/d/w/connected_peers", "wireguard-worker/w/status", "wireguard-worker/w/d/data", "wgkex/replay/w/request", "///", ""} {
+	for _, s := range []string{"wireguard/ffmuc_welt/all", "wireguard-metrics/d/w/connected_peers", "wireguard-worker/w/status", "wireguard-worker/w/d/data", "wgkex/replay/w/request", "wgkex/revoke/ffmuc_welt", "wgkex/revoke/a/b", "///", ""} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, topic string) {
@@ -34,6 +37,9 @@ func FuzzParseTopics(f *testing.F) {
 			t.Fatalf("data topic %q does not round-trip", topic)
 		}
 		_, _ = ParseReplayRequestTopic(topic)
+		if d, err := ParseRevokeTopic(topic); err == nil && RevokeTopic(d) != topic {
+			t.Fatalf("revoke topic %q does not round-trip", topic)
+		}
 	})
 }
 
@@ -53,5 +59,25 @@ func FuzzParsePayloads(f *testing.F) {
 		}
 		_, _ = ParseReplayRequest(p)
 		_, _ = ParseReplayBatch(p)
+	})
+}
+
+func FuzzParseRevocation(f *testing.F) {
+	f.Add(Revocation{Key: refKey, At: time.Unix(1700000000, 5).UTC(), By: "broker-a"}.Marshal())
+	f.Add([]byte(`{"key":"` + refKey + `","at":"2026-01-02T03:04:05Z"}`))
+	f.Add([]byte(`{"key":"x","at":"2026-01-02T03:04:05Z"}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		r, err := ParseRevocation(p)
+		if err != nil {
+			return
+		}
+		if ValidateKey(r.Key) != nil || r.At.IsZero() {
+			t.Fatalf("accepted %+v", r)
+		}
+		again, err := ParseRevocation(r.Marshal())
+		if err != nil || again.Key != r.Key || !again.At.Equal(r.At) || again.By != r.By {
+			t.Fatalf("revocation %+v does not round-trip: %+v, %v", r, again, err)
+		}
 	})
 }

@@ -138,12 +138,15 @@ type ReplayRequest struct {
 }
 
 // ReplayBatch is one answer message on wgkex/replay/{worker}/keys. A replay of a domain is a sequence of batches
-// numbered from 0; the one with Last set ends it (an empty domain gets one empty, last batch).
+// numbered from 0; the one with Last set ends it (an empty domain gets one empty, last batch). The last batch also
+// carries Revoked: the keys revoked within the replay window and not registered again since, which the worker
+// removes from the device, even where it found them there itself. Workers from before revocations ignore it.
 type ReplayBatch struct {
-	Domain string   `json:"domain"`
-	Seq    int      `json:"seq"`
-	Last   bool     `json:"last"`
-	Keys   []string `json:"keys"`
+	Domain  string   `json:"domain"`
+	Seq     int      `json:"seq"`
+	Last    bool     `json:"last"`
+	Keys    []string `json:"keys"`
+	Revoked []string `json:"revoked,omitempty"`
 }
 
 // maxReplayRequest bounds a replay request payload.

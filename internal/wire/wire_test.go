@@ -1,9 +1,11 @@
 package wire
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -217,5 +219,76 @@ func TestParseReplay(t *testing.T) {
 		if _, err := ParseReplayBatch([]byte(bad)); err == nil {
 			t.Errorf("ParseReplayBatch(%s): want error", bad)
 		}
+	}
+}
+
+func TestParseRevocation(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC)
+	for _, tc := range []struct {
+		name, payload string
+		want          Revocation
+		ok            bool
+	}{
+		{"full", `{"key":"` + refKey + `","at":"2026-01-02T03:04:05.123456789Z","by":"broker-a"}`, Revocation{Key: refKey, At: at, By: "broker-a"}, true},
+		{"embedded server: no by", `{"key":"` + refKey + `","at":"2026-01-02T03:04:05.123456789Z"}`, Revocation{Key: refKey, At: at}, true},
+		{"unknown field ignored", `{"key":"` + refKey + `","at":"2026-01-02T03:04:05.123456789Z","why":"x"}`, Revocation{Key: refKey, At: at}, true},
+		{"empty", ``, Revocation{}, false},
+		{"not an object", `"` + refKey + `"`, Revocation{}, false},
+		{"bare key (a reference key message)", refKey, Revocation{}, false},
+		{"invalid key", `{"key":"abc","at":"2026-01-02T03:04:05Z"}`, Revocation{}, false},
+		{"no time", `{"key":"` + refKey + `"}`, Revocation{}, false},
+		{"bad time", `{"key":"` + refKey + `","at":"yesterday"}`, Revocation{}, false},
+		{"by with a slash", `{"key":"` + refKey + `","at":"2026-01-02T03:04:05Z","by":"a/b"}`, Revocation{}, false},
+		{"too long", `{"key":"` + refKey + `","at":"2026-01-02T03:04:05Z","by":"` + strings.Repeat("a", 2000) + `"}`, Revocation{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseRevocation([]byte(tc.payload))
+			if (err == nil) != tc.ok {
+				t.Fatalf("ParseRevocation(%s) err = %v, want ok %v", tc.payload, err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, ErrPayload) {
+				t.Errorf("error %v is not ErrPayload", err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+	r := Revocation{Key: refKey, At: at, By: "b"}
+	if got, err := ParseRevocation(r.Marshal()); err != nil || !got.At.Equal(at) || got.Key != refKey || got.By != "b" {
+		t.Errorf("round trip = %+v, %v", got, err)
+	}
+}
+
+func TestRevokeTopic(t *testing.T) {
+	if got := RevokeTopic("ffmuc_welt"); got != "wgkex/revoke/ffmuc_welt" {
+		t.Errorf("RevokeTopic = %q", got)
+	}
+	if d, err := ParseRevokeTopic("wgkex/revoke/ffmuc_welt"); err != nil || d != "ffmuc_welt" {
+		t.Errorf("ParseRevokeTopic = %q, %v", d, err)
+	}
+	for _, bad := range []string{"wgkex/revoke/", "wgkex/revoke/a/b", "wireguard/ffmuc_welt/all", "wgkex/revoke"} {
+		if _, err := ParseRevokeTopic(bad); err == nil {
+			t.Errorf("ParseRevokeTopic(%q): want error", bad)
+		}
+	}
+	// The revocation topic is not under wireguard/: a reference worker's wireguard/{domain}/+ never sees it.
+	if _, err := ParseKeyTopic(RevokeTopic("ffmuc_welt")); err == nil {
+		t.Error("a revocation parses as a key topic")
+	}
+}
+
+func TestReplayBatchRevoked(t *testing.T) {
+	b, err := ParseReplayBatch([]byte(`{"domain":"d","seq":0,"last":true,"keys":[],"revoked":["` + refKey + `"]}`))
+	if err != nil || len(b.Revoked) != 1 || b.Revoked[0] != refKey {
+		t.Fatalf("ParseReplayBatch = %+v, %v", b, err)
+	}
+	// Old workers decode into the struct without Revoked: the field is ignored by encoding/json.
+	var old struct {
+		Domain string
+		Keys   []string
+	}
+	if err := json.Unmarshal([]byte(`{"domain":"d","keys":["k"],"revoked":["x"]}`), &old); err != nil || len(old.Keys) != 1 {
+		t.Errorf("an old decoder fails on revoked: %v", err)
 	}
 }
