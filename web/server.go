@@ -242,6 +242,10 @@ func (s *Server) handleError(err error, c echo.Context) {
 		code, msg = http.StatusBadRequest, http.StatusText(http.StatusBadRequest)
 		c.Response().Header().Set(echo.HeaderConnection, "close") // net/http closes the connection after the answer
 		s.log.Info("request refused, connection closed", "remote", c.RealIP(), "path", c.Request().URL.Path, "reason", err)
+	case errors.Is(err, errKeySearchClosed):
+		code, msg = http.StatusForbidden, err.Error()
+	case errors.Is(err, errNotAKey):
+		code, msg = http.StatusBadRequest, err.Error()
 	case errors.As(err, &he):
 		code = he.Code
 		msg = http.StatusText(code)

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"embed"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
+	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 
 // static holds the status page: index.html, its script and stylesheet, and the vendored uPlot.
@@ -111,6 +113,7 @@ func (s *Server) statusRoutes() {
 	s.e.Match([]string{http.MethodGet, http.MethodHead}, "/", s.index, mw...)
 	s.e.Match([]string{http.MethodGet, http.MethodHead}, "/static/*", echo.WrapHandler(files), mw...)
 	s.e.GET("/api/v1/status", s.status, mw...)
+	s.e.GET("/api/v1/key", s.keyInfo, mw...)
 	s.e.GET("/metrics", func(c echo.Context) error {
 		h := s.dashboardOptions().Metrics
 		if h == nil {
@@ -167,11 +170,40 @@ func (s *Server) index(c echo.Context) error {
 // StatusBody is the JSON of GET /api/v1/status (documented in README.md).
 type StatusBody struct {
 	Broker BrokerInfo `json:"broker"`
+	// KeySearch is true when GET /api/v1/key answers (the status page has credentials).
+	KeySearch bool `json:"key_search"`
 	broker.Status
 	// PeerHistory is left out (null) with ?history=0: it changes once a sample interval and is the bulk of the
 	// answer, so the page fetches it less often. The handler sends the JSON it encoded once per read of the
 	// samples (statusAnswer); the field is here for clients that decode the answer.
 	PeerHistory *PeerHistory `json:"peer_history"`
+}
+
+var (
+	// errKeySearchClosed refuses a key search on a status page without credentials: it is then open to all.
+	errKeySearchClosed = errors.New("key search needs the status page's credentials: set broker.dashboard.username and password_hash")
+	// errNotAKey answers a key search for something that is not a WireGuard public key.
+	errNotAKey = errors.New("not a WireGuard public key (44 characters of base64)")
+)
+
+// keyInfo is GET /api/v1/key?key=KEY: what the broker knows of a node's key (broker.Broker.ShowKey), for the
+// operators the status page's credentials admit. It answers 403 while the page has none.
+func (s *Server) keyInfo(c echo.Context) error {
+	if s.dashboardOptions().Username == "" {
+		return errKeySearchClosed
+	}
+	key := c.QueryParam("key")
+	if wire.ValidateKey(key) != nil {
+		return errNotAKey
+	}
+	info, err := s.b.ShowKey(key)
+	if err != nil {
+		return err
+	}
+	if info == nil {
+		info = []broker.KeyInfo{}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"key": c.QueryParam("key"), "domains": info})
 }
 
 // statusAnswer is the StatusBody the handler encodes: its peer_history, less deeply nested, hides the
@@ -203,8 +235,9 @@ func (s *Server) status(c echo.Context) error {
 	d := s.dashboardOptions()
 	now := time.Now()
 	body := StatusBody{
-		Broker: BrokerInfo{ID: d.ID, Version: d.Version, Now: now.UTC(), Started: d.Started.UTC()},
-		Status: s.b.Status(),
+		Broker:    BrokerInfo{ID: d.ID, Version: d.Version, Now: now.UTC(), Started: d.Started.UTC()},
+		Status:    s.b.Status(),
+		KeySearch: d.Username != "",
 	}
 	if !d.Started.IsZero() {
 		body.Broker.UptimeSeconds = now.Sub(d.Started).Seconds()

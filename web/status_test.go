@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"regexp"
 	"strings"
 	"sync"
@@ -381,4 +382,41 @@ func basic(u, p string) http.Header {
 	req, _ := http.NewRequest("GET", "/", nil)
 	req.SetBasicAuth(u, p)
 	return req.Header
+}
+
+// TestKeySearch: GET /api/v1/key answers with what the broker knows of a key only behind the status page's
+// credentials: 403 on a page without them (it is then open to everyone), 401 without them, 200 with them; a
+// malformed key is a 400; the status answer says whether the search is there.
+func TestKeySearch(t *testing.T) {
+	s, br, _ := newServer(t)
+	key := "o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg="
+	path := "/api/v1/key?key=" + url.QueryEscape(key)
+	if rec := get(s, "GET", path, nil); rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "broker.dashboard.username") {
+		t.Errorf("open page: %d %s", rec.Code, rec.Body.String())
+	}
+	if !strings.Contains(get(s, "GET", "/api/v1/status?history=0", nil).Body.String(), `"key_search":false`) {
+		t.Error("status of an open page offers the key search")
+	}
+	protect(t, s, nil)
+	if rec := get(s, "GET", path, nil); rec.Code != http.StatusUnauthorized {
+		t.Errorf("without credentials: %d", rec.Code)
+	}
+	auth := basic("ops", "s3cret")
+	rec := get(s, "GET", path, auth)
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"domains":[]`) {
+		t.Errorf("unknown key: %d %s", rec.Code, rec.Body.String())
+	}
+	if err := br.ExchangeV1(broker.Request{Domain: "ffmuc_welt", PublicKey: key}); err != nil {
+		t.Fatal(err)
+	}
+	rec = get(s, "GET", path, auth)
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"domain":"ffmuc_welt","stored":true`) {
+		t.Errorf("stored key: %d %s", rec.Code, rec.Body.String())
+	}
+	if rec := get(s, "GET", "/api/v1/key?key=nope", auth); rec.Code != http.StatusBadRequest {
+		t.Errorf("malformed key: %d %s", rec.Code, rec.Body.String())
+	}
+	if !strings.Contains(get(s, "GET", "/api/v1/status?history=0", auth).Body.String(), `"key_search":true`) {
+		t.Error("status of a protected page does not offer the key search")
+	}
 }

@@ -337,7 +337,43 @@
 		}, data, $("peer-chart"));
 	}
 
+	function when(t) { return t ? new Date(t).toLocaleString() : "–"; }
+
+	// The key search (GET /api/v1/key): only on a page with credentials, where the broker answers it.
+	async function lookUp(ev) {
+		ev.preventDefault();
+		const key = $("key-input").value.trim(), msg = $("key-message"), table = $("key-result");
+		const tbody = table.querySelector("tbody");
+		tbody.replaceChildren();
+		table.hidden = true;
+		msg.hidden = false;
+		if (!key) { msg.textContent = "enter a key"; return; }
+		msg.textContent = "looking up…";
+		try {
+			const resp = await fetch("/api/v1/key?key=" + encodeURIComponent(key), { cache: "no-store", credentials: "same-origin" });
+			const body = await resp.json();
+			if (!resp.ok) { msg.textContent = (body.error && body.error.message) || ("error " + resp.status); return; }
+			if (!body.domains.length) { msg.textContent = "not stored in any domain"; return; }
+			for (const d of body.domains) {
+				const tr = el("tr", d.stored ? "" : "offline");
+				cell(tr, "Domain", "", d.domain);
+				cell(tr, "Stored", "", d.stored ? "yes" : "no");
+				cell(tr, "First seen", "", when(d.first_seen));
+				cell(tr, "Last seen", "", when(d.last_seen));
+				cell(tr, "Gateway chosen", "", d.gateway || "–");
+				cell(tr, "Gateways that have it", "", (d.gateways || []).join(", ") || "–");
+				cell(tr, "Revoked", "", when(d.revoked_at));
+				tbody.appendChild(tr);
+			}
+			msg.hidden = true;
+			table.hidden = false;
+		} catch (e) {
+			msg.textContent = "the broker does not answer";
+		}
+	}
+
 	function render(st) {
+		$("key-search").hidden = !st.key_search;
 		nowSec = Date.parse(st.broker.now) / 1000;
 		renderBroker(st);
 		renderBrokers(st);
@@ -365,5 +401,6 @@
 		if (peerPlot) peerPlot.setSize({ width: chartWidth("peer-chart"), height: 260 });
 		if (regPlot) regPlot.setSize({ width: chartWidth("reg-chart"), height: 160 });
 	});
+	$("key-form").addEventListener("submit", lookUp);
 	poll();
 })();
