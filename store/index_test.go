@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	bolt "go.etcd.io/bbolt"
+	"go.uber.org/goleak"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
@@ -27,7 +28,8 @@ func TestMain(m *testing.M) {
 		sweepChild(path)
 		return
 	}
-	os.Exit(m.Run())
+	// Fail the package's tests when a goroutine outlives them: every goroutine has an owner that stops it.
+	goleak.VerifyTestMain(m)
 }
 
 // fakeKey makes a distinct 44-character key.

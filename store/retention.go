@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -42,13 +43,20 @@ func (s *Store) StartRetention(r Retention) {
 	if !s.startJob() {
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		<-s.stopBG
-		cancel()
-	}()
 	go func() {
 		defer s.bg.Done()
+		// The sweep owns the goroutine that ends its context at Close, and waits for it.
+		ctx, cancel := context.WithCancel(context.Background())
+		var stopper sync.WaitGroup
+		defer stopper.Wait()
+		defer cancel()
+		stopper.Go(func() {
+			select {
+			case <-s.stopBG:
+				cancel()
+			case <-ctx.Done():
+			}
+		})
 		t := time.NewTicker(r.Every)
 		defer t.Stop()
 		for {

@@ -24,6 +24,7 @@ func open(t *testing.T, path string) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { s.Close() }) // the test owns the store's writers; closing twice is harmless
 	return s
 }
 

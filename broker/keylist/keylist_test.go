@@ -24,6 +24,7 @@ func TestRefuse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
 	tests := []struct {
 		domain, key string
 		refused     bool

@@ -133,7 +133,9 @@ func serveMetrics(addr string, g prometheus.Gatherer, log *slog.Logger) (string,
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
+	served := make(chan struct{})
 	go func() {
+		defer close(served)
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics listener", "err", err)
 		}
@@ -143,5 +145,6 @@ func serveMetrics(addr string, g prometheus.Gatherer, log *slog.Logger) (string,
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)
+		<-served // the stop function owns the Serve goroutine
 	}, nil
 }

@@ -132,6 +132,7 @@ type Client struct {
 	up      bool
 	queue   []Message // QoS 1 messages published while the connection was down, oldest first
 	setups  sync.WaitGroup
+	rounds  sync.WaitGroup // the goroutines of Sync's rounds
 
 	sync syncer
 }
@@ -472,7 +473,8 @@ func (c *Client) Addrs() []string { return []string{c.url.String()} }
 
 // Close says goodbye and stops: it ends the setup under way, publishes Options.Farewell and then the will's
 // payload on its topic (so that the others see a clean shutdown at once), disconnects (reason 0x04 with
-// Options.WillOnClose) and stops reconnecting, then waits for the setup to return. Closing twice is harmless.
+// Options.WillOnClose) and stops reconnecting, then waits for the setup, the rounds of Sync and the connection
+// manager to return. Closing twice is harmless.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	cm, cancel, closing := c.cm, c.cancel, c.closing
@@ -482,10 +484,18 @@ func (c *Client) Close() error {
 		c.conn = nil
 	}
 	c.mu.Unlock()
-	if closing || cancel == nil {
+	if closing {
+		return nil
+	}
+	defer c.rounds.Wait()
+	defer c.stopSync()
+	if cancel == nil {
 		return nil
 	}
 	defer c.setups.Wait()
+	if cm != nil {
+		defer func() { <-cm.Done() }()
+	}
 	defer cancel()
 	if cm == nil {
 		return nil // never connected: cancel stops the connecting

@@ -78,13 +78,47 @@ func (c *Client) startRound() chan struct{} {
 	}
 	s.wanted = false
 	tok, cur := s.token, s.cur
-	s.timer = time.AfterFunc(syncTimeout, func() { c.endRound(tok, false, true) })
+	// The client owns the round's goroutines, its publish and its timer's callback: Close waits for them. They are
+	// counted under c.mu, where Close sets closing, so that none is added while Close waits.
+	c.mu.Lock()
+	closing := c.closing
+	if !closing {
+		c.rounds.Add(2)
+	}
+	c.mu.Unlock()
+	if closing { // nothing more is published: release the waiters at once
+		s.inflight = false
+		close(s.cur)
+		return cur
+	}
+	s.timer = time.AfterFunc(syncTimeout, func() { defer c.rounds.Done(); c.endRound(tok, false, true) })
 	go func() {
+		defer c.rounds.Done()
 		if err := c.Publish(c.opts.SyncTopic, strconv.AppendUint(nil, tok, 10), false, 0); err != nil {
 			c.endRound(tok, false, false) // not connected: nothing to wait for
 		}
 	}()
 	return cur
+}
+
+// stopSync releases every waiter of Sync and stops the timer of the round in flight; Close calls it once closing
+// is set, so that no round starts after it.
+func (c *Client) stopSync() {
+	s := &c.sync
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.inflight {
+		return
+	}
+	if s.timer.Stop() {
+		c.rounds.Done() // its callback will not run
+	}
+	close(s.cur)
+	if s.next != nil {
+		close(s.next)
+		s.next = nil
+	}
+	s.inflight, s.wanted = false, false
 }
 
 // endRound releases the waiters of round tok and starts the next round if anyone waits for one. echoed: its
@@ -104,7 +138,9 @@ func (c *Client) endRound(tok uint64, echoed, timedOut bool) {
 		s.failing = true
 		c.log.Warn("mqtt sync token did not come back: gateway choices of other brokers may be counted late; check that the ACL lets this client write and read its sync topic", "topic", c.opts.SyncTopic)
 	}
-	s.timer.Stop()
+	if s.timer.Stop() {
+		c.rounds.Done() // its callback will not run
+	}
 	close(s.cur)
 	s.inflight = false
 	if s.wanted {

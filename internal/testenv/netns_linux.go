@@ -8,11 +8,13 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
+	"go.uber.org/goleak"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
@@ -28,8 +30,8 @@ const isolatedEnv = "WGKEX_TEST_ISOLATED"
 // Main runs a package's tests. As root it first re-executes the test binary in a private mount namespace with its
 // own /var/run/wireguard, so that test binaries running in parallel (go test ./...) can each have a userspace
 // device named wg-welt: wgctrl finds userspace devices through sockets in that directory, which all network
-// namespaces share.
-func Main(m *testing.M) {
+// namespaces share. It fails the tests when a goroutine outlives them (goleak), ignoring what opts name.
+func Main(m *testing.M, opts ...goleak.Option) {
 	if os.Geteuid() == 0 && os.Getenv(isolatedEnv) == "" {
 		if unshare, err := exec.LookPath("unshare"); err == nil {
 			cmd := exec.Command(unshare, append([]string{"--mount", "--propagation", "private", os.Args[0]}, os.Args[1:]...)...)
@@ -53,7 +55,7 @@ func Main(m *testing.M) {
 			}
 		}
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m, opts...)
 }
 
 // NS is a fresh network namespace, closed at the end of the test.
@@ -168,16 +170,40 @@ func UserspaceDevice(name string, key wgtypes.Key, port int) (func(), error) {
 		dev.Close()
 		return nil, fmt.Errorf("uapi listen %s: %w", name, err)
 	}
-	go func() {
+	// The closer owns the accept loop and the connection handlers: it closes the listener, the open connections
+	// and the device, then waits for them all.
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]bool{}
+	)
+	wg.Go(func() {
 		for {
 			c, err := uapi.Accept()
 			if err != nil {
 				return
 			}
-			go dev.IpcHandle(c)
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Go(func() {
+				dev.IpcHandle(c) // closes c
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
+			})
 		}
-	}()
-	return func() { uapi.Close(); dev.Close() }, nil
+	})
+	return func() {
+		uapi.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		dev.Close()
+		wg.Wait()
+	}, nil
 }
 
 // Veth connects this namespace to peer with a veth pair: local here, remote there.
