@@ -12,7 +12,7 @@ RUN go mod download
 COPY . .
 # The build context has no .git: the commit --version prints comes from docker build --build-arg WGKEX_COMMIT=$(git rev-parse HEAD).
 ARG WGKEX_COMMIT=""
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X github.com/freifunkMUC/wgkex-go/internal/cli.commit=${WGKEX_COMMIT}" -o /out/ ./cmd/wgkex ./cmd/wgkex-broker ./cmd/wgkex-worker \
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X github.com/freifunkMUC/wgkex-go/internal/app/cli.commit=${WGKEX_COMMIT}" -o /out/ ./cmd/wgkex ./cmd/wgkex-broker ./cmd/wgkex-worker \
     && mkdir -p /out/state /out/tmp && chmod 1777 /out/tmp
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -5,7 +5,7 @@
 # --version names this commit: from Go's build info where the checkout has a .git folder, else (a git worktree,
 # a source tree without .git) from the -X flag.
 COMMIT := $(shell git rev-parse HEAD 2>/dev/null)
-LDFLAGS := -X github.com/freifunkMUC/wgkex-go/internal/cli.commit=$(COMMIT)
+LDFLAGS := -X github.com/freifunkMUC/wgkex-go/internal/app/cli.commit=$(COMMIT)
 
 run:
 	go build -buildvcs=auto -ldflags='$(LDFLAGS)' -o bin/wgkex-broker ./cmd/wgkex-broker

@@ -10,7 +10,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/freifunkMUC/wgkex-go/internal/passwd"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/passwd"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 

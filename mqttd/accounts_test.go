@@ -11,7 +11,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/freifunkMUC/wgkex-go/internal/passwd"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/passwd"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"

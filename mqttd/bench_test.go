@@ -5,7 +5,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/freifunkMUC/wgkex-go/internal/passwd"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/passwd"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
 

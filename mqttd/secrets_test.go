@@ -20,7 +20,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/freifunkMUC/wgkex-go/internal/passwd"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/passwd"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )

@@ -22,14 +22,14 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/tlsfiles"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/freifunkMUC/wgkex-go/internal/passwd"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/passwd"
 )
 
 // RetainStore keeps retained messages across restarts. The messages are opaque to it.

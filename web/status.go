@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/internal/passwd"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/passwd"
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/internal/passwd"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/passwd"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"

@@ -4,7 +4,7 @@ import (
 	"crypto/tls"
 	"net"
 
-	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/tlsfiles"
 )
 
 // TLSListener serves HTTPS on ln with cert (reloaded when its files change or on request: see tlsfiles), HTTP/1.1

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
-	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/tlsfiles"
 )
 
 // issue issues a server certificate for 127.0.0.1 and writes it and its key as PEM (each file replaced as a whole,

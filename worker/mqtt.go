@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
-	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/tlsfiles"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 

@@ -9,7 +9,7 @@ import (
 
 	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
-	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/tlsfiles"
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
 )
 

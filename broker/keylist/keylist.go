@@ -15,7 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/internal/filewatch"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/filewatch"
 )
 
 // Options name the list files. An empty name means no such list.

@@ -26,7 +26,7 @@ func TestCommandLine(t *testing.T) {
 	}
 	// As `make build` does: the commit from Go's build info where .git is a folder, else from -X.
 	dir := t.TempDir()
-	build := exec.Command("go", "build", "-buildvcs=auto", "-ldflags=-X github.com/freifunkMUC/wgkex-go/internal/cli.commit="+
+	build := exec.Command("go", "build", "-buildvcs=auto", "-ldflags=-X github.com/freifunkMUC/wgkex-go/internal/app/cli.commit="+
 		strings.TrimSpace(string(full)), "-o", dir+"/", "../wgkex", "../wgkex-broker", "../wgkex-worker")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

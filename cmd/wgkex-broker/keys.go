@@ -9,7 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/internal/admin"
+	"github.com/freifunkMUC/wgkex-go/internal/app/admin"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 )
 

@@ -20,11 +20,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/internal/admin"
-	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
-	"github.com/freifunkMUC/wgkex-go/internal/cli"
+	"github.com/freifunkMUC/wgkex-go/internal/app/admin"
+	"github.com/freifunkMUC/wgkex-go/internal/app/brokerd"
+	"github.com/freifunkMUC/wgkex-go/internal/app/cli"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
-	"github.com/freifunkMUC/wgkex-go/internal/passwd"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/passwd"
 	"github.com/freifunkMUC/wgkex-go/store"
 )
 

@@ -21,7 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/freifunkMUC/wgkex-go/internal/cli"
+	"github.com/freifunkMUC/wgkex-go/internal/app/cli"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/worker"
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane"

@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/freifunkMUC/wgkex-go/internal/cli"
-	"github.com/freifunkMUC/wgkex-go/internal/entrypoint"
+	"github.com/freifunkMUC/wgkex-go/internal/app/cli"
+	"github.com/freifunkMUC/wgkex-go/internal/app/entrypoint"
 )
 
 const usage = `wgkex: the container entrypoint, a drop-in for the reference image's

@@ -25,7 +25,7 @@ import (
 	"github.com/knadh/koanf/v2"
 
 	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
-	"github.com/freifunkMUC/wgkex-go/internal/passwd"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/passwd"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
 

@@ -161,7 +161,7 @@ func (c *cluster) refWorker() func() map[string]bool {
 	if err := exec.Command(py, "-c", "import paho.mqtt.client").Run(); err != nil {
 		testenv.Skip(t, "python3-paho-mqtt not installed")
 	}
-	cmd := exec.Command("nsenter", "--net="+c.brokerNS.Path(), py, "../brokerd/testdata/refworker.py", brokerIP, "1883", "gw3",
+	cmd := exec.Command("nsenter", "--net="+c.brokerNS.Path(), py, "../app/brokerd/testdata/refworker.py", brokerIP, "1883", "gw3",
 		"ffmuc_welt", testenv.NewKey(t).PublicKey().String(), "fe80::3", "0")
 	cmd.Env = append(os.Environ(), "MQTT_USERNAME=gw3", "MQTT_PASSWORD="+clusterUsers["gw3"])
 	stdin, _ := cmd.StdinPipe()

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
-	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
+	"github.com/freifunkMUC/wgkex-go/internal/app/brokerd"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane"

@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/freifunkMUC/wgkex-go/internal/brokerd"
+	"github.com/freifunkMUC/wgkex-go/internal/app/brokerd"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
 )

@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/internal/filewatch"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/filewatch"
 )
 
 // Certificate is a server's TLS certificate read from PEM files, and read again whenever they change (a certbot

@@ -3,7 +3,7 @@ package brokerd
 import (
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
-	"github.com/freifunkMUC/wgkex-go/internal/tlsfiles"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/tlsfiles"
 )
 
 // maxPacket is the maximum packet size the broker's client of broker.mqtt_server announces: ten times the largest

@@ -253,7 +253,7 @@ func TestMetrics(t *testing.T) {
 // server; TestBrokersShown checks the one served only with an external one), and the example
 // Grafana dashboard uses only metrics README.md lists (the broker's and the worker's).
 func TestMetricsDocumented(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +299,7 @@ func TestMetricsDocumented(t *testing.T) {
 			t.Errorf("/metrics serves %s, README.md does not list it", name)
 		}
 	}
-	grafana, err := os.ReadFile("../../contrib/grafana/wgkex.json")
+	grafana, err := os.ReadFile("../../../contrib/grafana/wgkex.json")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,7 +86,7 @@ func (p Program) Usage(out io.Writer) {
 }
 
 // commit is the commit a build without version control information was made from (the container image's build:
-// -ldflags "-X github.com/freifunkMUC/wgkex-go/internal/cli.commit=…").
+// -ldflags "-X github.com/freifunkMUC/wgkex-go/internal/app/cli.commit=…").
 var commit string
 
 // Version describes the binary: name, module version, commit (with "+modified" for a tree with changes), commit

@@ -5,7 +5,7 @@ import (
 	"slices"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
-	"github.com/freifunkMUC/wgkex-go/internal/admin"
+	"github.com/freifunkMUC/wgkex-go/internal/app/admin"
 	"github.com/freifunkMUC/wgkex-go/store"
 )
 
