@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
+	"github.com/freifunkMUC/wgkex-go/broker/brokertest"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 	"github.com/freifunkMUC/wgkex-go/store"
@@ -100,11 +101,7 @@ func newEnv(t *testing.T, path string, mod func(*broker.Options)) *env {
 
 // worker plays a reference worker's messages (SPEC §2.1).
 func (e *env) worker(name, domain, key string, peers int) {
-	d := wire.WorkerData{ExternalAddress: strings.Replace(name, ".in.", ".ext.", 1), Port: 40011, PublicKey: key,
-		LinkAddress: wire.LinkLocal(key).String()}
-	e.b.HandleData(wire.DataTopic(name, domain), d.Marshal())
-	e.b.HandleStatus(wire.StatusTopic(name), []byte("1"))
-	e.b.HandleMetric(wire.MetricTopic(domain, name), []byte(fmt.Sprint(peers)))
+	brokertest.Worker(e.b, name, domain, key, peers)
 }
 
 func TestExchangeV1(t *testing.T) {

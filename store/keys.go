@@ -60,26 +60,7 @@ func (s *Store) KeysPage(domain string, since time.Time, after broker.KeyCursor,
 	if after != "" && bytes.Compare([]byte(after), start) >= 0 {
 		start = append([]byte(after), 0) // the smallest index key after the cursor
 	}
-	page := s.overlayPage(domain, start, limit+1) // one more than asked: is there a next page?
-	err := s.db.View(func(tx *bolt.Tx) error {
-		idx := tx.Bucket(bucketByTime).Bucket([]byte(domain))
-		if idx == nil {
-			return nil
-		}
-		s.mu.RLock()
-		defer s.mu.RUnlock()
-		c := idx.Cursor()
-		n := 0
-		for ik, v := c.Seek(start); ik != nil && n <= limit; ik, v = c.Next() {
-			s.visited.Add(1)
-			if s.inOverlay(domain, string(ik[8:])) {
-				continue // the log's record is newer: it comes from overlayPage, at its own time
-			}
-			page = append(page, pageEntry{ik: string(ik), firstSeen: firstSeenOf(v)})
-			n++
-		}
-		return nil
-	})
+	page, err := s.indexEntries(domain, s.overlayPage(domain, start, limit+1), start, limit+1, false) // one more: a next page?
 	if err != nil {
 		return nil, "", err
 	}
@@ -90,16 +71,52 @@ func (s *Store) KeysPage(domain string, since time.Time, after broker.KeyCursor,
 	if more {
 		page = page[:limit]
 	}
-	recs := make([]broker.KeyRecord, len(page))
-	for i, e := range page {
-		last := time.Unix(0, indexTime([]byte(e.ik)))
-		recs[i] = broker.KeyRecord{Key: e.ik[8:], Domain: domain, FirstSeen: time.Unix(0, e.firstSeen), LastSeen: last}
-	}
 	var next broker.KeyCursor
 	if more {
 		next = broker.KeyCursor(page[len(page)-1].ik)
 	}
-	return recs, next, nil
+	return records(domain, page), next, nil
+}
+
+// indexEntries appends to page up to n entries of the time index of domain that are not in the write-ahead log
+// (the log's own come from overlayPage), from start on, or with backwards from the end down, in one read
+// transaction.
+func (s *Store) indexEntries(domain string, page []pageEntry, start []byte, n int, backwards bool) ([]pageEntry, error) {
+	err := s.db.View(func(tx *bolt.Tx) error {
+		idx := tx.Bucket(bucketByTime).Bucket([]byte(domain))
+		if idx == nil {
+			return nil
+		}
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		c := idx.Cursor()
+		ik, v := c.Seek(start)
+		step := c.Next
+		if backwards {
+			ik, v = c.Last()
+			step = c.Prev
+		}
+		for read := 0; ik != nil && read < n; ik, v = step() {
+			s.visited.Add(1)
+			if s.inOverlay(domain, string(ik[8:])) {
+				continue // the log's record is newer: it comes from overlayPage, at its own time
+			}
+			page = append(page, pageEntry{ik: string(ik), firstSeen: firstSeenOf(v)})
+			read++
+		}
+		return nil
+	})
+	return page, err
+}
+
+// records turns index entries into key records (key, domain, first and last seen).
+func records(domain string, page []pageEntry) []broker.KeyRecord {
+	recs := make([]broker.KeyRecord, len(page))
+	for i, e := range page {
+		recs[i] = broker.KeyRecord{Key: e.ik[8:], Domain: domain, FirstSeen: time.Unix(0, e.firstSeen),
+			LastSeen: time.Unix(0, indexTime([]byte(e.ik)))}
+	}
+	return recs
 }
 
 // pageEntry is one key of a page: its index key and first-seen time (Unix ns).
@@ -125,8 +142,9 @@ func (s *Store) overlayPage(domain string, start []byte, limit int) []pageEntry 
 }
 
 // LatestKeys returns up to limit keys of domain, the most recently seen first, with key, domain, first and last
-// seen (not the gateway; for a registration still in the write-ahead log, its own first seen, as KeysPage). It walks the time index backwards from its end in one read transaction, together with
-// the registrations still in the write-ahead log.
+// seen (not the gateway; for a registration still in the write-ahead log, its own first seen, as KeysPage). It
+// walks the time index backwards from its end in one read transaction, together with the registrations still in
+// the write-ahead log.
 func (s *Store) LatestKeys(domain string, limit int) ([]broker.KeyRecord, error) {
 	if limit <= 0 {
 		limit = 1
@@ -135,24 +153,7 @@ func (s *Store) LatestKeys(domain string, limit int) ([]broker.KeyRecord, error)
 	if len(page) > limit {
 		page = page[len(page)-limit:]
 	}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		idx := tx.Bucket(bucketByTime).Bucket([]byte(domain))
-		if idx == nil {
-			return nil
-		}
-		s.mu.RLock()
-		defer s.mu.RUnlock()
-		c := idx.Cursor()
-		n := 0
-		for ik, v := c.Last(); ik != nil && n < limit; ik, v = c.Prev() {
-			if s.inOverlay(domain, string(ik[8:])) {
-				continue
-			}
-			page = append(page, pageEntry{ik: string(ik), firstSeen: firstSeenOf(v)})
-			n++
-		}
-		return nil
-	})
+	page, err := s.indexEntries(domain, page, nil, limit, true)
 	if err != nil {
 		return nil, err
 	}
@@ -161,10 +162,5 @@ func (s *Store) LatestKeys(domain string, limit int) ([]broker.KeyRecord, error)
 	if len(page) > limit {
 		page = page[:limit]
 	}
-	recs := make([]broker.KeyRecord, len(page))
-	for i, e := range page {
-		recs[i] = broker.KeyRecord{Key: e.ik[8:], Domain: domain, FirstSeen: time.Unix(0, e.firstSeen),
-			LastSeen: time.Unix(0, indexTime([]byte(e.ik)))}
-	}
-	return recs, nil
+	return records(domain, page), nil
 }

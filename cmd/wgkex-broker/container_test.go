@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -46,26 +47,10 @@ func dockerEnv(t *testing.T) []string {
 // back from the log, and the state directory moved here), then SIGTERM as `docker stop` sends it.
 func TestContainerEnvironment(t *testing.T) {
 	dir := t.TempDir()
-	bin := staticBroker(t, dir)
-	env := dockerEnv(t)
-	if len(env) < 3 {
+	if env := dockerEnv(t); len(env) < 3 {
 		t.Fatalf("Dockerfile ENV: %q", env)
 	}
-	cmd := exec.Command(bin)
-	cmd.Env = append(append(os.Environ(), env...),
-		"WGKEX_CONFIG_FILE=../../wgkex.yaml.example",
-		"WGKEX_BROKER_LISTEN_HOST=127.0.0.1", "WGKEX_BROKER_LISTEN_PORT=0",
-		"WGKEX_BROKER_MQTT_LISTENERS=127.0.0.1:0",
-		"WGKEX_BROKER_STATE_FILE="+filepath.Join(dir, "wgkex.db"),
-		"WGKEX_LOG_FORMAT=json")
-	cmd.Stdout = t.Output()
-	logR, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, logR := startImage(t, dir, "WGKEX_BROKER_MQTT_LISTENERS=127.0.0.1:0")
 	defer cmd.Process.Kill()
 	get(t, "http://"+startedAddr(t, logR)+"/api/v1/locations")
 	cmd.Process.Signal(syscall.SIGTERM)
@@ -90,23 +75,7 @@ func TestContainerEnvironment(t *testing.T) {
 // login needed a username) and a gateway of the example logs in with its name and that password; a wrong
 // password and an unconfigured name do not.
 func TestComposeRecipe(t *testing.T) {
-	dir := t.TempDir()
-	cmd := exec.Command(staticBroker(t, dir))
-	cmd.Env = append(append(os.Environ(), dockerEnv(t)...),
-		"WGKEX_CONFIG_FILE=../../wgkex.yaml.example",
-		"WGKEX_MQTT_PASSWORD=compose-secret",
-		"WGKEX_BROKER_LISTEN_HOST=127.0.0.1", "WGKEX_BROKER_LISTEN_PORT=0",
-		"WGKEX_BROKER_MQTT_LISTENERS=0.0.0.0:0",
-		"WGKEX_BROKER_STATE_FILE="+filepath.Join(dir, "wgkex.db"),
-		"WGKEX_LOG_FORMAT=json")
-	cmd.Stdout = t.Output()
-	logR, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, logR := startImage(t, t.TempDir(), "WGKEX_MQTT_PASSWORD=compose-secret", "WGKEX_BROKER_MQTT_LISTENERS=0.0.0.0:0")
 	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
 	_, mqttAddr := startedAddrs(t, logR)
 	_, port, _ := net.SplitHostPort(mqttAddr)
@@ -118,6 +87,28 @@ func TestComposeRecipe(t *testing.T) {
 			t.Errorf("%s with %q accepted", bad.name, bad.pass)
 		}
 	}
+}
+
+// startImage starts the static binary as the image runs it: the example configuration, the Dockerfile's
+// environment, then env; the REST API on a port the system picks, the state in dir, JSON logs on the returned
+// reader.
+func startImage(t *testing.T, dir string, env ...string) (*exec.Cmd, io.Reader) {
+	t.Helper()
+	cmd := exec.Command(staticBroker(t, dir))
+	cmd.Env = append(append(append(os.Environ(), dockerEnv(t)...),
+		"WGKEX_CONFIG_FILE=../../wgkex.yaml.example",
+		"WGKEX_BROKER_LISTEN_HOST=127.0.0.1", "WGKEX_BROKER_LISTEN_PORT=0",
+		"WGKEX_BROKER_STATE_FILE="+filepath.Join(dir, "wgkex.db"),
+		"WGKEX_LOG_FORMAT=json"), env...)
+	cmd.Stdout = t.Output()
+	logR, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, logR
 }
 
 // staticBroker builds the static binary as the Dockerfile does, into dir.
