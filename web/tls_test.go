@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/platform/tlsfiles"
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
 
 // issue issues a server certificate for 127.0.0.1 and writes it and its key as PEM (each file replaced as a whole,

@@ -8,8 +8,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/freifunkMUC/wgkex-go/internal/mqttclient"
-	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/platform/tlsfiles"
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
 )
 

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/platform/tlsfiles"
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
 
 // pki writes a CA, a server certificate for mqtt.test and 127.0.0.1, and a client certificate for CN broker-a
