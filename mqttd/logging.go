@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -154,4 +155,40 @@ func routine(r slog.Record) bool {
 		return true
 	})
 	return found
+}
+
+// logGate ends a server's log: once shut, no record gets through, and shut waits for the records being written.
+type logGate struct {
+	mu     sync.RWMutex
+	closed bool
+}
+
+func (g *logGate) shut() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+}
+
+// closingHandler drops every record once its gate is shut (Server.Close): nothing the server started may log after
+// it has closed, mochi's event loop included, which Close cannot wait for.
+type closingHandler struct {
+	slog.Handler
+	gate *logGate
+}
+
+func (h closingHandler) Handle(ctx context.Context, r slog.Record) error {
+	h.gate.mu.RLock()
+	defer h.gate.mu.RUnlock()
+	if h.gate.closed {
+		return nil
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h closingHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return closingHandler{h.Handler.WithAttrs(as), h.gate}
+}
+
+func (h closingHandler) WithGroup(name string) slog.Handler {
+	return closingHandler{h.Handler.WithGroup(name), h.gate}
 }

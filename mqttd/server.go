@@ -102,6 +102,7 @@ type Options struct {
 type Server struct {
 	srv       *mqtt.Server
 	log       *slog.Logger
+	quiet     *logGate // shut by Close: the server logs nothing more (logging.go)
 	opts      Options
 	listeners []*listener
 	subID     int
@@ -134,7 +135,10 @@ type Server struct {
 
 // New creates the server and opens its listeners; Serve starts accepting clients.
 func New(log *slog.Logger, opts Options) (_ *Server, err error) {
-	log = redactingLogger(log) // mochi logs whole packets, passwords included
+	// mochi logs whole packets, passwords included; and its event loop logs its end after Close has returned
+	// (Close cannot wait for it): the server's log ends with Close.
+	quiet := &logGate{}
+	log = slog.New(closingHandler{redactingLogger(log).Handler(), quiet})
 	opts.Limits = withDefaults(opts.Limits)
 	if err := opts.validate(); err != nil {
 		return nil, err
@@ -155,7 +159,7 @@ func New(log *slog.Logger, opts Options) (_ *Server, err error) {
 	caps.TopicAliasMaximum = 0
 	caps.SharedSubAvailable = 0
 	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: log, Capabilities: caps})
-	s := &Server{srv: srv, log: log, opts: opts, done: make(chan struct{}), loginDelay: loginDelay,
+	s := &Server{srv: srv, log: log, quiet: quiet, opts: opts, done: make(chan struct{}), loginDelay: loginDelay,
 		passwords: passwd.New(runtime.GOMAXPROCS(0), nil), loginWait: lim.ConnectTimeout,
 		failures: failures{m: map[netip.Prefix]*failure{}}}
 	s.stopped, s.stop = context.WithCancel(context.Background())
@@ -428,6 +432,7 @@ func (s *Server) Close() error {
 		}
 	})
 	s.certRuns.Wait()
+	s.quiet.shut()
 	return err
 }
 
