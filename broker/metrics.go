@@ -148,7 +148,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descClusterBrokerUp, prometheus.GaugeValue, up, s.ID)
 	}
 	ch <- prometheus.MustNewConstMetric(descClusterBrokers, prometheus.GaugeValue, float64(alive))
-	m := c.b.MQTT()
+	m := c.b.mqttState()
 	connected := 0.0
 	if m.Connected {
 		connected = 1

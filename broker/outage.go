@@ -213,8 +213,8 @@ type MQTTState struct {
 	Awaiting []string `json:"awaiting"`
 }
 
-// MQTT returns the state of the broker's connection to its MQTT server.
-func (b *Broker) MQTT() MQTTState {
+// mqttState returns the state of the broker's connection to its MQTT server.
+func (b *Broker) mqttState() MQTTState {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := MQTTState{External: b.opts.External, Connected: !b.link.down, Since: b.link.since, Awaiting: make([]string, 0, len(b.link.awaiting))}

@@ -69,7 +69,7 @@ func (o *outageEnv) state() string {
 		}
 		ws = append(ws, strings.TrimSuffix(w.Name, ".in.ffmuc.net")+" "+s)
 	}
-	m := o.b.MQTT()
+	m := o.b.Status().MQTT
 	var aw []string
 	for _, n := range m.Awaiting {
 		aw = append(aw, strings.TrimSuffix(n, ".in.ffmuc.net"))

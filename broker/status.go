@@ -97,7 +97,7 @@ func (b *Broker) Status() Status {
 	if total < 1 {
 		total = 1
 	}
-	st := Status{Activity: act, MQTT: b.MQTT()}
+	st := Status{Activity: act, MQTT: b.mqttState()}
 	st.Brokers, _ = b.opts.Peers.Brokers()
 	onlinePeers := 0
 	for _, w := range byName {

@@ -38,9 +38,9 @@ func (c *Cluster) handleReplayRequest(topic string, payload []byte) {
 	}()
 }
 
-// CatchUp asks one live peer after the other for the keys registered since the given time (zero or earlier: the
+// catchUp asks one live peer after the other for the keys registered since the given time (zero or earlier: the
 // whole replay window) until one has sent them all, with every key recorded. Run calls it after every Up.
-func (c *Cluster) CatchUp(ctx context.Context, since time.Time) {
+func (c *Cluster) catchUp(ctx context.Context, since time.Time) {
 	start := time.Now()
 	if window := c.opts.Now().Add(-c.opts.ReplayWindow); since.Before(window) {
 		since = window

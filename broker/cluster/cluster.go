@@ -9,7 +9,7 @@
 //     chooses, it waits until the announcements the server sent it so far are counted (Sync);
 //   - liveness: wgkex/broker/{id}/status, retained 1 while connected and 0 as its will (handleStatus);
 //   - catch-up: after every connect (Up) a broker asks one live peer for the keys of the replay window and
-//     records them (CatchUp, handleCatchupRequest, handleCatchupBatch). It answers v2 meanwhile, since the answer
+//     records them (catchUp, handleCatchupRequest, handleCatchupBatch). It answers v2 meanwhile, since the answer
 //     depends on the workers' state, which the server's retained messages give at once, and not on the keys;
 //     replays, which do depend on them, wait until the catch-up is done (handleReplayRequest).
 //
@@ -273,7 +273,7 @@ func (c *Cluster) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case since := <-c.connected:
-			c.CatchUp(ctx, since)
+			c.catchUp(ctx, since)
 		}
 	}
 }

@@ -271,7 +271,7 @@ func TestReplayWaitsForCatchup(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan struct{})
-	go func() { e.c.CatchUp(ctx, time.Time{}); close(done) }()
+	go func() { e.c.catchUp(ctx, time.Time{}); close(done) }()
 	// The catch-up asks broker-b; nothing is replayed before its answer.
 	var asked []string
 	testenv.Eventually(t, 5*time.Second, func() bool { asked = append(asked, e.pub.take()...); return len(asked) > 0 }, "no catch-up request")
@@ -321,7 +321,7 @@ func TestCatchupSince(t *testing.T) {
 		{e.now.Add(-30 * time.Hour), e.now.Add(-3 * time.Hour).Unix()},
 	} {
 		done := make(chan struct{})
-		go func() { e.c.CatchUp(context.Background(), tc.since); close(done) }()
+		go func() { e.c.catchUp(context.Background(), tc.since); close(done) }()
 		var asked []string
 		testenv.Eventually(t, 5*time.Second, func() bool { asked = append(asked, e.pub.take()...); return len(asked) > 0 }, "no catch-up request")
 		want := []string{`wgkex/broker/broker-b/catchup {"from":"broker-a","since":` + fmt.Sprint(tc.want) + `,"round":` + fmt.Sprint(i+1) + `} retain=false qos=1`}
@@ -400,7 +400,7 @@ func TestCatchupWhileKeysArrive(t *testing.T) {
 	e.c.handleStatus(BrokerStatusTopic("broker-b"), []byte("1"))
 	e.c.handleKey(wire.KeyTopic("ffmuc_welt"), []byte(key1)) // its write hangs
 	done := make(chan struct{})
-	go func() { e.c.CatchUp(context.Background(), time.Time{}); close(done) }()
+	go func() { e.c.catchUp(context.Background(), time.Time{}); close(done) }()
 	testenv.Eventually(t, 5*time.Second, func() bool { return len(e.pub.take()) > 0 }, "no catch-up request")
 	e.c.handleCatchupBatch(CatchupKeysTopic("broker-a"), mustJSON(t, CatchupBatch{Last: true, Keys: []CatchupKey{
 		{Domain: "ffwert_city", Key: gwKey7, FirstSeen: 1, LastSeen: 2},
@@ -424,7 +424,7 @@ func TestLateBatchOfEarlierRound(t *testing.T) {
 	e.c.handleStatus(BrokerStatusTopic("broker-c"), []byte("1"))
 	e.c.handleReplayRequest(wire.ReplayRequestTopic("gw04.in.ffmuc.net"), []byte(`{"domains":["ffmuc_welt"]}`))
 	done := make(chan struct{})
-	go func() { e.c.CatchUp(context.Background(), time.Time{}); close(done) }()
+	go func() { e.c.catchUp(context.Background(), time.Time{}); close(done) }()
 	// broker-b is asked first and stalls; then broker-c is asked.
 	asked := map[string]CatchupRequest{}
 	testenv.Eventually(t, 10*time.Second, func() bool {
