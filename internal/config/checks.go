@@ -116,9 +116,10 @@ func (c *Config) Effective() []string {
 	return out
 }
 
-// show formats a setting's value, masking secrets: a password or password hash reads "(set)" or "(empty)".
+// show formats a setting's value, masking secrets: a password or password hash, and free-form data (logging_config,
+// a Python dictConfig that may hold a handler's credentials) read "(set)" or "(empty)".
 func show(tag string, v reflect.Value) string {
-	if strings.Contains(tag, "password") {
+	if strings.Contains(tag, "password") || v.Kind() == reflect.Interface {
 		if v.IsZero() {
 			return "(empty)"
 		}

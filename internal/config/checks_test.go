@@ -77,3 +77,25 @@ func TestBrokerWarnings(t *testing.T) {
 		}
 	}
 }
+
+// TestEffectiveMasksLoggingConfig: the reference's logging_config, which this broker ignores, may hold a handler's
+// credentials (SMTPHandler, HTTPHandler); check-config does not print it.
+func TestEffectiveMasksLoggingConfig(t *testing.T) {
+	c, err := Parse([]byte(`
+domains: [ffmuc_welt]
+domain_prefixes: [ffmuc_]
+logging_config:
+  version: 1
+  handlers:
+    mail: {class: logging.handlers.SMTPHandler, mailhost: smtp.example, credentials: [alerts, m4ilpass], password: hunter3}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(c.Effective(), "\n")
+	for _, secret := range []string{"m4ilpass", "hunter3"} {
+		if strings.Contains(all, secret) {
+			t.Errorf("check-config output holds %q:\n%s", secret, all)
+		}
+	}
+}
