@@ -99,3 +99,17 @@ logging_config:
 		}
 	}
 }
+
+// TestEffectiveMasksURLPassword: a password written into mqtt.broker_url (which the broker does not connect to and
+// so does not refuse) is masked in check-config's settings and in the problem that names the url.
+func TestEffectiveMasksURLPassword(t *testing.T) {
+	c, err := Parse([]byte("domains: [ffmuc_welt]\ndomain_prefixes: [ffmuc_]\nmqtt: {broker_url: \"mqtt://wgkex:s3cr3tx@mosquitto.example\"}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, lines := range map[string][]string{"settings": c.Effective(), "problems": c.BrokerProblems()} {
+		if all := strings.Join(lines, "\n"); strings.Contains(all, "s3cr3tx") {
+			t.Errorf("check-config %s hold the password:\n%s", name, all)
+		}
+	}
+}
