@@ -89,9 +89,11 @@ func (b *Broker) storedIn(key string) ([]string, error) {
 }
 
 // ApplyRevocation records a revocation another broker made (broker/cluster): the key is removed from domain if
-// last seen at or before at, and the tombstone kept. It publishes nothing: the workers got the revocation from
-// the broker that made it, or get it with their next replay. live marks one that arrived as it was made (counted
-// always) rather than with a catch-up (counted when it removed a key).
+// last seen at or before at, and the tombstone kept. A time after this broker's now is taken as now: the other
+// broker's clock is ahead, and its revocation must not void the registrations still to come here. It publishes
+// nothing: the workers got the revocation from the broker that made it, or get it with their next replay. live
+// marks one that arrived as it was made (counted always) rather than with a catch-up (counted when it removed a
+// key).
 func (b *Broker) ApplyRevocation(domain, key string, at time.Time, live bool) {
 	if !b.domain[domain] {
 		b.log.Warn("dropped revocation for unknown domain", "domain", domain)
@@ -100,6 +102,9 @@ func (b *Broker) ApplyRevocation(domain, key string, at time.Time, live bool) {
 	if err := wire.ValidateKey(key); err != nil {
 		b.log.Warn("dropped revocation", "domain", domain, "err", err)
 		return
+	}
+	if now := b.opts.Now(); at.After(now) {
+		at = now
 	}
 	found, err := b.st.RevokeKey(domain, key, at)
 	if err != nil {

@@ -56,7 +56,12 @@ func (a *Agent) pass() time.Time {
 			delete(ds.want, m.key)
 			delete(ds.received, m.key)
 			delete(ds.failures, m.key)
-			ds.revoked[m.key] = true
+			if a.white[m.key] {
+				// The operator's peer (a supernode): like the sweep, a revocation leaves it on the device.
+				a.log.Info("revoked key is whitelisted, peer left on the device", "domain", m.domain, "key", m.key)
+			} else {
+				ds.revoked[m.key] = true
+			}
 			dirty[m.domain][m.key] = true
 			continue
 		}

@@ -101,3 +101,23 @@ func TestRevokeRetried(t *testing.T) {
 		t.Error("the read adopted the revoked peer")
 	}
 }
+
+// TestRevokeWhitelisted: a revocation (live or in a replay) of a whitelisted key leaves the peer on the device, as
+// the sweep does: the operator's supernode stays, whoever registered its key at the broker and had it revoked.
+func TestRevokeWhitelisted(t *testing.T) {
+	fake := dataplane.NewFake(welt)
+	if err := fake.AddPeers(welt, []string{keyD}); err != nil {
+		t.Fatal(err)
+	}
+	fake.Lose(welt, keyD)
+	fake.Log = nil
+	a, c := newAgent(t, fake, nil)
+	a.SyncAll(false)
+	a.pass()
+	a.HandleMessage(wire.RevokeTopic("ffmuc_welt"), wire.Revocation{Key: keyD, At: c.now()}.Marshal())
+	a.pass()
+	a.HandleMessage(wire.ReplayKeysTopic("gw04"), []byte(`{"domain":"ffmuc_welt","seq":0,"last":true,"keys":[],"revoked":["`+keyD+`"]}`))
+	a.SyncAll(true)
+	a.pass()
+	checkState(t, fake, "wg-welt "+keyD+" peer")
+}

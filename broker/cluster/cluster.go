@@ -333,8 +333,9 @@ func (c *Cluster) handleKey(topic string, payload []byte) {
 }
 
 // handleRevocation takes a revocation another broker published on wgkex/revoke/{domain} and applies it to this
-// broker's store, as of the revocation's time or, if later, now: every registration of the key this broker has
-// recorded before it took the revocation is void, whatever the difference between the brokers' clocks.
+// broker's store as of now (broker.ApplyRevocation takes no time after now): every registration of the key this
+// broker has recorded before it took the revocation is void, and none after, whatever the difference between the
+// brokers' clocks.
 func (c *Cluster) handleRevocation(topic string, payload []byte) {
 	domain, err := wire.ParseRevokeTopic(topic)
 	if err != nil {
@@ -349,11 +350,7 @@ func (c *Cluster) handleRevocation(topic string, payload []byte) {
 	if r.By == c.opts.ID {
 		return // this broker's own, applied when it was made
 	}
-	at := r.At
-	if now := c.opts.Now(); now.After(at) {
-		at = now
-	}
-	c.local.ApplyRevocation(domain, r.Key, at, true)
+	c.local.ApplyRevocation(domain, r.Key, c.opts.Now(), true)
 }
 
 // handleChoice takes wgkex/broker/{id}/choice and counts the new peer on the chosen worker, as if this broker

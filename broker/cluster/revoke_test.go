@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -72,5 +73,43 @@ func TestCatchupCarriesRevocations(t *testing.T) {
 	other.c.handleCatchupBatch(CatchupKeysTopic("broker-b"), batches[0])
 	if _, err := other.st.Key("ffmuc_welt", revKey); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("key still stored at b after the catch-up: %v", err)
+	}
+}
+
+// TestRevocationFromAheadClock: a revocation of a broker whose clock is far ahead (live or in a catch-up) voids
+// what this broker recorded until it took the revocation, not the node's registrations to come: a node that
+// registers again a minute later is stored and stays out of the replays' revoked keys.
+func TestRevocationFromAheadClock(t *testing.T) {
+	ahead := time.Unix(1_700_000_000, 0).AddDate(10, 0, 0)
+	live := func(e *env) {
+		e.c.handleRevocation(wire.RevokeTopic("ffmuc_welt"), wire.Revocation{Key: revKey, At: ahead, By: "broker-b"}.Marshal())
+	}
+	catchup := func(e *env) {
+		b := CatchupBatch{Seq: 0, Last: true, Revoked: []CatchupRevocation{{Domain: "ffmuc_welt", Key: revKey, At: ahead.UnixNano()}}}
+		p, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.c.handleCatchupBatch(CatchupKeysTopic("broker-a"), p)
+	}
+	for name, apply := range map[string]func(*env){"live": live, "catch-up": catchup} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, nil)
+			e.st.PutKey(broker.KeyRecord{Key: revKey, Domain: "ffmuc_welt", FirstSeen: e.now, LastSeen: e.now})
+			apply(e)
+			if _, err := e.st.Key("ffmuc_welt", revKey); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("key still stored after the revocation: %v", err)
+			}
+			e.now = e.now.Add(time.Minute)
+			if err := e.st.PutKey(broker.KeyRecord{Key: revKey, Domain: "ffmuc_welt", FirstSeen: e.now, LastSeen: e.now}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.st.Key("ffmuc_welt", revKey); err != nil {
+				t.Errorf("registration a minute after the revocation dropped: %v", err)
+			}
+			if at, ok, _ := e.st.RevokedAt("ffmuc_welt", revKey); ok && at.After(e.now) {
+				t.Errorf("tombstone at %v, after this broker's now %v", at, e.now)
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"reflect"
 	"slices"
 	"strings"
@@ -18,7 +19,7 @@ import (
 func (c *Config) BrokerProblems() []string {
 	var p []string
 	if c.Broker.MQTTServer.URL == "" && c.Broker.listenersDefault && !localHost(c.MQTT.BrokerURL) {
-		host := c.MQTT.BrokerURL
+		host := redacted(c.MQTT.BrokerURL)
 		if u, err := mqttclient.ServerURL(c.MQTT.BrokerURL, c.MQTT.BrokerPort, c.MQTT.TLS); err == nil {
 			host = u.String()
 		}
@@ -116,9 +117,10 @@ func (c *Config) Effective() []string {
 	return out
 }
 
-// show formats a setting's value, masking secrets: a password or password hash reads "(set)" or "(empty)".
+// show formats a setting's value, masking secrets: a password or password hash, and free-form data (logging_config,
+// a Python dictConfig that may hold a handler's credentials) read "(set)" or "(empty)"; a password in a URL "xxxxx".
 func show(tag string, v reflect.Value) string {
-	if strings.Contains(tag, "password") {
+	if strings.Contains(tag, "password") || v.Kind() == reflect.Interface {
 		if v.IsZero() {
 			return "(empty)"
 		}
@@ -134,7 +136,7 @@ func show(tag string, v reflect.Value) string {
 		return d.D().String()
 	}
 	if v.Kind() == reflect.String {
-		return fmt.Sprintf("%q", v.String())
+		return fmt.Sprintf("%q", redacted(v.String()))
 	}
 	if v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Struct {
 		var parts []string
@@ -144,4 +146,12 @@ func show(tag string, v reflect.Value) string {
 		return "[" + strings.Join(parts, ", ") + "]"
 	}
 	return fmt.Sprintf("%v", v.Interface())
+}
+
+// redacted returns s with the password of a URL in it replaced by "xxxxx" (url.URL.Redacted); anything else as it is.
+func redacted(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return s
 }

@@ -77,3 +77,39 @@ func TestBrokerWarnings(t *testing.T) {
 		}
 	}
 }
+
+// TestEffectiveMasksLoggingConfig: the reference's logging_config, which this broker ignores, may hold a handler's
+// credentials (SMTPHandler, HTTPHandler); check-config does not print it.
+func TestEffectiveMasksLoggingConfig(t *testing.T) {
+	c, err := Parse([]byte(`
+domains: [ffmuc_welt]
+domain_prefixes: [ffmuc_]
+logging_config:
+  version: 1
+  handlers:
+    mail: {class: logging.handlers.SMTPHandler, mailhost: smtp.example, credentials: [alerts, m4ilpass], password: hunter3}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(c.Effective(), "\n")
+	for _, secret := range []string{"m4ilpass", "hunter3"} {
+		if strings.Contains(all, secret) {
+			t.Errorf("check-config output holds %q:\n%s", secret, all)
+		}
+	}
+}
+
+// TestEffectiveMasksURLPassword: a password written into mqtt.broker_url (which the broker does not connect to and
+// so does not refuse) is masked in check-config's settings and in the problem that names the url.
+func TestEffectiveMasksURLPassword(t *testing.T) {
+	c, err := Parse([]byte("domains: [ffmuc_welt]\ndomain_prefixes: [ffmuc_]\nmqtt: {broker_url: \"mqtt://wgkex:s3cr3tx@mosquitto.example\"}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, lines := range map[string][]string{"settings": c.Effective(), "problems": c.BrokerProblems()} {
+		if all := strings.Join(lines, "\n"); strings.Contains(all, "s3cr3tx") {
+			t.Errorf("check-config %s hold the password:\n%s", name, all)
+		}
+	}
+}
