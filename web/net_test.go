@@ -90,7 +90,7 @@ func flood(t *testing.T, c *http.Client, url string, header map[string]string) {
 
 func TestRateLimitPerPeer(t *testing.T) {
 	log, logs := testenv.CaptureLogger(t)
-	url := limited(t, Options{}, log)
+	url := limited(t, Options{LogNodeAddresses: true}, log)
 	a, b := clientFrom("127.0.0.2"), clientFrom("127.0.0.3")
 	flood(t, a, url, nil)
 	if got := send(t, b, "POST", url, `{"domain":"ffmuc_welt","public_key":"`+key1+`"}`, nil); got.code != 200 {
@@ -115,7 +115,7 @@ func TestRateLimitPerPeer(t *testing.T) {
 
 func TestRateLimitBehindTrustedProxy(t *testing.T) {
 	log, logs := testenv.CaptureLogger(t)
-	url := limited(t, Options{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.4/32")}}, log)
+	url := limited(t, Options{LogNodeAddresses: true, TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.4/32")}}, log)
 	proxy := clientFrom("127.0.0.4")
 	flood(t, proxy, url, map[string]string{"X-Forwarded-For": "198.51.100.7"})
 	ok := `{"domain":"ffmuc_welt","public_key":"` + key1 + `"}`
@@ -371,5 +371,16 @@ func TestSmugglingClosesConnection(t *testing.T) {
 				t.Errorf("after the answers: %q, %v; want the connection closed: %v", rest, err, tt.closed)
 			}
 		})
+	}
+}
+
+// TestNodeAddressNotLogged: without broker.log_node_addresses, a refused registration is logged without the node's
+// address (the operator chooses whether addresses are logged).
+func TestNodeAddressNotLogged(t *testing.T) {
+	log, logs := testenv.CaptureLogger(t)
+	url := limited(t, Options{}, log)
+	send(t, &http.Client{}, "POST", url, `{"domain":"nope","public_key":"`+key1+`"}`, nil)
+	if l := logs.String(); !strings.Contains(l, "registration refused") || strings.Contains(l, "127.0.0.1") {
+		t.Errorf("refusal logged with the node's address, or not at all:\n%s", l)
 	}
 }

@@ -43,6 +43,9 @@ type Options struct {
 	RateBurst int
 	// RateLimitClients bounds the client addresses the limiter tracks.
 	RateLimitClients int
+	// LogNodeAddresses names the client's address in the log lines of refused requests (broker.log_node_addresses);
+	// without it they name none: a node's address is the operator's to log, not the default.
+	LogNodeAddresses bool
 }
 
 // Server is the HTTP side of the broker.
@@ -52,6 +55,8 @@ type Server struct {
 	log   *slog.Logger
 	limit *limiter // nil: no rate limit
 	bufs  sync.Pool
+	// logNodes: name clients' addresses in log lines (Options.LogNodeAddresses).
+	logNodes bool
 
 	dash dashboard // the status page (status.go)
 }
@@ -61,7 +66,8 @@ func New(b *broker.Broker, log *slog.Logger, opts Options) *Server {
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
-	s := &Server{b: b, e: e, log: log, bufs: sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}}
+	s := &Server{b: b, e: e, log: log, bufs: sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }},
+		logNodes: opts.LogNodeAddresses}
 	s.dash.passwords = passwd.New(1, nil)
 	if opts.RateLimit > 0 {
 		s.limit = newLimiter(opts.RateLimit, opts.RateBurst, opts.RateLimitClients, log)
@@ -148,7 +154,7 @@ func (s *Server) rateLimit(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		if ok, wait := s.limit.allow(a); !ok {
 			c.Response().Header().Set("Retry-After", strconv.Itoa(retryAfter(wait)))
-			s.log.Debug("rate limited", "remote", ip, "path", c.Path())
+			s.log.Debug("rate limited", "remote", s.remote(c), "path", c.Path())
 			return errRateLimited
 		}
 		return next(c)
@@ -222,6 +228,14 @@ func (s *Server) write(c echo.Context, code int, appendBody func([]byte) []byte)
 }
 
 // handleError maps every error to a status code and a JSON body {"error":{"message":…}}.
+// remote is the client's address for a log line: with Options.LogNodeAddresses only.
+func (s *Server) remote(c echo.Context) string {
+	if !s.logNodes {
+		return "(not logged)"
+	}
+	return c.RealIP()
+}
+
 func (s *Server) handleError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
@@ -231,7 +245,7 @@ func (s *Server) handleError(err error, c echo.Context) {
 	switch {
 	case errors.Is(err, broker.ErrBadRequest):
 		code = http.StatusBadRequest
-		s.log.Info("registration refused", "remote", c.RealIP(), "path", c.Path(), "reason", err)
+		s.log.Info("registration refused", "remote", s.remote(c), "path", c.Path(), "reason", err)
 	case errors.Is(err, broker.ErrNoGateway):
 		code, msg = http.StatusBadRequest, msgNoGateway
 		s.log.Warn("no gateway online", "reason", err)
@@ -241,7 +255,7 @@ func (s *Server) handleError(err error, c echo.Context) {
 	case errors.Is(err, errAmbiguousLength):
 		code, msg = http.StatusBadRequest, http.StatusText(http.StatusBadRequest)
 		c.Response().Header().Set(echo.HeaderConnection, "close") // net/http closes the connection after the answer
-		s.log.Info("request refused, connection closed", "remote", c.RealIP(), "path", c.Request().URL.Path, "reason", err)
+		s.log.Info("request refused, connection closed", "remote", s.remote(c), "path", c.Request().URL.Path, "reason", err)
 	case errors.Is(err, errKeySearchClosed):
 		code, msg = http.StatusForbidden, err.Error()
 	case errors.Is(err, errNotAKey):
@@ -250,7 +264,7 @@ func (s *Server) handleError(err error, c echo.Context) {
 		code = he.Code
 		msg = http.StatusText(code)
 	default:
-		s.log.Error("request failed", "remote", c.RealIP(), "path", c.Path(), "err", err)
+		s.log.Error("request failed", "remote", s.remote(c), "path", c.Path(), "err", err)
 	}
 	_ = s.write(c, code, func(b []byte) []byte { return appendError(b, msg) })
 }

@@ -66,8 +66,12 @@ const (
 	revokePath = "/v1/keys/revoke"
 )
 
-// defaultListLimit is the number of keys GET /v1/keys returns without a limit.
-const defaultListLimit = 100
+// defaultListLimit is the number of keys GET /v1/keys returns without a limit; maxListLimit the most it returns
+// (one read transaction, one answer held in memory): a backup is the way to all keys.
+const (
+	defaultListLimit = 100
+	maxListLimit     = 100_000
+)
 
 // backupStall is how long a backup waits for its client to take more of the copy before it gives up: the copy is one
 // read transaction, which holds off every remap of the state file and its Close.
@@ -106,8 +110,9 @@ func Handler(b Backend, keys Keys, log *slog.Logger) http.Handler {
 		limit := defaultListLimit
 		if l := r.URL.Query().Get("limit"); l != "" {
 			n, err := strconv.Atoi(l)
-			if err != nil || n < 1 {
-				http.Error(w, fmt.Sprintf("limit %q is not a positive number", l), http.StatusBadRequest)
+			if err != nil || n < 1 || n > maxListLimit {
+				http.Error(w, fmt.Sprintf("limit %q is not a number from 1 to %d (wgkex-broker backup copies all keys)",
+					l, maxListLimit), http.StatusBadRequest)
 				return
 			}
 			limit = n

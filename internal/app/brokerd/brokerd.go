@@ -192,6 +192,7 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 		RateLimit:        cfg.BrokerListen.RateLimit,
 		RateBurst:        cfg.BrokerListen.RateBurst,
 		RateLimitClients: cfg.BrokerListen.RateLimitClients,
+		LogNodeAddresses: cfg.Broker.LogNodeAddresses,
 	})
 	d := &Daemon{Broker: b, Store: st, MQTT: embedded, Client: client, Cluster: peers, bus: mq, http: ws.HTTPServer(ln.Addr().String()), httpLn: ln, log: log,
 		served: make(chan error, 2), ran: make(chan struct{}),
