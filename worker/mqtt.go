@@ -46,7 +46,8 @@ type RunOptions struct {
 }
 
 // clientOptions maps the worker's MQTT settings to its MQTT client: the will (status 0) also fires at a clean
-// stop, a password of the worker's own logs in as its name, and any packet after a PINGREQ proves the link.
+// stop, a password of the worker's own logs in as its name, any packet after a PINGREQ proves the link, and the
+// server drops messages over 1 MiB instead of sending them.
 func (a *Agent) clientOptions(m MQTT) mqttclient.Options {
 	user := m.Username
 	if user == "" && m.Password != "" {
@@ -60,6 +61,7 @@ func (a *Agent) clientOptions(m MQTT) mqttclient.Options {
 			Username: user, Password: m.Password,
 			ClientID:  a.opts.Name,
 			Keepalive: m.Keepalive,
+			MaxPacket: mqttclient.MaxPacket,
 		},
 		Backoff: mqttclient.Backoff{Min: time.Second, Max: 60 * time.Second, Jitter: 2 * time.Second},
 		// A PINGRESP queued behind a burst of keys does not end a connection that delivers them.

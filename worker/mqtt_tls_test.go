@@ -21,7 +21,7 @@ func TestClientOptions(t *testing.T) {
 	m := MQTT{BrokerURL: "mqtt.example.org", BrokerPort: 8883, TLS: true, Password: "pw", Keepalive: 5, CertFile: missing, KeyFile: missing}
 	o := a.clientOptions(m)
 	want := mqttclient.Server{Addr: "mqtt.example.org", Port: 8883, TLS: true, Username: "gw04", Password: "pw",
-		ClientID: "gw04", Keepalive: 5, Files: tlsfiles.Client{Keys: "mqtt.", CertFile: missing, KeyFile: missing}}
+		ClientID: "gw04", Keepalive: 5, MaxPacket: mqttclient.MaxPacket, Files: tlsfiles.Client{Keys: "mqtt.", CertFile: missing, KeyFile: missing}}
 	if diff := cmp.Diff(want, o.Server); diff != "" {
 		t.Errorf("server (-want +got):\n%s", diff)
 	}

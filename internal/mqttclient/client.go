@@ -32,6 +32,11 @@ const closeTimeout = 2 * time.Second
 // maxSetupDelay caps the doubling wait before the connection setup is tried again.
 const maxSetupDelay = 30 * time.Second
 
+// MaxPacket is the maximum packet size wgkex's clients announce (Server.MaxPacket): ten times the largest message
+// wgkex sends (a replay batch of 1000 keys). The server drops larger messages instead of sending them, so that
+// nobody who may publish on a topic the client reads can make it read megabytes.
+const MaxPacket = 1 << 20
+
 // maxQueued bounds the QoS 1 messages kept while the connection is down.
 const maxQueued = 100_000
 
