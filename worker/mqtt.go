@@ -272,13 +272,17 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	// The first pass reads every device: peers already there join the desired state, missing routes and FDB
 	// entries are restored.
 	a.SyncAll(false)
-	done := make(chan struct{})
 	var wg sync.WaitGroup
+	// loopCtx ends the loop and the rounds, a publish under way included: the farewell says what they would have.
 	loopCtx, cancelLoop := context.WithCancel(context.Background())
 	wg.Add(4)
 	go func() { defer wg.Done(); a.RunLoop(loopCtx) }()
-	go func() { defer wg.Done(); every(cmp.Or(opts.ReadyInterval, readyInterval), done, s.readyRound) }()
-	go func() { defer wg.Done(); every(opts.MetricsInterval, done, s.metricsRound) }()
+	done := loopCtx.Done()
+	go func() {
+		defer wg.Done()
+		every(cmp.Or(opts.ReadyInterval, readyInterval), done, func() { s.readyRound(loopCtx) })
+	}()
+	go func() { defer wg.Done(); every(opts.MetricsInterval, done, func() { s.metricsRound(loopCtx) }) }()
 	go func() { defer wg.Done(); every(opts.CleanupInterval, done, func() { a.SyncAll(true) }) }()
 	var hs *healthServer
 	if opts.HealthPort != 0 {
@@ -288,7 +292,6 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 	<-ctx.Done()
 	a.log.Info("worker stopping")
 	s.draining.Store(true)
-	close(done)
 	cancelLoop()
 	wg.Wait()
 	// The farewell marks every domain offline (-1) and the worker offline (0), whether or not the session is up
@@ -490,7 +493,8 @@ func (r *replayWait) unanswered(ready map[string]bool, skip []string) []string {
 // readyRound runs every ReadyInterval: it probes every domain and, while the session is up, brings what the
 // broker knows in line. A domain that became ready gets its endpoint data and its connected-peer count published,
 // its device read and its keys replayed; a domain that can no longer be served is withdrawn; the status follows.
-func (s *session) readyRound() {
+// Its publishes end with ctx (the worker stopping) or after 30 s.
+func (s *session) readyRound(ctx context.Context) {
 	s.a.CheckReady()
 	if !s.pub.TryLock() {
 		return // a setup publishes the state now; waiting for it could hold up the worker's shutdown
@@ -500,7 +504,7 @@ func (s *session) readyRound() {
 	if !up {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var late []string
 	for _, d := range s.a.Domains() {
@@ -524,8 +528,8 @@ func (s *session) readyRound() {
 }
 
 // metricsRound runs every metrics interval while the session is up: it publishes the connected-peer counts and
-// asks again for replays not answered yet.
-func (s *session) metricsRound() {
+// asks again for replays not answered yet. Its publishes end with ctx (the worker stopping) or after 30 s.
+func (s *session) metricsRound(ctx context.Context) {
 	if !s.pub.TryLock() {
 		return // a setup publishes the counts now
 	}
@@ -534,7 +538,7 @@ func (s *session) metricsRound() {
 	if !up {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	s.requestReplay(ctx, s.a.replays.unanswered(ready, nil))
 	s.publishMetrics(ctx)
