@@ -227,7 +227,6 @@ func (s *Server) write(c echo.Context, code int, appendBody func([]byte) []byte)
 	return err
 }
 
-// handleError maps every error to a status code and a JSON body {"error":{"message":…}}.
 // remote is the client's address for a log line: with Options.LogNodeAddresses only.
 func (s *Server) remote(c echo.Context) string {
 	if !s.logNodes {
@@ -236,6 +235,7 @@ func (s *Server) remote(c echo.Context) string {
 	return c.RealIP()
 }
 
+// handleError maps every error to a status code and a JSON body {"error":{"message":…}}.
 func (s *Server) handleError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return

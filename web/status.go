@@ -203,7 +203,7 @@ func (s *Server) keyInfo(c echo.Context) error {
 	if info == nil {
 		info = []broker.KeyInfo{}
 	}
-	return c.JSON(http.StatusOK, map[string]any{"key": c.QueryParam("key"), "domains": info})
+	return c.JSON(http.StatusOK, map[string]any{"key": key, "domains": info})
 }
 
 // statusAnswer is the StatusBody the handler encodes: its peer_history, less deeply nested, hides the
