@@ -34,7 +34,7 @@ func (c *Config) BrokerProblems() []string {
 // localHost reports whether an MQTT server address names this machine's loopback (or nothing).
 func localHost(addr string) bool {
 	host := addr
-	if u, err := mqttclient.ServerURL(addr, 1883, false); err == nil {
+	if u, err := mqttclient.ServerURL(addr, mqttclient.PortMQTT, false); err == nil {
 		host = u.Hostname()
 	}
 	if host == "" || strings.EqualFold(host, "localhost") {
