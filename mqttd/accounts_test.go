@@ -31,8 +31,8 @@ func TestSetAccounts(t *testing.T) {
 	f.connect(t, "mon", "mon", "pm")
 	next := f.s.acc.Load().Accounts
 	next.Workers = maps.Clone(next.Workers)
-	next.Workers["gw-d"] = Account{PasswordHash: hash(t, "pd")}
-	next.Workers["gw-e"] = Account{PasswordHash: hash(t, "pe")}
+	next.Workers["gw-d"] = Account{PasswordHash: testenv.BcryptHash(t, "pd")}
+	next.Workers["gw-e"] = Account{PasswordHash: testenv.BcryptHash(t, "pe")}
 	next.SharedPassword = "shared2"
 	if err := f.s.SetAccounts(next); err != nil {
 		t.Fatal(err)
@@ -65,13 +65,13 @@ func TestSetAccounts(t *testing.T) {
 	s := start(t, Options{Accounts: Accounts{Workers: map[string]Account{"gw-x": {}, "gw-y": {}}}}, nil)
 	testenv.Connect(t, s.Addrs()[0], "gw-x", testenv.ClientOptions{})
 	testenv.Connect(t, s.Addrs()[0], "gw-y", testenv.ClientOptions{})
-	if err := s.SetAccounts(Accounts{Workers: map[string]Account{"gw-x": {PasswordHash: hash(t, "px")}, "gw-y": {}}}); err != nil {
+	if err := s.SetAccounts(Accounts{Workers: map[string]Account{"gw-x": {PasswordHash: testenv.BcryptHash(t, "px")}, "gw-y": {}}}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 5*time.Second, func() bool { return s.Clients() == 0 }, "anonymous clients kept")
 
 	// A non-loopback listener needs credentials.
-	s = start(t, Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, Accounts: Accounts{Workers: map[string]Account{"gw-x": {PasswordHash: hash(t, "px")}}}}, nil)
+	s = start(t, Options{Listeners: []Listener{{Address: "0.0.0.0:0"}}, Accounts: Accounts{Workers: map[string]Account{"gw-x": {PasswordHash: testenv.BcryptHash(t, "px")}}}}, nil)
 	if err := s.SetAccounts(Accounts{Workers: map[string]Account{"gw-x": {}}}); err == nil {
 		t.Error("accounts without credentials accepted for a non-loopback listener")
 	}
@@ -108,7 +108,7 @@ func TestReloadRacesLogins(t *testing.T) {
 		pw := map[string]string{}
 		for _, n := range names {
 			pw[n] = n + "-" + string(rune('A'+round%26)) + string(rune('A'+round/26))
-			acc.Workers[n] = Account{PasswordHash: hash(t, pw[n])}
+			acc.Workers[n] = Account{PasswordHash: testenv.BcryptHash(t, pw[n])}
 		}
 		return acc, pw
 	}
@@ -173,7 +173,7 @@ func TestReloadRacesLogins(t *testing.T) {
 func TestReloadDuringPasswordCheck(t *testing.T) {
 	log, quiet := quietLogger(t)
 	s, err := New(log, Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Domains: []string{welt},
-		Accounts: Accounts{Workers: map[string]Account{"gw-a": {PasswordHash: hash(t, "old")}}}})
+		Accounts: Accounts{Workers: map[string]Account{"gw-a": {PasswordHash: testenv.BcryptHash(t, "old")}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestReloadDuringPasswordCheck(t *testing.T) {
 		stale <- err
 	}()
 	<-started // the old password is being checked against the old hash
-	newHash := hash(t, "new")
+	newHash := testenv.BcryptHash(t, "new")
 	if err := s.SetAccounts(Accounts{Workers: map[string]Account{"gw-a": {PasswordHash: newHash}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +242,7 @@ func TestLoginWaitBounded(t *testing.T) {
 	log, quiet := quietLogger(t)
 	s, err := New(log, Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Domains: []string{welt},
 		Limits:   Limits{ConnectTimeout: 500 * time.Millisecond},
-		Accounts: Accounts{Workers: map[string]Account{"gw-a": {PasswordHash: hash(t, "pa")}, "gw-b": {PasswordHash: hash(t, "pb")}}}})
+		Accounts: Accounts{Workers: map[string]Account{"gw-a": {PasswordHash: testenv.BcryptHash(t, "pa")}, "gw-b": {PasswordHash: testenv.BcryptHash(t, "pb")}}}})
 	if err != nil {
 		t.Fatal(err)
 	}

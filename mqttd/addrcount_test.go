@@ -154,7 +154,7 @@ func TestUnauthenticatedCountReleased(t *testing.T) {
 			},
 			end: func(t *testing.T, f *fleet, addr, _ string) {
 				testenv.Connect(t, addr, "gw-x", testenv.ClientOptions{Dial: dial})
-				if err := f.s.SetAccounts(Accounts{Workers: map[string]Account{"gw-x": {PasswordHash: hash(t, "px")}}}); err != nil {
+				if err := f.s.SetAccounts(Accounts{Workers: map[string]Account{"gw-x": {PasswordHash: testenv.BcryptHash(t, "px")}}}); err != nil {
 					t.Fatal(err)
 				}
 				testenv.Eventually(t, 10*time.Second, func() bool { return f.refusedN(reasonRevoked) == 1 }, "not revoked")

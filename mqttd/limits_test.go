@@ -121,7 +121,7 @@ func TestAcceptSurvivesFileLimit(t *testing.T) {
 func TestSessionAndKeepaliveBounded(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	s := start(t, Options{Metrics: reg, Limits: Limits{MaxSessionExpiry: 90 * time.Second},
-		Accounts: Accounts{Workers: map[string]Account{"gw04": {PasswordHash: hash(t, "pw")}}}}, nil)
+		Accounts: Accounts{Workers: map[string]Account{"gw04": {PasswordHash: testenv.BcryptHash(t, "pw")}}}}, nil)
 	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
 		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 0, ClientIdentifier: "gw04",
 			UsernameFlag: true, Username: []byte("gw04"), PasswordFlag: true, Password: []byte("pw")},

@@ -62,7 +62,7 @@ func TestSecondConnectLogsNoSecret(t *testing.T) {
 			// Not to t.Output(): mochi's event loop logs its end after Close has returned, when the test may be over.
 			log := slog.New(slog.NewMultiHandler(slog.NewTextHandler(&text, opts), slog.NewJSONHandler(&js, opts)))
 			s, err := New(log, Options{Listeners: []Listener{{Address: "127.0.0.1:0"}}, Domains: []string{welt},
-				Accounts: Accounts{Workers: map[string]Account{"gw-a": {PasswordHash: hash(t, first)}}}})
+				Accounts: Accounts{Workers: map[string]Account{"gw-a": {PasswordHash: testenv.BcryptHash(t, first)}}}})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -20,7 +20,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 	dto "github.com/prometheus/client_model/go"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
@@ -33,15 +32,6 @@ const (
 	welt = "ffmuc_welt"
 	nord = "ffmuc_nord"
 )
-
-func hash(t testing.TB, pw string) string {
-	t.Helper()
-	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(h)
-}
 
 // fleet is a server configured as in production: gw-a and gw-b with their own passwords, gw-c on the shared
 // password, a monitor, and handlers recording what the broker would see.
@@ -68,9 +58,9 @@ func newFleetCounting(t *testing.T, mod func(*Options), msg string) *fleet {
 		Domains: []string{welt, nord},
 		Accounts: Accounts{
 			Workers: map[string]Account{
-				"gw-a": {PasswordHash: hash(t, "pa")}, "gw-b": {PasswordHash: hash(t, "pb")}, "gw-c": {}, "gw-d": {},
+				"gw-a": {PasswordHash: testenv.BcryptHash(t, "pa")}, "gw-b": {PasswordHash: testenv.BcryptHash(t, "pb")}, "gw-c": {}, "gw-d": {},
 			},
-			Monitors:       map[string]Account{"mon": {PasswordHash: hash(t, "pm")}},
+			Monitors:       map[string]Account{"mon": {PasswordHash: testenv.BcryptHash(t, "pm")}},
 			SharedUsername: "wgkex", SharedPassword: "shared",
 		},
 		Retained: f.st,
@@ -229,7 +219,7 @@ func TestAnonymousRule(t *testing.T) {
 	// shared password of every configured worker logging in with its name, as the worker does; the server is
 	// not open.
 	shared := start(t, Options{Listeners: []Listener{{Address: "0.0.0.0:0"}},
-		Accounts: Accounts{SharedPassword: "x", Workers: map[string]Account{"gw-s": {}, "gw-own": {PasswordHash: hash(t, "own")}}}}, nil)
+		Accounts: Accounts{SharedPassword: "x", Workers: map[string]Account{"gw-s": {}, "gw-own": {PasswordHash: testenv.BcryptHash(t, "own")}}}}, nil)
 	_, sport, _ := net.SplitHostPort(shared.Addrs()[0])
 	saddr := "127.0.0.1:" + sport
 	testenv.Connect(t, saddr, "gw-s", testenv.ClientOptions{Username: "gw-s", Password: "x"}).Publish(t, wire.StatusTopic("gw-s"), "1", 1, false)

@@ -162,7 +162,7 @@ func TestPreallocatedSegment(t *testing.T) {
 }
 
 // segmentBytes renders groups of records as a segment of the current format, with the offset of each group.
-func segmentBytes(t *testing.T, groups ...[]broker.KeyRecord) ([]byte, []int) {
+func segmentBytes(t testing.TB, groups ...[]broker.KeyRecord) ([]byte, []int) {
 	t.Helper()
 	b := append([]byte(nil), segmentMagic...)
 	var offs []int
@@ -385,7 +385,7 @@ func lineWith(s, sub string) string {
 // silently.
 func FuzzParseSegment(f *testing.F) {
 	t0 := time.Unix(1_700_000_000, 0)
-	whole, _ := segmentBytes(&testing.T{}, recs(t0, "a", "b"), recs(t0, "c"))
+	whole, _ := segmentBytes(f, recs(t0, "a", "b"), recs(t0, "c"))
 	f.Add(whole, -1, byte(0))
 	f.Add(whole, 3, byte(0x40))
 	f.Add(whole, 20, byte(1))

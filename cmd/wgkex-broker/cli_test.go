@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 )
 
 // TestCommandLine builds the three commands as `make build` does and runs them as an operator would: --version
@@ -14,11 +16,11 @@ import (
 func TestCommandLine(t *testing.T) {
 	git, err := exec.LookPath("git")
 	if err != nil {
-		t.Skip("no git: the commit cannot be checked")
+		testenv.Skip(t, "no git: the commit cannot be checked")
 	}
 	head, err := exec.Command(git, "rev-parse", "--short=12", "HEAD").Output()
 	if err != nil {
-		t.Skipf("not a git checkout: %v", err)
+		testenv.Skip(t, "not a git checkout: "+err.Error())
 	}
 	full, err := exec.Command(git, "rev-parse", "HEAD").Output()
 	if err != nil {

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/internal/platform/passwd"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 )
@@ -38,7 +37,7 @@ func TestSIGHUPReload(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	cfgPath := filepath.Join(dir, "wgkex.yaml")
-	pw := map[string]string{"gw04.in.ffmuc.net": hash(t, "p4"), "gw05.in.ffmuc.net": hash(t, "p5")}
+	pw := map[string]string{"gw04.in.ffmuc.net": testenv.BcryptHash(t, "p4"), "gw05.in.ffmuc.net": testenv.BcryptHash(t, "p5")}
 	gw06 := "" // a gateway added by the last reload
 	write := func(w4, w5 int, port int) {
 		t.Helper()
@@ -164,8 +163,8 @@ log: {format: json}
 
 	// A new password for gw05 and a new gateway gw06: gw05's connection ends, its old password is refused and
 	// the new one accepted, gw04 keeps its connection, gw06 connects.
-	pw["gw05.in.ffmuc.net"] = hash(t, "p5-new")
-	gw06 = "  gw06.in.ffmuc.net: {password_hash: '" + hash(t, "p6") + "'}"
+	pw["gw05.in.ffmuc.net"] = testenv.BcryptHash(t, "p5-new")
+	gw06 = "  gw06.in.ffmuc.net: {password_hash: '" + testenv.BcryptHash(t, "p6") + "'}"
 	write(0, 1, 0)
 	hup()
 	await("configuration reloaded")
@@ -196,14 +195,4 @@ log: {format: json}
 	if err := <-exited; err != nil {
 		t.Errorf("broker exit: %v", err)
 	}
-}
-
-// hash returns a bcrypt hash of pw at the lowest cost.
-func hash(t *testing.T, pw string) string {
-	t.Helper()
-	h, err := passwd.Hash([]byte(pw), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h
 }

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
@@ -93,15 +92,6 @@ func (b *brokerProcess) count(parts ...string) int {
 		}
 	}
 	return n
-}
-
-func bcryptHash(t *testing.T, pw string) string {
-	t.Helper()
-	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(h)
 }
 
 // handshake makes a new TLS handshake with addr, trusting ca, and returns the certificate served.
@@ -178,7 +168,7 @@ func TestFaultMQTTCertificateRenewed(t *testing.T) {
 broker:
   state_file: %s
   mqtt_listeners: [{address: %q, cert_file: %s, key_file: %s}]
-`, bcryptHash(t, "gw1-secret"), filepath.Join(dir, "broker.db"), mqttAddr, certFile, keyFile))
+`, testenv.BcryptHash(t, "gw1-secret"), filepath.Join(dir, "broker.db"), mqttAddr, certFile, keyFile))
 	if got := handshake(t, mqttAddr, ca); !got.Equal(first.Leaf) {
 		t.Fatalf("serial %v served at start, want %v", got.SerialNumber, first.Leaf.SerialNumber)
 	}
@@ -256,7 +246,7 @@ func TestFaultMQTTSecondConnectLogsNoSecret(t *testing.T) {
 broker:
   state_file: %s
   mqtt_listeners: [{address: %q}]
-`, bcryptHash(t, first), filepath.Join(dir, "broker.db"), mqttAddr))
+`, testenv.BcryptHash(t, first), filepath.Join(dir, "broker.db"), mqttAddr))
 	c, err := net.Dial("tcp", mqttAddr)
 	if err != nil {
 		t.Fatal(err)

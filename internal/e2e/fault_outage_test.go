@@ -118,7 +118,9 @@ func (o *outageRig) waitKeys(name string, keys []string) {
 			}
 		}
 		return len(missing) == 0
-	}, "%s lacks %d of %d answered keys, e.g. %v", name, len(missing), len(keys), testenv.Lazy(func() string { return fmt.Sprint(first(missing)) }))
+	}, "%s lacks %v", name, testenv.Lazy(func() string {
+		return fmt.Sprintf("%d of %d answered keys, e.g. %v", len(missing), len(keys), first(missing))
+	}))
 }
 
 // mqttState reads the broker's MQTT connection from GET /api/v1/status, and wgkex_broker_mqtt_connected and

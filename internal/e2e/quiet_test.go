@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
-
 	"github.com/freifunkMUC/wgkex-go/internal/app/brokerd"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/worker/dataplane"
@@ -26,11 +24,7 @@ func TestHealthyBrokerQuiet(t *testing.T) {
 	names := []string{"gw1", "gw2", "gw3", "gw4"}
 	var workers strings.Builder
 	for _, n := range names {
-		h, err := bcrypt.GenerateFromPassword([]byte(n+"-secret"), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&workers, "  %s: {password_hash: %q}\n", n, h)
+		fmt.Fprintf(&workers, "  %s: {password_hash: %q}\n", n, testenv.BcryptHash(t, n+"-secret"))
 	}
 	cfg := brokerConfig(t, filepath.Join(t.TempDir(), "state.db"), "127.0.0.1:0", "127.0.0.1:0", "workers:\n"+workers.String())
 	logs := &testenv.Logs{}

@@ -59,10 +59,19 @@ func TestRevokeSystem(t *testing.T) {
 	s := newSystem(t)
 	gw1, gw2 := s.gw("gw1"), s.gw("gw2")
 	blocklist := filepath.Join(s.dir, "blocklist.yaml")
-	os.WriteFile(blocklist, nil, 0o644)
-	f, _ := os.OpenFile(s.brokerCfg, os.O_APPEND|os.O_WRONLY, 0)
-	f.WriteString("  blocklist_file: " + blocklist + "\n")
-	f.Close()
+	if err := os.WriteFile(blocklist, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(s.brokerCfg, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("  blocklist_file: " + blocklist + "\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 	s.restartBroker()
 
 	k1, k2, k3 := testenv.NewKey(t).PublicKey().String(), testenv.NewKey(t).PublicKey().String(), testenv.NewKey(t).PublicKey().String()

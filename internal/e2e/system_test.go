@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
@@ -138,13 +137,7 @@ func newSystem(t *testing.T) *system {
 	// Production MQTT: gw1 proves its name with a client certificate, gw2 and gw3 (no gateway; it publishes
 	// garbage) with their own passwords, over TLS; the observer is a read-only monitor on the plain listener.
 	writeCert(t, s.dir, "gw1")
-	hash := func(pw string) string {
-		h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(h)
-	}
+	hash := func(pw string) string { return testenv.BcryptHash(t, pw) }
 	s.brokerCfg = filepath.Join(s.dir, "broker.yaml")
 	os.WriteFile(s.brokerCfg, []byte(fmt.Sprintf(`
 domains: [ffmuc_welt]
