@@ -1,10 +1,14 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -12,7 +16,8 @@ import (
 )
 
 // handleReplayRequest serves a worker's replay request once the catch-up is done, so that a replay does not miss
-// the keys registered at other brokers while this one was down.
+// the keys registered at other brokers while this one was down. Until then requests are held (identical ones
+// once, at most maxHeldReplays) and one goroutine serves them when the catch-up ends or replayWaitMax has passed.
 func (c *Cluster) handleReplayRequest(topic string, payload []byte) {
 	select {
 	case <-c.caughtUp:
@@ -20,22 +25,59 @@ func (c *Cluster) handleReplayRequest(topic string, payload []byte) {
 		return
 	default:
 	}
-	if !c.begin(&c.answers) {
+	r := heldReplay{topic, string(payload)}
+	c.mu.Lock()
+	_, again := c.held[r]
+	switch {
+	case c.stopped || again:
+		c.mu.Unlock()
+		return
+	case len(c.held) >= maxHeldReplays:
+		c.mu.Unlock()
+		c.log.Warn("too many replay requests waiting for the catch-up, dropped", "topic", topic)
 		return
 	}
-	go func() {
-		defer c.answers.Done()
-		t := time.NewTimer(replayWaitMax)
-		defer t.Stop()
-		select {
-		case <-c.caughtUp:
-		case <-c.stop:
-			return
-		case <-t.C:
-			c.log.Warn("replaying before catch-up finished")
-		}
-		c.local.HandleReplayRequest(topic, payload)
-	}()
+	c.held[r] = true
+	start := !c.holding
+	if start {
+		c.holding = true
+		c.answers.Add(1)
+	}
+	c.mu.Unlock()
+	if start {
+		go c.releaseHeld()
+	}
+}
+
+// heldReplay is a replay request held back until the catch-up is done.
+type heldReplay struct{ topic, payload string }
+
+// releaseHeld serves the replay requests held back once the catch-up is done or replayWaitMax has passed, and
+// drops them when the cluster stops.
+func (c *Cluster) releaseHeld() {
+	defer c.answers.Done()
+	t := time.NewTimer(replayWaitMax)
+	defer t.Stop()
+	stopped := false
+	select {
+	case <-c.caughtUp:
+	case <-c.stop:
+		stopped = true
+	case <-t.C:
+		c.log.Warn("replaying before catch-up finished")
+	}
+	c.mu.Lock()
+	held := c.held
+	c.held, c.holding = map[heldReplay]bool{}, false
+	c.mu.Unlock()
+	if stopped {
+		return
+	}
+	for _, r := range slices.SortedFunc(maps.Keys(held), func(a, b heldReplay) int {
+		return cmp.Or(strings.Compare(a.topic, b.topic), strings.Compare(a.payload, b.payload))
+	}) {
+		c.local.HandleReplayRequest(r.topic, []byte(r.payload))
+	}
 }
 
 // catchUp asks one live peer after the other for the keys registered since the given time (zero or earlier: the

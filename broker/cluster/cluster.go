@@ -41,6 +41,9 @@ const (
 	peerWait = 2 * time.Second
 	// replayWaitMax bounds how long a replay waits for the catch-up.
 	replayWaitMax = time.Minute
+	// maxHeldReplays bounds the replay requests held back until the catch-up is done (the broker's own queue
+	// holds as many).
+	maxHeldReplays = 4096
 	// maxCatchupWaiting bounds the brokers whose catch-up answer waits for its turn.
 	maxCatchupWaiting = 64
 	// maxBrokers bounds the other brokers this one keeps track of, and maxBrokerID the length of a broker's id:
@@ -117,6 +120,8 @@ type Cluster struct {
 	waiting map[string]pending            // asking broker → its request, while the answer waits for its turn
 	round   uint64                        // the number of the last catch-up request this broker sent
 	asked   string                        // the peer whose answer to request round is awaited; "" between catch-ups
+	held    map[heldReplay]bool           // replay requests waiting for the catch-up (handleReplayRequest)
+	holding bool                          // a releaseHeld goroutine waits to serve held
 
 	caughtUp     chan struct{} // closed after the first catch-up
 	caughtUpOnce sync.Once
@@ -147,6 +152,7 @@ func New(st Store, pub Publisher, log *slog.Logger, opts Options) *Cluster {
 		answering: make(chan struct{}, 1),
 		brokers:   map[string]broker.BrokerState{},
 		waiting:   map[string]pending{},
+		held:      map[heldReplay]bool{},
 		caughtUp:  make(chan struct{}),
 		stop:      make(chan struct{}),
 		progress:  make(chan struct{}, 1),

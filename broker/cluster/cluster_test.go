@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -451,5 +452,34 @@ func TestLateBatchOfEarlierRound(t *testing.T) {
 	want := []string{`wgkex/replay/gw04.in.ffmuc.net/keys {"domain":"ffmuc_welt","seq":0,"last":true,"keys":["` + key1 + `"]} retain=false qos=1`}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("replay after catch-up (-want +got):\n%s", diff)
+	}
+}
+
+// TestHeldReplaysBounded: replay requests reaching a broker still catching up are held by one goroutine, each
+// identical request once and at most maxHeldReplays of them, and served when the catch-up ends.
+func TestHeldReplaysBounded(t *testing.T) {
+	e := newEnv(t, nil)
+	before := runtime.NumGoroutine()
+	for i := range maxHeldReplays + 100 {
+		topic := wire.ReplayRequestTopic(fmt.Sprintf("gw%d", i))
+		e.c.handleReplayRequest(topic, []byte(`{"domains":["ffmuc_welt"]}`))
+		e.c.handleReplayRequest(topic, []byte(`{"domains":["ffmuc_welt"]}`))
+	}
+	if n := runtime.NumGoroutine() - before; n > 1 {
+		t.Errorf("%d goroutines more while replays wait for the catch-up, want at most 1", n)
+	}
+	e.c.mu.Lock()
+	held := len(e.c.held)
+	e.c.mu.Unlock()
+	if held != maxHeldReplays {
+		t.Errorf("%d replay requests held, want %d", held, maxHeldReplays)
+	}
+	e.c.markCaughtUp()
+	sent := 0
+	testenv.Eventually(t, 10*time.Second, func() bool { sent += len(e.pub.take()); return sent >= maxHeldReplays },
+		"fewer than %d replays sent after the catch-up", maxHeldReplays)
+	e.b.WaitReplays()
+	if sent += len(e.pub.take()); sent != maxHeldReplays {
+		t.Errorf("%d replays sent after the catch-up, want %d", sent, maxHeldReplays)
 	}
 }

@@ -209,6 +209,10 @@ func Start(cfg *config.Config, log *slog.Logger) (_ *Daemon, err error) {
 	adminLn, err := admin.Listen(cfg.Broker.AdminSocketPath())
 	if err != nil {
 		cancel()
+		if d.https != nil {
+			d.https.Close() // and its listener; cert.Run ends with ctx
+		}
+		d.running.Wait()
 		ln.Close()
 		mq.Close()
 		return nil, err

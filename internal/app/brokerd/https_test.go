@@ -1,11 +1,14 @@
 package brokerd
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
+	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -51,5 +54,40 @@ broker:
 	}
 	if _, err := d.Store.Key("ffmuc_welt", nodeKey); err != nil {
 		t.Errorf("key registered over HTTPS not stored: %v", err)
+	}
+}
+
+// TestStartFailureClosesHTTPS makes Start fail after the HTTPS listener is up (the administration socket's path is
+// a regular file): the listener must be closed and its goroutines gone (goleak in TestMain checks the latter).
+func TestStartFailureClosesHTTPS(t *testing.T) {
+	testenv.RequireRoot(t) // port 443
+	dir := t.TempDir()
+	host := fmt.Sprintf("127.%d.%d.%d", 1+mrand.IntN(250), mrand.IntN(256), 1+mrand.IntN(250))
+	certFile, keyFile := filepath.Join(dir, "fullchain.pem"), filepath.Join(dir, "privkey.pem")
+	ca := testenv.NewCA(t, "brokerd test CA")
+	testenv.WriteKeyPair(t, ca.Server(t, host), certFile, keyFile)
+	adminPath := filepath.Join(dir, "admin.sock")
+	if err := os.WriteFile(adminPath, []byte("not a socket"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`
+domains: [ffmuc_welt]
+domain_prefixes: [ffmuc_]
+broker_listen: {host: %q, port: 0, tls_port: 443, cert_file: %q, key_file: %q}
+broker:
+  state_file: %s
+  admin_socket: %s
+  mqtt_listeners: [{address: "127.0.0.1:0"}]
+`, host, certFile, keyFile, filepath.Join(dir, "state.db"), adminPath)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := Start(cfg, testenv.Logger(t)); err == nil {
+		d.Shutdown(context.Background())
+		t.Fatal("Start succeeded with a regular file at the administration socket's path")
+	}
+	if c, err := net.Dial("tcp", net.JoinHostPort(host, "443")); err == nil {
+		c.Close()
+		t.Error("HTTPS listener still accepts connections after Start failed")
 	}
 }
