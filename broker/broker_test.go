@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -354,22 +355,13 @@ func TestRestart(t *testing.T) {
 	}, "gw07 still online after the reconnect grace")
 	cancel()
 	<-done
-	if got := e2.pub.take(); !contains(got, "wireguard-worker/gw07.in.ffmuc.net/status 0 retain=true qos=1") || contains(got, "wireguard-worker/gw04.in.ffmuc.net/status 0 retain=true qos=1") {
+	if got := e2.pub.take(); !slices.Contains(got, "wireguard-worker/gw07.in.ffmuc.net/status 0 retain=true qos=1") || slices.Contains(got, "wireguard-worker/gw04.in.ffmuc.net/status 0 retain=true qos=1") {
 		t.Errorf("published %q", got)
 	}
 	d, err = e2.b.ExchangeV2(broker.Request{PublicKey: key1, Domain: "ffmuc_welt"})
 	if err != nil || d.PublicKey != gwKey4 {
 		t.Errorf("after grace v2 = %+v, %v; want gw04", d, err)
 	}
-}
-
-func contains(s []string, x string) bool {
-	for _, v := range s {
-		if v == x {
-			return true
-		}
-	}
-	return false
 }
 
 func TestReplay(t *testing.T) {

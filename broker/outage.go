@@ -161,7 +161,7 @@ func (b *Broker) tick(now time.Time) (next time.Time, ok bool) {
 	}
 	for name, dl := range l.deadline {
 		if l.down {
-			break
+			break // the grace stands still while the connection is down
 		}
 		if dl.After(now) {
 			later(dl)

@@ -122,13 +122,12 @@ func (b *Broker) ApplyRevocation(domain, key string, at time.Time, live bool) {
 func (b *Broker) RevokeBlocked(keys []string) {
 	n := 0
 	for _, k := range keys {
-		for _, d := range b.opts.Domains {
-			if _, err := b.st.Key(d, k); err != nil {
-				if !errors.Is(err, ErrNotFound) {
-					b.log.Error("look up blocked key", "domain", d, "err", err)
-				}
-				continue
-			}
+		domains, err := b.storedIn(k)
+		if err != nil {
+			b.log.Error("look up blocked key", "err", err)
+			continue
+		}
+		for _, d := range domains {
 			if b.opts.Keys != nil {
 				if _, refused := b.opts.Keys.Refuse(d, k); !refused {
 					continue

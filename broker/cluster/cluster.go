@@ -260,7 +260,7 @@ func (c *Cluster) Up() {
 // Down tells the cluster that the connection to the MQTT server broke.
 func (c *Cluster) Down() {
 	c.up.Store(false)
-	c.down.Store(time.Now().UnixNano())
+	c.down.Store(c.opts.Now().UnixNano())
 }
 
 // publishFailed logs a publish that failed: a warning, or a debug line while the connection is down.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -90,19 +91,10 @@ func (o *outageRig) v2() (key, gateway string, code int, body string) {
 func (o *outageRig) mustV2(when string, gateways ...string) string {
 	o.t.Helper()
 	key, gw, code, body := o.v2()
-	if code != 200 || !contains(gateways, gw) {
+	if code != 200 || !slices.Contains(gateways, gw) {
 		o.t.Fatalf("v2 %s: %d %s, want 200 with the endpoint of one of %v", when, code, strings.TrimSpace(body), gateways)
 	}
 	return key
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // waitKeys waits until the worker has applied every key.
