@@ -24,6 +24,7 @@ import (
 	"github.com/freifunkMUC/wgkex-go/internal/app/brokerd"
 	"github.com/freifunkMUC/wgkex-go/internal/app/cli"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
+	"github.com/freifunkMUC/wgkex-go/internal/platform/logbuf"
 	"github.com/freifunkMUC/wgkex-go/internal/platform/passwd"
 	"github.com/freifunkMUC/wgkex-go/store"
 )
@@ -46,7 +47,12 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+	// Log lines are batched into fewer writes (a line a registration under load); what is buffered is written
+	// before the process exits, except on a crash, which loses at most the lines of the last instant.
+	logOut := logbuf.New(os.Stderr)
+	err := run(ctx, os.Args[1:], logOut)
+	logOut.Close()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "wgkex-broker:", err)
 		os.Exit(1)
 	}
