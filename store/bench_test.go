@@ -132,20 +132,24 @@ func openCopy(b *testing.B, src string) (*Store, string) {
 
 // BenchmarkMerge merges 50,000 new random keys (a full overlay, mergeThreshold) into a copy of WGKEX_BENCH_STATE
 // (e.g. 1,000,000 keys from bench/fillstate), as the key writer hands them over, and reports the merge's wall
-// time, its CPU time and the process's mapped file pages after it.
+// time, its CPU time (also a key), and the process's mapped file pages at their peak during it and after it. The keys arrive one after another
+// over mergeInterval, as under load: their last-seen times, and so their places in the time index, are in another
+// order than the keys.
 func BenchmarkMerge(b *testing.B) {
 	src := benchFile(b, "WGKEX_BENCH_STATE", "go run ./bench/fillstate")
 	for b.Loop() {
 		b.StopTimer()
 		s, _ := openCopy(b, src)
 		o := overlay{}
-		now := time.Now()
-		for range mergeThreshold {
+		start := time.Now().Add(-mergeInterval)
+		for i := range mergeThreshold {
 			var raw [32]byte
 			rand.Read(raw[:])
-			o.add(broker.KeyRecord{Key: base64.StdEncoding.EncodeToString(raw[:]), Domain: "ffmuc_welt", FirstSeen: now, LastSeen: now, Gateway: "gw04"})
+			at := start.Add(time.Duration(i) * mergeInterval / mergeThreshold)
+			o.add(broker.KeyRecord{Key: base64.StdEncoding.EncodeToString(raw[:]), Domain: "ffmuc_welt", FirstSeen: at, LastSeen: at, Gateway: "gw04"})
 		}
 		cpu0 := cpuTime(b)
+		peak, stop := peakRssFile(b)
 		b.StartTimer()
 		t0 := time.Now()
 		if err := s.merge(o); err != nil {
@@ -153,11 +157,36 @@ func BenchmarkMerge(b *testing.B) {
 		}
 		b.ReportMetric(time.Since(t0).Seconds(), "merge-s")
 		b.StopTimer()
-		b.ReportMetric((cpuTime(b) - cpu0).Seconds(), "cpu-s")
+		stop()
+		b.ReportMetric(float64(*peak>>20), "peak-RssFile-MB")
+		cpu := cpuTime(b) - cpu0
+		b.ReportMetric(cpu.Seconds(), "cpu-s")
+		b.ReportMetric(float64(cpu.Microseconds())/mergeThreshold, "cpu-µs/key")
 		b.ReportMetric(float64(rssFile(b)>>20), "RssFile-MB")
 		s.Close()
 		b.StartTimer()
 	}
+}
+
+// peakRssFile samples the process's resident file-backed pages every 10 ms until stop is called, which returns
+// once the highest sample is in *peak: what a merge keeps mapped between two unmappings.
+func peakRssFile(tb testing.TB) (peak *int64, stop func()) {
+	peak = new(int64)
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			*peak = max(*peak, rssFile(tb))
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return peak, func() { close(done); <-finished }
 }
 
 // cpuTime returns the process's user and system time.
