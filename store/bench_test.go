@@ -132,9 +132,9 @@ func openCopy(b *testing.B, src string) (*Store, string) {
 
 // BenchmarkMerge merges 50,000 new random keys (a full overlay, mergeThreshold) into a copy of WGKEX_BENCH_STATE
 // (e.g. 1,000,000 keys from bench/fillstate), as the key writer hands them over, and reports the merge's wall
-// time, its CPU time (also a key), and the process's mapped file pages at their peak during it and after it. The keys arrive one after another
-// over mergeInterval, as under load: their last-seen times, and so their places in the time index, are in another
-// order than the keys.
+// time, its CPU time and minor page faults (also a key), and the process's mapped file pages at their peak during
+// it and after it. The keys arrive one after another over mergeInterval, as under load: their last-seen times, and
+// so their places in the time index, are in another order than the keys.
 func BenchmarkMerge(b *testing.B) {
 	src := benchFile(b, "WGKEX_BENCH_STATE", "go run ./bench/fillstate")
 	for b.Loop() {
@@ -148,7 +148,7 @@ func BenchmarkMerge(b *testing.B) {
 			at := start.Add(time.Duration(i) * mergeInterval / mergeThreshold)
 			o.add(broker.KeyRecord{Key: base64.StdEncoding.EncodeToString(raw[:]), Domain: "ffmuc_welt", FirstSeen: at, LastSeen: at, Gateway: "gw04"})
 		}
-		cpu0 := cpuTime(b)
+		cpu0, flt0 := cpuTime(b), minorFaults(b)
 		peak, stop := peakRssFile(b)
 		b.StartTimer()
 		t0 := time.Now()
@@ -162,6 +162,7 @@ func BenchmarkMerge(b *testing.B) {
 		cpu := cpuTime(b) - cpu0
 		b.ReportMetric(cpu.Seconds(), "cpu-s")
 		b.ReportMetric(float64(cpu.Microseconds())/mergeThreshold, "cpu-µs/key")
+		b.ReportMetric(float64(minorFaults(b)-flt0)/mergeThreshold, "faults/key")
 		b.ReportMetric(float64(rssFile(b)>>20), "RssFile-MB")
 		s.Close()
 		b.StartTimer()
@@ -196,6 +197,16 @@ func cpuTime(tb testing.TB) time.Duration {
 		tb.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// minorFaults returns the process's minor page faults so far: each maps pages of the state file (or of the heap)
+// that the process had not mapped.
+func minorFaults(tb testing.TB) int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return ru.Minflt
 }
 
 // rssFile returns the process's resident file-backed pages (RssFile in /proc/self/status) in bytes.
