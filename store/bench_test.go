@@ -169,6 +169,53 @@ func BenchmarkMerge(b *testing.B) {
 	}
 }
 
+// BenchmarkRecover opens a copy of WGKEX_BENCH_STATE (e.g. 1,000,000 keys from bench/fillstate) beside a
+// write-ahead log of 100,000 new random keys that a killed broker left (two full overlays, registered over two
+// merge intervals), and reports how long Open takes to merge it: the cold start after a crash under load.
+func BenchmarkRecover(b *testing.B) {
+	src := benchFile(b, "WGKEX_BENCH_STATE", "go run ./bench/fillstate")
+	const n = 2 * mergeThreshold
+	start := time.Now().Add(-2 * mergeInterval)
+	var groups [][]broker.KeyRecord
+	for i := 0; i < n; i += 100 {
+		var g []broker.KeyRecord
+		for j := i; j < i+100; j++ {
+			var raw [32]byte
+			rand.Read(raw[:])
+			at := start.Add(time.Duration(j) * 2 * mergeInterval / n)
+			g = append(g, broker.KeyRecord{Key: base64.StdEncoding.EncodeToString(raw[:]), Domain: "ffmuc_welt", FirstSeen: at, LastSeen: at, Gateway: "gw04"})
+		}
+		groups = append(groups, g)
+	}
+	seg, _ := segmentBytes(b, groups...)
+	for b.Loop() {
+		b.StopTimer()
+		path := b.TempDir() + "/state.db"
+		if out, err := exec.Command("cp", src, path).CombinedOutput(); err != nil {
+			b.Fatalf("%v: %s", err, out)
+		}
+		if err := os.WriteFile(segmentName(path+".wal", 7), seg, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		cpu0 := cpuTime(b)
+		b.StartTimer()
+		t0 := time.Now()
+		s, err := Open(path, slog.New(slog.DiscardHandler))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(time.Since(t0).Seconds(), "open-s")
+		b.StopTimer()
+		b.ReportMetric((cpuTime(b) - cpu0).Seconds(), "cpu-s")
+		if s.recovered != n {
+			b.Fatalf("%d registrations recovered, want %d", s.recovered, n)
+		}
+		b.ReportMetric(float64(rssFile(b)>>20), "RssFile-MB")
+		s.Close()
+		b.StartTimer()
+	}
+}
+
 // peakRssFile samples the process's resident file-backed pages every 10 ms until stop is called, which returns
 // once the highest sample is in *peak: what a merge keeps mapped between two unmappings.
 func peakRssFile(tb testing.TB) (peak *int64, stop func()) {
