@@ -230,6 +230,7 @@ func (s *Store) recoverLog() error {
 		if err := s.db.Update(func(tx *bolt.Tx) error { return mergeTx(tx, o.sorted()) }); err != nil {
 			return fmt.Errorf("merge write-ahead log: %w", err)
 		}
+		s.releaseMapped() // a large log touches most of the file: do not keep it mapped until the first merge
 	}
 	next := 0
 	for _, seg := range segs {
