@@ -5,10 +5,11 @@
 // registrations share one append (a group) and one fdatasync. Every 30 s, or once 50,000 registrations wait, the
 // log is handed to a background merge into the bbolt file: the keys in transactions of 512 registrations in key
 // order (each followed by unmapping the pages of the file it touched, so that they do not count in the broker's
-// RSS), then their time-index entries in transactions of 8,192 in time order; and the merged segments are deleted (only once their records are in bbolt: a merge that fails at Close, on a full disk
-// say, leaves them and Close says so); reads see log and file together. Open merges whatever a killed process left
-// in the log: a torn last group (never acknowledged) is dropped; a segment damaged before its end gives up every
-// record whose own checksum holds and is kept aside as <segment>.damaged, named in an ERROR line and in
+// RSS), then their time-index entries in transactions of 8,192 in time order; and the merged segments are
+// deleted (only once their records are in bbolt: a merge that fails at Close, on a full disk say, leaves them
+// and Close says so); reads see log and file together. Open merges whatever a killed process left in the log: a
+// torn last group (never acknowledged) is dropped; a segment damaged before its end gives up every record whose
+// own checksum holds and is kept aside as <segment>.damaged, named in an ERROR line and in
 // wgkex_wal_damaged_segment_records. A state file that is locked by another process is refused at once (ErrInUse);
 // one that is truncated, damaged or foreign with a *DamagedError, never a panic.
 // After a failed write or fdatasync the log goes on in a new segment. Worker state and retained messages are

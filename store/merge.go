@@ -56,9 +56,10 @@ func mergeTx(tx *bolt.Tx, entries []mergeEntry) error {
 //
 // The new entry may be written in a later transaction: a key whose index entry is missing is still in the overlay
 // until putIndex has run (reads and the sweep take it from there; a revocation in between putIndex checks again),
-// and a merge that stops between the two is merged again whole. That repeat is right because the old entry goes in the same transaction as the put
-// that overwrites the last-seen time it is found by: the repeat finds the merged value, combines it with the same
-// registration into the same value, deletes an entry that is not there and puts the new one.
+// and a merge that stops between the two is merged again whole. That repeat is right because the old entry goes
+// in the same transaction as the put that overwrites the last-seen time it is found by: the repeat finds the
+// merged value, combines it with the same registration into the same value, deletes an entry that is not there
+// and puts the new one.
 func mergeKeys(tx *bolt.Tx, entries []mergeEntry, ies []indexEntry) ([]indexEntry, error) {
 	var b, idx, revoked *bolt.Bucket
 	domain := ""
