@@ -132,20 +132,24 @@ func openCopy(b *testing.B, src string) (*Store, string) {
 
 // BenchmarkMerge merges 50,000 new random keys (a full overlay, mergeThreshold) into a copy of WGKEX_BENCH_STATE
 // (e.g. 1,000,000 keys from bench/fillstate), as the key writer hands them over, and reports the merge's wall
-// time, its CPU time and the process's mapped file pages after it.
+// time, its CPU time and minor page faults (also a key), and the process's mapped file pages at their peak during
+// it and after it. The keys arrive one after another over mergeInterval, as under load: their last-seen times, and
+// so their places in the time index, are in another order than the keys.
 func BenchmarkMerge(b *testing.B) {
 	src := benchFile(b, "WGKEX_BENCH_STATE", "go run ./bench/fillstate")
 	for b.Loop() {
 		b.StopTimer()
 		s, _ := openCopy(b, src)
 		o := overlay{}
-		now := time.Now()
-		for range mergeThreshold {
+		start := time.Now().Add(-mergeInterval)
+		for i := range mergeThreshold {
 			var raw [32]byte
 			rand.Read(raw[:])
-			o.add(broker.KeyRecord{Key: base64.StdEncoding.EncodeToString(raw[:]), Domain: "ffmuc_welt", FirstSeen: now, LastSeen: now, Gateway: "gw04"})
+			at := start.Add(time.Duration(i) * mergeInterval / mergeThreshold)
+			o.add(broker.KeyRecord{Key: base64.StdEncoding.EncodeToString(raw[:]), Domain: "ffmuc_welt", FirstSeen: at, LastSeen: at, Gateway: "gw04"})
 		}
-		cpu0 := cpuTime(b)
+		cpu0, flt0 := cpuTime(b), minorFaults(b)
+		peak, stop := peakRssFile(b)
 		b.StartTimer()
 		t0 := time.Now()
 		if err := s.merge(o); err != nil {
@@ -153,11 +157,84 @@ func BenchmarkMerge(b *testing.B) {
 		}
 		b.ReportMetric(time.Since(t0).Seconds(), "merge-s")
 		b.StopTimer()
-		b.ReportMetric((cpuTime(b) - cpu0).Seconds(), "cpu-s")
+		stop()
+		b.ReportMetric(float64(*peak>>20), "peak-RssFile-MB")
+		cpu := cpuTime(b) - cpu0
+		b.ReportMetric(cpu.Seconds(), "cpu-s")
+		b.ReportMetric(float64(cpu.Microseconds())/mergeThreshold, "cpu-µs/key")
+		b.ReportMetric(float64(minorFaults(b)-flt0)/mergeThreshold, "faults/key")
 		b.ReportMetric(float64(rssFile(b)>>20), "RssFile-MB")
 		s.Close()
 		b.StartTimer()
 	}
+}
+
+// BenchmarkRecover opens a copy of WGKEX_BENCH_STATE (e.g. 1,000,000 keys from bench/fillstate) beside a
+// write-ahead log of 100,000 new random keys that a killed broker left (two full overlays, registered over two
+// merge intervals), and reports how long Open takes to merge it: the cold start after a crash under load.
+func BenchmarkRecover(b *testing.B) {
+	src := benchFile(b, "WGKEX_BENCH_STATE", "go run ./bench/fillstate")
+	const n = 2 * mergeThreshold
+	start := time.Now().Add(-2 * mergeInterval)
+	var groups [][]broker.KeyRecord
+	for i := 0; i < n; i += 100 {
+		var g []broker.KeyRecord
+		for j := i; j < i+100; j++ {
+			var raw [32]byte
+			rand.Read(raw[:])
+			at := start.Add(time.Duration(j) * 2 * mergeInterval / n)
+			g = append(g, broker.KeyRecord{Key: base64.StdEncoding.EncodeToString(raw[:]), Domain: "ffmuc_welt", FirstSeen: at, LastSeen: at, Gateway: "gw04"})
+		}
+		groups = append(groups, g)
+	}
+	seg, _ := segmentBytes(b, groups...)
+	for b.Loop() {
+		b.StopTimer()
+		path := b.TempDir() + "/state.db"
+		if out, err := exec.Command("cp", src, path).CombinedOutput(); err != nil {
+			b.Fatalf("%v: %s", err, out)
+		}
+		if err := os.WriteFile(segmentName(path+".wal", 7), seg, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		cpu0 := cpuTime(b)
+		b.StartTimer()
+		t0 := time.Now()
+		s, err := Open(path, slog.New(slog.DiscardHandler))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(time.Since(t0).Seconds(), "open-s")
+		b.StopTimer()
+		b.ReportMetric((cpuTime(b) - cpu0).Seconds(), "cpu-s")
+		if s.recovered != n {
+			b.Fatalf("%d registrations recovered, want %d", s.recovered, n)
+		}
+		b.ReportMetric(float64(rssFile(b)>>20), "RssFile-MB")
+		s.Close()
+		b.StartTimer()
+	}
+}
+
+// peakRssFile samples the process's resident file-backed pages every 10 ms until stop is called, which returns
+// once the highest sample is in *peak: what a merge keeps mapped between two unmappings.
+func peakRssFile(tb testing.TB) (peak *int64, stop func()) {
+	peak = new(int64)
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			*peak = max(*peak, rssFile(tb))
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return peak, func() { close(done); <-finished }
 }
 
 // cpuTime returns the process's user and system time.
@@ -167,6 +244,16 @@ func cpuTime(tb testing.TB) time.Duration {
 		tb.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// minorFaults returns the process's minor page faults so far: each maps pages of the state file (or of the heap)
+// that the process had not mapped.
+func minorFaults(tb testing.TB) int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return ru.Minflt
 }
 
 // rssFile returns the process's resident file-backed pages (RssFile in /proc/self/status) in bytes.

@@ -28,6 +28,10 @@ func TestMain(m *testing.M) {
 		sweepChild(path)
 		return
 	}
+	if path := os.Getenv("WGKEX_STORE_MERGE_CHILD"); path != "" {
+		mergeChild(path)
+		return
+	}
 	// Fail the package's tests when a goroutine outlives them: every goroutine has an owner that stops it.
 	goleak.VerifyTestMain(m)
 }

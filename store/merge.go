@@ -1,41 +1,118 @@
 package store
 
 import (
+	"cmp"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
 
-// mergeChunk is how many registrations one merge transaction writes. A merge is split into transactions over
-// consecutive key ranges (so the pages they rewrite do not overlap and the total work stays the same), with a
-// pause between them, so that a large merge does not hold a core for long while registrations wait. The size
-// also bounds how much of the file a transaction maps (see releaseMapped): with 1 M keys stored, 1,024 random
-// registrations mapped ~100 MB, 512 ~70 MB, 256 ~45 MB; but 256 cost a fifth of v2's throughput (more commits,
-// each rewriting most branch pages and syncing twice), 512 a few per cent (BENCHMARKS.md).
+// mergeChunk is how many registrations one merge transaction writes into the keys buckets. A merge is split into
+// transactions over consecutive key ranges (so the pages they rewrite do not overlap and the total work stays the
+// same), with a pause between them, so that a large merge does not hold a core for long while registrations wait.
+// The size also bounds how much of the file a transaction maps (see releaseMapped): with 1 M keys stored, when
+// the index entries were still written with their keys, 1,024 random registrations mapped ~100 MB, 512 ~70 MB,
+// 256 ~45 MB; but 256 cost a fifth of v2's throughput (more commits, each rewriting most branch pages and syncing
+// twice), 512 a few per cent (BENCHMARKS.md). Without the index 512 map ~30 MB.
 const (
 	mergeChunk = 512
 	mergePause = 5 * time.Millisecond
 )
 
+// indexChunk is how many time-index entries one merge transaction writes after the keys. They go in time order,
+// mostly to the end of the index, so a transaction of them rewrites few pages whatever the file holds.
+const indexChunk = 8192
+
 // indexFill is how full bbolt packs the pages of the time index when it splits them. New entries go to its end
 // (registrations are recent), where bbolt's default of one half would leave every page half empty.
 const indexFill = 0.95
 
-// mergeTx writes registrations into the keys buckets, combining each with what the bucket holds, and moves its
-// entry in the time index. Its cost follows the registrations: one lookup, one put and one index move each.
+// indexEntry is the time-index entry of a merged registration, as mergeKeys leaves it for putIndex.
+type indexEntry struct {
+	domain, key string
+	last, first int64 // Unix ns: the key's last and first seen as merged into the keys bucket
+}
+
+// mergeTx merges registrations (sorted by sortEntries) in one transaction: the keys, then their time-index entries
+// in time order.
 func mergeTx(tx *bolt.Tx, entries []mergeEntry) error {
+	ies, err := mergeKeys(tx, entries, nil)
+	if err != nil {
+		return err
+	}
+	sortIndexEntries(ies)
+	return putIndex(tx, ies)
+}
+
+// mergeKeys writes registrations into the keys buckets, combining each with what the bucket holds, deletes the
+// key's old entry in the time index and appends the new one to ies, for putIndex. Its cost follows the
+// registrations: one lookup, one put and, for a key stored before, one index deletion each.
+//
+// The new entry may be written in a later transaction: a key whose index entry is missing is still in the overlay
+// until putIndex has run (reads and the sweep take it from there; a revocation in between putIndex checks again),
+// and a merge that stops between the two is merged again whole. That repeat is right because the old entry goes
+// in the same transaction as the put that overwrites the last-seen time it is found by: the repeat finds the
+// merged value, combines it with the same registration into the same value, deletes an entry that is not there
+// and puts the new one.
+func mergeKeys(tx *bolt.Tx, entries []mergeEntry, ies []indexEntry) ([]indexEntry, error) {
 	var b, idx, revoked *bolt.Bucket
 	domain := ""
 	added := map[string]int{}
+	vals := valueSlab(entries)
+	var k, ik []byte
 	for _, e := range entries {
 		if b == nil || e.domain != domain {
 			var err error
 			if b, err = tx.Bucket(bucketKeys).CreateBucketIfNotExists([]byte(e.domain)); err != nil {
-				return fmt.Errorf("domain bucket %q: %w", e.domain, err)
+				return ies, fmt.Errorf("domain bucket %q: %w", e.domain, err)
 			}
+			idx = tx.Bucket(bucketByTime).Bucket([]byte(e.domain))
+			revoked = tx.Bucket(bucketRevoked).Bucket([]byte(e.domain))
+			domain = e.domain
+		}
+		if at := revokedAt(revoked, e.key); at != 0 && e.p.last <= at {
+			continue // registered before its revocation (RevokeKey)
+		}
+		p := e.p
+		k = append(k[:0], e.key...) // bbolt copies the keys it stores
+		if old := b.Get(k); old != nil {
+			if idx != nil {
+				ik = appendIndexKey(ik[:0], lastSeenOf(old), e.key)
+				if err := idx.Delete(ik); err != nil {
+					return ies, err
+				}
+			}
+			p = combinePending(old, p)
+		} else {
+			added[e.domain]++
+		}
+		var v []byte
+		vals, v = appendKeyValue(vals, p)
+		if err := b.Put(k, v); err != nil {
+			return ies, err
+		}
+		ies = append(ies, indexEntry{domain: e.domain, key: e.key, last: p.last, first: p.first})
+	}
+	return ies, addCounts(tx, added)
+}
+
+// putIndex writes the time-index entries that mergeKeys left, best in time order (sortIndexEntries): then they
+// go to few pages, mostly at the end of the index. A key revoked since its put (RevokeKey between the two
+// transactions; it has deleted the key) gets no entry: the same test that mergeKeys makes, on the merged time.
+func putIndex(tx *bolt.Tx, ies []indexEntry) error {
+	var idx, revoked *bolt.Bucket
+	domain := ""
+	vals := make([]byte, 0, 8*len(ies)) // bbolt keeps the values until the commit; keys it copies
+	var ik []byte
+	for _, e := range ies {
+		if idx == nil || e.domain != domain {
+			var err error
 			if idx, err = tx.Bucket(bucketByTime).CreateBucketIfNotExists([]byte(e.domain)); err != nil {
 				return fmt.Errorf("index bucket %q: %w", e.domain, err)
 			}
@@ -43,26 +120,23 @@ func mergeTx(tx *bolt.Tx, entries []mergeEntry) error {
 			revoked = tx.Bucket(bucketRevoked).Bucket([]byte(e.domain))
 			domain = e.domain
 		}
-		r := e.p.record(e.domain, e.key)
-		if at := revokedAt(revoked, r.Key); at != 0 && r.LastSeen.UnixNano() <= at {
-			continue // registered before its revocation (RevokeKey)
+		if at := revokedAt(revoked, e.key); at != 0 && e.last <= at {
+			continue
 		}
-		if old := b.Get([]byte(r.Key)); old != nil {
-			if err := idx.Delete(indexKey(lastSeenOf(old), r.Key)); err != nil {
-				return err
-			}
-			r = combine(decodeKey(domain, r.Key, old), r)
-		} else {
-			added[e.domain]++
-		}
-		if err := b.Put([]byte(r.Key), encodeKey(r)); err != nil {
-			return err
-		}
-		if err := idx.Put(indexKey(r.LastSeen.UnixNano(), r.Key), indexValue(r.FirstSeen.UnixNano())); err != nil {
+		ik = appendIndexKey(ik[:0], e.last, e.key)
+		vals = binary.BigEndian.AppendUint64(vals, uint64(e.first))
+		if err := idx.Put(ik, vals[len(vals)-8:]); err != nil {
 			return err
 		}
 	}
-	return addCounts(tx, added)
+	return nil
+}
+
+// sortIndexEntries orders index entries by domain and index key: time, then key.
+func sortIndexEntries(ies []indexEntry) {
+	slices.SortFunc(ies, func(a, b indexEntry) int {
+		return cmp.Or(strings.Compare(a.domain, b.domain), cmp.Compare(a.last, b.last), strings.Compare(a.key, b.key))
+	})
 }
 
 // buildIndex fills the time index from the keys buckets (the migration from schema 1).
@@ -82,20 +156,42 @@ func buildIndex(tx *bolt.Tx) (int, error) {
 	return n, err
 }
 
-// merge writes the overlay into bbolt through the group-commit writer, mergeChunk registrations a transaction.
-// Merging is idempotent: after a failure or a crash half-way the whole overlay is merged again.
+// merge writes the overlay into bbolt through the group-commit writer: the keys, mergeChunk registrations a
+// transaction in key order, then their time-index entries, indexChunk a transaction in time order. Merging is
+// idempotent: after a failure or a crash half-way (also between the keys and the index) the whole overlay is
+// merged again.
 func (s *Store) merge(o overlay) error {
 	entries := o.sorted()
+	ies := make([]indexEntry, 0, len(entries))
 	for i := 0; i < len(entries); i += mergeChunk {
 		if i > 0 {
 			time.Sleep(mergePause)
 		}
 		chunk := entries[i:min(i+mergeChunk, len(entries))]
-		if err := s.updateInternal(func(tx *bolt.Tx) error { return mergeTx(tx, chunk) }); err != nil {
+		n := len(ies)
+		if err := s.updateInternal(func(tx *bolt.Tx) error {
+			var err error
+			ies, err = mergeKeys(tx, chunk, ies[:n]) // [:n]: a failed try and a retry alone start again
+			return err
+		}); err != nil {
 			return err
 		}
 		s.releaseMapped()
 	}
+	if s.indexHook != nil {
+		if err := s.indexHook(); err != nil {
+			return err
+		}
+	}
+	sortIndexEntries(ies)
+	for i := 0; i < len(ies); i += indexChunk {
+		time.Sleep(mergePause)
+		chunk := ies[i:min(i+indexChunk, len(ies))]
+		if err := s.updateInternal(func(tx *bolt.Tx) error { return putIndex(tx, chunk) }); err != nil {
+			return err
+		}
+	}
+	s.releaseMapped()
 	return nil
 }
 
@@ -135,6 +231,7 @@ func (s *Store) recoverLog() error {
 		if err := s.db.Update(func(tx *bolt.Tx) error { return mergeTx(tx, o.sorted()) }); err != nil {
 			return fmt.Errorf("merge write-ahead log: %w", err)
 		}
+		s.releaseMapped() // a large log touches most of the file: do not keep it mapped until the first merge
 	}
 	next := 0
 	for _, seg := range segs {

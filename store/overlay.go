@@ -60,6 +60,20 @@ func combine(old, r broker.KeyRecord) broker.KeyRecord {
 	return r
 }
 
+// combinePending is combine for a registration waiting in the overlay and the value a keys bucket holds for its
+// key (see encodeKey), without decoding the value into a record.
+func combinePending(old []byte, p pendingKey) pendingKey {
+	if len(old) < 16 {
+		return p
+	}
+	p.first = min(p.first, int64(binary.BigEndian.Uint64(old)))
+	p.last = max(p.last, int64(binary.BigEndian.Uint64(old[8:])))
+	if p.gateway == "" {
+		p.gateway = string(old[16:])
+	}
+	return p
+}
+
 // mergeEntry is one registration to merge.
 type mergeEntry struct {
 	domain, key string
@@ -125,6 +139,25 @@ func encodeKey(r broker.KeyRecord) []byte {
 	return v
 }
 
+// appendKeyValue appends the keys value of p (as encodeKey) to slab and returns it and the value: a merge
+// transaction keeps all its values in one allocation, since bbolt refers to them until the commit.
+func appendKeyValue(slab []byte, p pendingKey) (out, v []byte) {
+	n := len(slab)
+	slab = binary.BigEndian.AppendUint64(slab, uint64(p.first))
+	slab = binary.BigEndian.AppendUint64(slab, uint64(p.last))
+	slab = append(slab, p.gateway...)
+	return slab, slab[n:len(slab):len(slab)]
+}
+
+// valueSlab returns room for the keys values of entries (appendKeyValue).
+func valueSlab(entries []mergeEntry) []byte {
+	n := 0
+	for _, e := range entries {
+		n += 16 + len(e.p.gateway)
+	}
+	return make([]byte, 0, n)
+}
+
 func decodeKey(domain, key string, v []byte) broker.KeyRecord {
 	r := broker.KeyRecord{Domain: domain, Key: key}
 	if len(v) >= 16 {
@@ -146,10 +179,13 @@ func lastSeenOf(v []byte) int64 {
 // indexKey is the key of bytime/<domain>: the last-seen time (8 bytes, Unix nanoseconds with the sign bit flipped,
 // so that byte order is time order) followed by the key.
 func indexKey(lastSeen int64, key string) []byte {
-	ik := make([]byte, 8+len(key))
-	binary.BigEndian.PutUint64(ik, uint64(lastSeen)^(1<<63))
-	copy(ik[8:], key)
-	return ik
+	return appendIndexKey(make([]byte, 0, 8+len(key)), lastSeen, key)
+}
+
+// appendIndexKey appends the index key of key last seen at lastSeen to dst.
+func appendIndexKey(dst []byte, lastSeen int64, key string) []byte {
+	dst = binary.BigEndian.AppendUint64(dst, uint64(lastSeen)^(1<<63))
+	return append(dst, key...)
 }
 
 // indexValue is the value of an index entry: the key's first-seen time (8 bytes, Unix nanoseconds), so that a

@@ -25,33 +25,41 @@ func (s *Store) RevokeKey(domain, key string, at time.Time) (bool, error) {
 	}
 	found := false
 	err := s.update(func(tx *bolt.Tx) error {
-		found = false
-		if b := tx.Bucket(bucketKeys).Bucket([]byte(domain)); b != nil {
-			if v := b.Get([]byte(key)); v != nil && lastSeenOf(v) <= at.UnixNano() {
-				found = true
-				if idx := tx.Bucket(bucketByTime).Bucket([]byte(domain)); idx != nil {
-					if err := idx.Delete(indexKey(lastSeenOf(v), key)); err != nil {
-						return err
-					}
-				}
-				if err := b.Delete([]byte(key)); err != nil {
-					return err
-				}
-				if err := addCounts(tx, map[string]int{domain: -1}); err != nil {
-					return err
-				}
-			}
-		}
-		rb, err := tx.Bucket(bucketRevoked).CreateBucketIfNotExists([]byte(domain))
-		if err != nil {
-			return err
-		}
-		if revokedAt(rb, key) >= at.UnixNano() {
-			return nil
-		}
-		return rb.Put([]byte(key), binary.BigEndian.AppendUint64(nil, uint64(at.UnixNano())))
+		var err error
+		found, err = revokeTx(tx, domain, key, at)
+		return err
 	})
 	return found, err
+}
+
+// revokeTx is RevokeKey's transaction, after its merge of the write-ahead log. It reports whether the key was
+// stored and removed.
+func revokeTx(tx *bolt.Tx, domain, key string, at time.Time) (bool, error) {
+	found := false
+	if b := tx.Bucket(bucketKeys).Bucket([]byte(domain)); b != nil {
+		if v := b.Get([]byte(key)); v != nil && lastSeenOf(v) <= at.UnixNano() {
+			found = true
+			if idx := tx.Bucket(bucketByTime).Bucket([]byte(domain)); idx != nil {
+				if err := idx.Delete(indexKey(lastSeenOf(v), key)); err != nil {
+					return false, err
+				}
+			}
+			if err := b.Delete([]byte(key)); err != nil {
+				return false, err
+			}
+			if err := addCounts(tx, map[string]int{domain: -1}); err != nil {
+				return false, err
+			}
+		}
+	}
+	rb, err := tx.Bucket(bucketRevoked).CreateBucketIfNotExists([]byte(domain))
+	if err != nil {
+		return false, err
+	}
+	if revokedAt(rb, key) >= at.UnixNano() {
+		return found, nil
+	}
+	return found, rb.Put([]byte(key), binary.BigEndian.AppendUint64(nil, uint64(at.UnixNano())))
 }
 
 // RevokedAt returns when key was last revoked in domain, if its tombstone is still kept.

@@ -73,6 +73,10 @@ type Store struct {
 	// visited counts the index entries replays have read (tests check that a replay reads only its window).
 	visited atomic.Int64
 
+	// indexHook, set by tests before any merge, runs in a merge between the keys and the time index; an error
+	// fails the merge there.
+	indexHook func() error
+
 	// closeMu guards closed and writesShut. A sender on keys or flush checks closed, a sender on writes checks
 	// writesShut, each holding closeMu for reading until its send is done; Close sets them before it closes the
 	// channels, so that no send can meet a closed channel.
