@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
@@ -13,6 +14,8 @@ const (
 	mergeInterval = 30 * time.Second
 	// mergeThreshold starts a merge early when this many registrations are waiting.
 	mergeThreshold = 50000
+	// maxYields bounds how often the key writer lets other goroutines run before it writes a group.
+	maxYields = 4
 )
 
 type keyWrite struct {
@@ -77,6 +80,7 @@ func (s *Store) keyWriter() {
 				return
 			}
 			batch, recs = append(batch[:0], w), append(recs[:0], w.r)
+			seen, yields := 0, 0
 		drain:
 			for len(batch) < maxBatch {
 				select {
@@ -86,6 +90,15 @@ func (s *Store) keyWriter() {
 					}
 					batch, recs = append(batch, w), append(recs, w.r)
 				default:
+					// Let the registrations that are being handled right now join the group: an fdatasync costs
+					// ~80 µs of CPU here whatever it writes, so larger groups cost less a registration (BENCHMARKS.md).
+					// Yield while that brings more, a few times at most, so that a steady stream cannot hold
+					// the group back.
+					if len(batch) > seen && yields < maxYields {
+						seen, yields = len(batch), yields+1
+						runtime.Gosched()
+						continue
+					}
 					break drain
 				}
 			}
