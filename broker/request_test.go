@@ -28,6 +28,16 @@ func TestParseRequest(t *testing.T) {
 		{``, Request{}, false},
 		{`{"domain":"d","public_key":"k"} {}`, Request{}, false},
 		{`{"domain":"d","public_key":"k"`, Request{}, false},
+		// What the fast path leaves to encoding/json, answered as before.
+		{` {"domain" : "d",` + "\n\t" + `"public_key":"k"} `, Request{PublicKey: "k", Domain: "d"}, true},
+		{`{"domain":"d\u0041","public_key":"k"}`, Request{PublicKey: "k", Domain: "dA"}, true},
+		{`{"domain":"d","public_key":"k","domain":"e"}`, Request{PublicKey: "k", Domain: "e"}, true},
+		{`{"Domain":"d","PUBLIC_KEY":"k"}`, Request{PublicKey: "k", Domain: "d"}, true},
+		{`{"domain":"d","public_key":null}`, Request{Domain: "d"}, true},
+		{`{"domain":"d","public_key":"k",}`, Request{}, false},
+		{`{"domain":"d","public_key":"k"}}`, Request{}, false},
+		{`{"domain":"d" "public_key":"k"}`, Request{}, false},
+		{"{\"domain\":\"d\x01\",\"public_key\":\"k\"}", Request{}, false},
 	}
 	for _, tt := range tests {
 		got, err := ParseRequest([]byte(tt.body))
@@ -48,6 +58,8 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte(`{"domain":"ffmuc_welt","public_key":"o52Ge+Rpj4CUSitVag9mS7pSXUesNM0ESnvj/wwehkg="}`))
 	f.Add([]byte(`{"domain":"ffmuc_welt","public_key":"x","location":"MUC"}`))
 	f.Add([]byte(`[]`))
+	f.Add([]byte(` {"public_key" : "k", "domain":"d" ,"location":"" } ` + "\n"))
+	f.Add([]byte(`{"public_key":"k","domain":"d","Domain":"e"}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		r, err := ParseRequest(body)
 		if err != nil && !errors.Is(err, ErrBadRequest) {
@@ -55,6 +67,16 @@ func FuzzParseRequest(f *testing.F) {
 		}
 		if err != nil && r != (Request{}) {
 			t.Fatalf("error with a non-empty request %+v", r)
+		}
+		// The fast path answers only what encoding/json answers the same.
+		if plain, ok := parsePlain(body); ok {
+			full, err := parseJSON(body)
+			if err != nil {
+				t.Fatalf("parsePlain took %q, parseJSON refuses it: %v", body, err)
+			}
+			if diff := cmp.Diff(full, plain); diff != "" {
+				t.Fatalf("parsePlain(%q) differs from parseJSON (-json +plain):\n%s", body, diff)
+			}
 		}
 	})
 }
