@@ -15,7 +15,7 @@ import (
 // Key returns the record of key in domain, or ErrNotFound. A registration still in the write-ahead log from
 // before a revocation of the key, which its merge will drop, is not found either.
 func (s *Store) Key(domain, key string) (broker.KeyRecord, error) {
-	o, inLog := s.overlayOf(domain)[key]
+	o, inLog := s.overlayKey(domain, key)
 	var r broker.KeyRecord
 	found := false
 	var revoked int64

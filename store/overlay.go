@@ -112,6 +112,24 @@ func (s *Store) inOverlay(domain, key string) bool {
 	return ok
 }
 
+// overlayKey returns the unmerged record of key in domain, if the log holds one, without copying the overlays.
+func (s *Store) overlayKey(domain, key string) (broker.KeyRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var r broker.KeyRecord
+	found := false
+	for _, o := range []overlay{s.merging, s.pending} {
+		if p, ok := o[domain][key]; ok {
+			if found {
+				r = combine(r, p.record(domain, key))
+			} else {
+				r, found = p.record(domain, key), true
+			}
+		}
+	}
+	return r, found
+}
+
 // overlayOf copies the unmerged records of domain.
 func (s *Store) overlayOf(domain string) map[string]broker.KeyRecord {
 	s.mu.RLock()
