@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"time"
 
 	"golang.org/x/net/proxy"
 )
@@ -34,6 +35,10 @@ func dialServer(ctx context.Context, u *url.URL, tlsCfg *tls.Config) (net.Conn, 
 	return newBatchConn(conn), nil
 }
 
+// closeFlush bounds how long Close waits for the write under way, which carries what paho wrote last (a
+// DISCONNECT) before it closes the connection.
+const closeFlush = time.Second
+
 // maxPending bounds what a batchConn holds unwritten: a Write beyond it waits for the write under way, so that a
 // slow server slows the publishers down as the socket would.
 const maxPending = 1 << 20
@@ -44,7 +49,8 @@ const maxPending = 1 << 20
 // appends them to a buffer, and the Unlock that finds no write under way writes the buffer, and keeps writing
 // what other packets appended meanwhile until the buffer is empty. The others return at once: their packets go
 // out in the order they were appended, with the next system call. A failed write closes the connection, so that
-// paho's reader fails and the connection is renewed; later Writes return the error.
+// paho's reader fails and the connection is renewed; later Writes return the error. Close waits for the write
+// under way.
 type batchConn struct {
 	net.Conn
 	r *bufio.Reader
@@ -76,6 +82,21 @@ func (c *batchConn) Read(p []byte) (int, error) {
 		c.mu.Unlock()
 	}
 	return n, err
+}
+
+// Close closes the connection once the write under way, and what was appended meanwhile, is written (at most
+// closeFlush later): paho writes a DISCONNECT and closes the connection at once, and a server that does not get
+// the DISCONNECT publishes the client's will.
+func (c *batchConn) Close() error {
+	c.mu.Lock()
+	if c.flushing {
+		c.Conn.SetWriteDeadline(time.Now().Add(closeFlush))
+		for c.flushing {
+			c.drained.Wait()
+		}
+	}
+	c.mu.Unlock()
+	return c.Conn.Close()
 }
 
 // Lock starts a packet (sync.Locker, as packets.ControlPacket.WriteTo uses it).
@@ -124,4 +145,5 @@ func (c *batchConn) flush() {
 	}
 	c.buf = c.buf[:0]
 	c.flushing = false
+	c.drained.Broadcast()
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +24,13 @@ type gated struct {
 	mu     sync.Mutex
 	writes int
 	fail   error
+	// deadline is set by SetWriteDeadline.
+	deadline atomic.Bool
+}
+
+func (g *gated) SetWriteDeadline(t time.Time) error {
+	g.deadline.Store(true)
+	return g.Conn.SetWriteDeadline(t)
 }
 
 func (g *gated) Write(p []byte) (int, error) {
@@ -135,6 +143,36 @@ func TestBatchConnWriteFails(t *testing.T) {
 	}
 	if _, err := c.Write([]byte("y")); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("Write after a failed write: %v", err)
+	}
+}
+
+// TestBatchConnCloseWrites: Close waits for the write under way, so that a packet appended to it (paho's
+// DISCONNECT before it closes the connection) reaches the server.
+func TestBatchConnCloseWrites(t *testing.T) {
+	client, server := tcpPair(t)
+	g := &gated{Conn: client, open: make(chan struct{})}
+	c := newBatchConn(g)
+	go packet(c, "<first>")
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.flushing
+	}, "the first packet is not being written")
+	packet(c, "<disconnect>")
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	testenv.Eventually(t, 5*time.Second, g.deadline.Load, "Close does not wait for the write under way")
+	close(g.open)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "<first><disconnect>"; string(got) != want {
+		t.Errorf("server read %q, want %q", got, want)
 	}
 }
 
