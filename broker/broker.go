@@ -352,7 +352,9 @@ func (b *Broker) ExchangeV2(r Request) (_ wire.WorkerData, err error) {
 	b.opts.Peers.Sync(context.Background())
 	name, data, chooseErr := b.choose(r.Domain, r.Location)
 	if name != "" {
-		b.opts.Peers.Announce(name, r.Domain)
+		// The announcement goes out while the key is stored and published; the answer waits for both.
+		announced := b.opts.Peers.Announce(name, r.Domain)
+		defer announced()
 	}
 	if err := b.register(r, name, APIv2); err != nil {
 		return wire.WorkerData{}, err

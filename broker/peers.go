@@ -12,8 +12,9 @@ type Peers interface {
 	KeyQoS() byte
 	// Sync returns once the choices the other brokers announced so far are counted (CountChoice), or gives up.
 	Sync(ctx context.Context)
-	// Announce tells the other brokers that this one sent a node to worker in domain.
-	Announce(worker, domain string)
+	// Announce tells the other brokers that this one sent a node to worker in domain; wait returns once the
+	// announcement is on the MQTT server (or failed), before the node gets its answer.
+	Announce(worker, domain string) (wait func())
 	// Brokers returns every broker the status page lists, and how many are alive, this one included.
 	Brokers() (all []BrokerState, alive int)
 }
@@ -22,10 +23,10 @@ type Peers interface {
 // announces nothing, and lists no broker on the status page while counting itself alive.
 type alone struct{}
 
-func (alone) KeyQoS() byte                  { return 0 }
-func (alone) Sync(context.Context)          {}
-func (alone) Announce(string, string)       {}
-func (alone) Brokers() ([]BrokerState, int) { return []BrokerState{}, 1 }
+func (alone) KeyQoS() byte                   { return 0 }
+func (alone) Sync(context.Context)           {}
+func (alone) Announce(string, string) func() { return func() {} }
+func (alone) Brokers() ([]BrokerState, int)  { return []BrokerState{}, 1 }
 
 // BrokerState is a broker on the MQTT server as this one last heard of it.
 type BrokerState struct {

@@ -6,7 +6,8 @@
 //     them can replay it (handleKey);
 //   - gateway choices: each broker announces the gateway it chose on wgkex/broker/{id}/choice (Announce) and
 //     counts the others' choices like its own (handleChoice), so that the spread by weight stays exact; before it
-//     chooses, it waits until the announcements the server sent it so far are counted (Sync);
+//     chooses, it waits until the announcements the server sent it so far are counted (Sync); choices made at
+//     the same time share one announcement, acknowledged before their nodes get their answers;
 //   - liveness: wgkex/broker/{id}/status, retained 1 while connected and 0 as its will (handleStatus);
 //   - catch-up: after every connect (Up) a broker asks one live peer for the keys of the replay window and
 //     records them (catchUp, handleCatchupRequest, handleCatchupBatch). It answers v2 meanwhile, since the answer
@@ -51,6 +52,8 @@ const (
 	// each a metric series, a row on the status page and a peer to ask for the catch-up.
 	maxBrokers  = 64
 	maxBrokerID = 128
+	// maxChoices bounds the choices in one announcement (some 60 bytes each).
+	maxChoices = 1000
 	// catchupMargin is how long before a lost connection was noticed a reconnected broker asks for keys: the
 	// loss is noticed up to 1.5 keepalives late, and the brokers' clocks may differ a little.
 	catchupMargin = 2 * time.Minute
@@ -109,10 +112,18 @@ type Cluster struct {
 	opts  Options
 	local Local // set by Handlers
 
-	sem       chan struct{}
-	answering chan struct{}  // one catch-up answer at a time
-	recording sync.WaitGroup // every key being recorded; only Stop waits for it, after begin refuses new ones
-	answers   sync.WaitGroup
+	sem        chan struct{}
+	answering  chan struct{}  // one catch-up answer at a time
+	recording  sync.WaitGroup // every key being recorded; only Stop waits for it, after begin refuses new ones
+	answers    sync.WaitGroup
+	announcing sync.WaitGroup // the goroutine publishing choices (Announce)
+
+	announce struct {
+		mu      sync.Mutex
+		pending []Choice      // not yet published
+		done    chan struct{} // closed once pending is acknowledged
+		busy    bool          // a goroutine publishes (announceAll)
+	}
 
 	mu      sync.Mutex
 	brokers map[string]broker.BrokerState // by id, as their last status said
@@ -197,13 +208,64 @@ func (c *Cluster) Sync(ctx context.Context) {
 	}
 }
 
-// Announce tells the other brokers that this one sent a node to worker in domain. It goes out before the key,
-// both at QoS 1: the server handles a client's messages in order, so once it has acknowledged the key it has
-// taken the choice too, before the node gets its answer; and a server whose queue for a busy broker is full
-// drops QoS 0 messages first, so a choice at QoS 0 could be lost under load and the spread drift.
-func (c *Cluster) Announce(worker, domain string) {
-	if err := c.pub.Publish(ChoiceTopic(c.opts.ID), FormatChoice(worker, domain), false, 1); err != nil {
-		c.publishFailed("announce choice", "worker", worker, "domain", domain, "err", err)
+// Announce tells the other brokers that this one sent a node to worker in domain, at QoS 1: a server whose queue
+// for a busy broker is full drops QoS 0 messages first, so a choice at QoS 0 could be lost under load and the
+// spread drift. It returns at once; wait returns once the server has acknowledged the choice (or the publish
+// failed), so that the caller waits for it only before it answers the node, while it stores and publishes the key.
+// Choices announced while an announcement is under way go together in the next one, one a line.
+func (c *Cluster) Announce(worker, domain string) (wait func()) {
+	a := &c.announce
+	a.mu.Lock()
+	if a.done == nil {
+		a.done = make(chan struct{})
+	}
+	a.pending = append(a.pending, Choice{Worker: worker, Domain: domain})
+	done := a.done
+	start := !a.busy
+	a.busy = true
+	a.mu.Unlock()
+	if start {
+		if c.begin(&c.announcing) {
+			go func() {
+				defer c.announcing.Done()
+				c.announceAll()
+			}()
+		} else {
+			c.announceAll() // stopping: no new goroutines; the caller publishes
+		}
+	}
+	return func() { <-done }
+}
+
+// announceAll publishes the pending choices, maxChoices a message, and releases their waiters, until none are
+// pending. The goroutine that set announce.busy runs it.
+func (c *Cluster) announceAll() {
+	a := &c.announce
+	for {
+		a.mu.Lock()
+		batch, done := a.pending, a.done
+		a.pending, a.done = nil, nil
+		if len(batch) == 0 {
+			a.busy = false
+			a.mu.Unlock()
+			return
+		}
+		a.mu.Unlock()
+		for len(batch) > 0 {
+			n := min(len(batch), maxChoices)
+			var payload []byte
+			for i, ch := range batch[:n] {
+				if i > 0 {
+					payload = append(payload, '\n')
+				}
+				payload = append(payload, FormatChoice(ch.Worker, ch.Domain)...)
+			}
+			if err := c.pub.Publish(ChoiceTopic(c.opts.ID), payload, false, 1); err != nil {
+				c.publishFailed("announce choices", "choices", n, "err", err)
+			}
+			batch = batch[n:]
+		}
+		close(done)
 	}
 }
 
@@ -359,19 +421,24 @@ func (c *Cluster) handleRevocation(topic string, payload []byte) {
 	c.local.ApplyRevocation(domain, r.Key, c.opts.Now(), true)
 }
 
-// handleChoice takes wgkex/broker/{id}/choice and counts the new peer on the chosen worker, as if this broker
+// handleChoice takes wgkex/broker/{id}/choice and counts each new peer on the chosen worker, as if this broker
 // had chosen it.
 func (c *Cluster) handleChoice(topic string, payload []byte) {
 	id, _, err := ParseBrokerTopic(topic)
 	if err == nil && id == c.opts.ID {
 		return
 	}
-	worker, domain, perr := ParseChoice(payload)
-	if err != nil || perr != nil {
-		c.log.Warn("dropped choice of another broker", "topic", topic, "err", err, "payload_err", perr)
+	if err != nil {
+		c.log.Warn("dropped choice of another broker", "topic", topic, "err", err)
 		return
 	}
-	c.local.CountChoice(worker, domain)
+	choices, err := ParseChoices(payload)
+	if err != nil {
+		c.log.Warn("dropped choice of another broker", "topic", topic, "payload_err", err)
+	}
+	for _, ch := range choices {
+		c.local.CountChoice(ch.Worker, ch.Domain)
+	}
 }
 
 // handleStatus takes wgkex/broker/{id}/status: ≥ 1 alive, else gone; an empty payload (the retained status
@@ -437,15 +504,15 @@ func (c *Cluster) evictGone() bool {
 	return true
 }
 
-// Stop drops the replays held back by the catch-up and waits for catch-up answers and for keys of other
-// brokers being recorded, or returns an error when ctx ends first. Call it before broker.Broker.StopReplays.
+// Stop drops the replays held back by the catch-up and waits for catch-up answers, for keys of other brokers
+// being recorded and for choices being announced, or returns an error when ctx ends first. Call it before broker.Broker.StopReplays.
 func (c *Cluster) Stop(ctx context.Context) error {
 	c.mu.Lock()
 	c.stopped = true
 	c.mu.Unlock()
 	c.stopOnce.Do(func() { close(c.stop) })
 	done := make(chan struct{})
-	go func() { c.answers.Wait(); c.recording.Wait(); close(done) }()
+	go func() { c.answers.Wait(); c.recording.Wait(); c.announcing.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil

@@ -1,13 +1,17 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,6 +160,8 @@ func TestPeerMessages(t *testing.T) {
 		e.c.handleChoice(ChoiceTopic("broker-b"), []byte(p))
 	}
 	e.c.handleChoice(ChoiceTopic("broker-a"), FormatChoice("gw04.in.ffmuc.net", "ffmuc_welt")) // our own echo
+	// Choices made at the same time come one a line; a bad line drops only itself.
+	e.c.handleChoice(ChoiceTopic("broker-b"), []byte("gw04.in.ffmuc.net/ffmuc_welt\ngw99/x/y\ngw07.in.ffmuc.net/ffmuc_welt"))
 	// A choice arriving after the worker went offline in the domain does not bring the domain back.
 	e.b.HandleMetric(wire.MetricTopic("ffwert_city", "gw07.in.ffmuc.net"), []byte("-1"))
 	e.c.handleChoice(ChoiceTopic("broker-b"), FormatChoice("gw07.in.ffmuc.net", "ffwert_city"))
@@ -169,13 +175,13 @@ func TestPeerMessages(t *testing.T) {
 	for _, w := range e.b.Workers() {
 		peers[w.Name] = w.Peers["ffmuc_welt"]
 	}
-	if diff := cmp.Diff(map[string]int{"gw04.in.ffmuc.net": 11, "gw07.in.ffmuc.net": 10}, peers); diff != "" {
+	if diff := cmp.Diff(map[string]int{"gw04.in.ffmuc.net": 12, "gw07.in.ffmuc.net": 11}, peers); diff != "" {
 		t.Errorf("peers after choices (-want +got):\n%s", diff)
 	}
 }
 
-// TestChoiceAnnounced: a v2 answer among several brokers announces the choice before the key, both at QoS 1: a
-// choice sent at QoS 0 may be dropped by a server whose queue for a busy broker is full.
+// TestChoiceAnnounced: a v2 answer among several brokers announces the choice and publishes the key, both at QoS
+// 1: a choice sent at QoS 0 may be dropped by a server whose queue for a busy broker is full.
 func TestChoiceAnnounced(t *testing.T) {
 	e := newEnv(t, nil)
 	e.worker("gw04.in.ffmuc.net", "ffmuc_welt", gwKey4, 0)
@@ -187,8 +193,60 @@ func TestChoiceAnnounced(t *testing.T) {
 		"wgkex/broker/broker-a/choice gw04.in.ffmuc.net/ffmuc_welt retain=false qos=1",
 		"wireguard/ffmuc_welt/all " + key1 + " retain=false qos=1",
 	}
-	if diff := cmp.Diff(want, e.pub.take()); diff != "" {
+	got := e.pub.take()
+	slices.Sort(got) // the choice goes out while the key is stored
+	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("published (-want +got):\n%s", diff)
+	}
+}
+
+// TestChoicesShareAnnouncement: while a choice's announcement is under way, other registrations store and publish
+// their keys, and their choices go together in the next announcement; no node gets its answer before its
+// choice is published.
+func TestChoicesShareAnnouncement(t *testing.T) {
+	e := newEnv(t, nil)
+	e.worker("gw04.in.ffmuc.net", "ffmuc_welt", gwKey4, 0)
+	e.pub.take()
+	release, once := make(chan struct{}), sync.Once{}
+	open := sync.OnceFunc(func() { close(release) })
+	defer open() // a failed test does not leave the announcement hanging for Stop
+	e.pub.deliver = func(topic string, _ []byte) {
+		if topic == ChoiceTopic("broker-a") {
+			once.Do(func() { <-release }) // the first announcement hangs
+		}
+	}
+	const n = 8
+	var answered atomic.Int32
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{byte(i + 1)}, 32))
+			if _, err := e.b.ExchangeV2(broker.Request{PublicKey: key, Domain: "ffmuc_welt"}); err != nil {
+				t.Error(err)
+			}
+			answered.Add(1)
+		}()
+	}
+	count := func(prefix string) (msgs, lines int) {
+		for _, m := range e.pub.msgs() {
+			if strings.HasPrefix(m, prefix) {
+				msgs++
+				lines += strings.Count(m, "\n") + 1
+			}
+		}
+		return msgs, lines
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { _, keys := count("wireguard/ffmuc_welt/all "); return keys == n },
+		"keys not published while a choice is announced")
+	if a := answered.Load(); a != 0 {
+		t.Errorf("%d nodes answered before their choice was published", a)
+	}
+	open()
+	wg.Wait()
+	if msgs, choices := count("wgkex/broker/broker-a/choice "); msgs != 2 || choices != n {
+		t.Errorf("%d choices in %d announcements, want %d in 2", choices, msgs, n)
 	}
 }
 

@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -27,7 +29,8 @@ const (
 // BrokerStatusTopic is wgkex/broker/{id}/status: retained "1" while the broker is connected, "0" (its will) after.
 func BrokerStatusTopic(id string) string { return clusterRoot + "/" + id + "/status" }
 
-// ChoiceTopic is wgkex/broker/{id}/choice, where a broker announces each gateway it chose as "{worker}/{domain}".
+// ChoiceTopic is wgkex/broker/{id}/choice, where a broker announces the gateways it chose, one "{worker}/{domain}"
+// a line (FormatChoice): choices made at the same time share a message.
 func ChoiceTopic(id string) string { return clusterRoot + "/" + id + "/choice" }
 
 // CatchupRequestTopic is wgkex/broker/{id}/catchup, where another broker asks broker id for the keys it missed.
@@ -46,8 +49,27 @@ func ParseBrokerTopic(topic string) (id, kind string, err error) {
 	return id, kind, nil
 }
 
-// FormatChoice renders a choice announcement: "{worker}/{domain}".
+// FormatChoice renders a choice announcement: "{worker}/{domain}". Several are joined by newlines.
 func FormatChoice(worker, domain string) []byte { return []byte(worker + "/" + domain) }
+
+// Choice is a gateway a broker chose for a node: the worker and the domain.
+type Choice struct{ Worker, Domain string }
+
+// ParseChoices parses an announcement of one or more choices, one "{worker}/{domain}" a line (ParseChoice). It
+// returns the valid ones, and an error for the others.
+func ParseChoices(payload []byte) ([]Choice, error) {
+	var out []Choice
+	var err error
+	for line := range bytes.SplitSeq(payload, []byte("\n")) {
+		w, d, perr := ParseChoice(line)
+		if perr != nil {
+			err = errors.Join(err, perr)
+			continue
+		}
+		out = append(out, Choice{Worker: w, Domain: d})
+	}
+	return out, err
+}
 
 // ParseChoice parses "{worker}/{domain}"; both must be valid topic levels.
 func ParseChoice(payload []byte) (worker, domain string, err error) {

@@ -31,6 +31,20 @@ func TestParseChoice(t *testing.T) {
 	}
 }
 
+func TestParseChoices(t *testing.T) {
+	got, err := ParseChoices([]byte("gw1/ffmuc_welt\ngw2/ffwert_city\nbad\n\ngw1/ffwert_city"))
+	want := []Choice{{"gw1", "ffmuc_welt"}, {"gw2", "ffwert_city"}, {"gw1", "ffwert_city"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("ParseChoices (-want +got):\n%s", diff)
+	}
+	if err == nil {
+		t.Error("ParseChoices: no error for the bad lines")
+	}
+	if got, err := ParseChoices(FormatChoice("gw1", "ffmuc_welt")); err != nil || len(got) != 1 {
+		t.Errorf("ParseChoices of one choice = %v, %v", got, err)
+	}
+}
+
 func TestParseCatchup(t *testing.T) {
 	r, err := ParseCatchupRequest([]byte(`{"from":"broker-a","since":1700000000}`))
 	if diff := cmp.Diff(CatchupRequest{From: "broker-a", Since: 1700000000}, r); diff != "" || err != nil {
@@ -64,12 +78,19 @@ func TestParseCatchup(t *testing.T) {
 
 func FuzzParseCluster(f *testing.F) {
 	f.Add([]byte("gw1/ffmuc_welt"))
+	f.Add([]byte("gw1/ffmuc_welt\ngw2/ffwert_city"))
 	f.Add([]byte(`{"from":"broker-a","since":1700000000}`))
 	f.Add([]byte(`{"seq":0,"last":true,"keys":[{"d":"ffmuc_welt","k":"K","f":1,"l":2}]}`))
 	f.Fuzz(func(t *testing.T, p []byte) {
 		if w, d, err := ParseChoice(p); err == nil {
 			if w2, d2, err := ParseChoice(FormatChoice(w, d)); err != nil || w2 != w || d2 != d {
 				t.Fatalf("choice %q does not round-trip", p)
+			}
+		}
+		cs, _ := ParseChoices(p)
+		for _, c := range cs {
+			if w, d, err := ParseChoice(FormatChoice(c.Worker, c.Domain)); err != nil || w != c.Worker || d != c.Domain {
+				t.Fatalf("choice %+v of %q does not round-trip", c, p)
 			}
 		}
 		if r, err := ParseCatchupRequest(p); err == nil && wire.ValidateTopicLevel(r.From) != nil {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -201,6 +202,12 @@ func New(log *slog.Logger, opts Options) (*Client, error) {
 			}},
 			OnClientError: func(err error) { c.log.Warn("mqtt client error", "err", err) },
 		},
+	}
+	// Reads through a buffer; packets written at the same time go out together (batchConn).
+	c.cfg.AttemptConnection = func(ctx context.Context, cfg autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+		defer cancel()
+		return dialServer(ctx, u, cfg.TlsCfg)
 	}
 	if s.MaxPacket > 0 {
 		c.cfg.ConnectPacketBuilder = func(p *paho.Connect, _ *url.URL) (*paho.Connect, error) {
