@@ -245,8 +245,10 @@ func TestChoicesShareAnnouncement(t *testing.T) {
 	}
 	open()
 	wg.Wait()
-	if msgs, choices := count("wgkex/broker/broker-a/choice "); msgs != 2 || choices != n {
-		t.Errorf("%d choices in %d announcements, want %d in 2", choices, msgs, n)
+	// The first announcement takes the choices made before its goroutine ran (one, or all of them), the second
+	// the rest.
+	if msgs, choices := count("wgkex/broker/broker-a/choice "); msgs < 1 || msgs > 2 || choices != n {
+		t.Errorf("%d choices in %d announcements, want %d in one or two", choices, msgs, n)
 	}
 }
 
