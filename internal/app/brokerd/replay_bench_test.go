@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/freifunkMUC/wgkex-go/broker"
+	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
 	"github.com/freifunkMUC/wgkex-go/store"
@@ -49,18 +50,18 @@ func BenchmarkReplay100kTo20Workers(b *testing.B) {
 		wg.Wait()
 		st.Close()
 
-		d, err := Start(testConfig(b, state), quiet)
+		d, err := Start(replayConfig(b, state, nWorkers), quiet)
 		if err != nil {
 			b.Fatal(err)
 		}
-		gw := testenv.Connect(b, d.MQTTAddr(), "gw04.in.ffmuc.net", testenv.ClientOptions{})
+		gw := testenv.Connect(b, d.MQTTAddr(), "gw04.in.ffmuc.net", testenv.ClientOptions{Username: "wgkex", Password: "shared"})
 		gw.Publish(b, wire.DataTopic("gw04.in.ffmuc.net", "ffmuc_welt"), string(wire.WorkerData{ExternalAddress: "gw04", Port: 51820, PublicKey: gwKey, LinkAddress: "fe80::1"}.Marshal()), 1, true)
 		gw.Publish(b, wire.StatusTopic("gw04.in.ffmuc.net"), "1", 1, true)
 		gw.Publish(b, wire.MetricTopic("ffmuc_welt", "gw04.in.ffmuc.net"), "0", 1, true)
 		workers := make([]*testenv.Client, nWorkers)
 		for j := range workers {
 			name := fmt.Sprintf("gw%02d", j)
-			workers[j] = testenv.Connect(b, d.MQTTAddr(), name, testenv.ClientOptions{})
+			workers[j] = testenv.Connect(b, d.MQTTAddr(), name, testenv.ClientOptions{Username: "wgkex", Password: "shared"})
 			workers[j].Subscribe(b, wire.ReplayKeysTopic(name))
 		}
 
@@ -133,4 +134,30 @@ func BenchmarkReplay100kTo20Workers(b *testing.B) {
 		}
 		d.Shutdown(context.Background())
 	}
+}
+
+// replayConfig is testConfig with the workers gw00 … gw{n-1} configured too, so that they may log in with the
+// shared credentials and ask for replays, and without the rate limit, which the probe from one address exceeds.
+func replayConfig(b *testing.B, state string, n int) *config.Config {
+	b.Helper()
+	workers := "  gw04.in.ffmuc.net: {weight: 30, location: MUC}\n"
+	for j := range n {
+		workers += fmt.Sprintf("  gw%02d: {weight: 1}\n", j)
+	}
+	cfg, err := config.Parse(fmt.Appendf(nil, `
+domains: [ffmuc_welt]
+domain_prefixes: [ffmuc_]
+workers:
+%s
+mqtt: {username: wgkex, password: shared}
+broker_listen: {host: 127.0.0.1, port: 0, rate_limit: 0}
+broker:
+  state_file: %s
+  mqtt_listeners: [{address: "127.0.0.1:0"}]
+  reconnect_grace: 1h
+`, workers, state), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return cfg
 }
