@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,35 +56,57 @@ func FormatChoice(worker, domain string) []byte { return []byte(worker + "/" + d
 // Choice is a gateway a broker chose for a node: the worker and the domain.
 type Choice struct{ Worker, Domain string }
 
-// ParseChoices parses an announcement of one or more choices, one "{worker}/{domain}" a line (ParseChoice). It
-// returns the valid ones, and an error for the others.
+// ParseChoices parses an announcement of one or more choices, one "{worker}/{domain}" a line (ParseChoice), at
+// most maxChoices of them (what Announce sends). It returns the valid ones, and one error for the rest: the first
+// bad line's and how many there were, whatever the payload holds (a hostile announcement cannot make the error, or
+// the work, grow faster than the payload).
 func ParseChoices(payload []byte) ([]Choice, error) {
 	var out []Choice
-	var err error
+	var first error
+	bad, lines := 0, 0
 	for line := range bytes.SplitSeq(payload, []byte("\n")) {
-		w, d, perr := ParseChoice(line)
-		if perr != nil {
-			err = errors.Join(err, perr)
+		if lines++; lines > maxChoices {
+			return out, fmt.Errorf("more than %d choices in one announcement, the rest dropped (%d bad before): %w",
+				maxChoices, bad, cmp.Or(first, errTooManyChoices))
+		}
+		w, d, err := ParseChoice(line)
+		if err != nil {
+			if bad++; first == nil {
+				first = err
+			}
 			continue
 		}
 		out = append(out, Choice{Worker: w, Domain: d})
 	}
-	return out, err
+	if bad > 0 {
+		return out, fmt.Errorf("%d bad choices in the announcement, the first: %w", bad, first)
+	}
+	return out, nil
 }
+
+var errTooManyChoices = errors.New("too many choices")
 
 // ParseChoice parses "{worker}/{domain}"; both must be valid topic levels.
 func ParseChoice(payload []byte) (worker, domain string, err error) {
 	w, d, ok := strings.Cut(string(payload), "/")
 	if !ok {
-		return "", "", fmt.Errorf("%w: choice %q is not worker/domain", wire.ErrPayload, payload)
+		return "", "", fmt.Errorf("%w: choice %q is not worker/domain", wire.ErrPayload, clip(payload))
 	}
 	if err := wire.ValidateTopicLevel(w); err != nil {
-		return "", "", fmt.Errorf("%w: choice worker: %v", wire.ErrPayload, err)
+		return "", "", fmt.Errorf("%w: choice worker %q: not a topic level", wire.ErrPayload, clip([]byte(w)))
 	}
 	if err := wire.ValidateTopicLevel(d); err != nil {
-		return "", "", fmt.Errorf("%w: choice domain: %v", wire.ErrPayload, err)
+		return "", "", fmt.Errorf("%w: choice domain %q: not a topic level", wire.ErrPayload, clip([]byte(d)))
 	}
 	return w, d, nil
+}
+
+// clip is the start of a payload for an error message, which may be logged: at most 64 bytes of it.
+func clip(b []byte) []byte {
+	if len(b) > 64 {
+		return append(b[:64:64], "…"...)
+	}
+	return b
 }
 
 // maxRequest bounds a catch-up request.

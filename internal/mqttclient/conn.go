@@ -25,6 +25,10 @@ func dialServer(ctx context.Context, u *url.URL, tlsCfg *tls.Config) (net.Conn, 
 		return nil, err
 	}
 	if u.Scheme == "tls" {
+		if tlsCfg.ServerName == "" { // verify the URL's host, as autopaho's tls.Dialer did
+			tlsCfg = tlsCfg.Clone()
+			tlsCfg.ServerName = u.Hostname()
+		}
 		t := tls.Client(conn, tlsCfg)
 		if err := t.HandshakeContext(ctx); err != nil {
 			conn.Close()
@@ -49,7 +53,9 @@ const maxPending = 1 << 20
 // appends them to a buffer, and the Unlock that finds no write under way writes the buffer, and keeps writing
 // what other packets appended meanwhile until the buffer is empty. The others return at once: their packets go
 // out in the order they were appended, with the next system call. A failed write closes the connection, so that
-// paho's reader fails and the connection is renewed; later Writes return the error. Close waits for the write
+// paho's reader fails and the connection is renewed; later Writes return the error. The packet whose write
+// failed is not told (its Write returned before): a QoS 1 message is then never acknowledged and is sent again on
+// the new connection, a QoS 0 message is lost with the connection, as MQTT allows. Close waits for the write
 // under way.
 type batchConn struct {
 	net.Conn
