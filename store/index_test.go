@@ -320,17 +320,7 @@ func TestSweepKilled(t *testing.T) {
 	}
 	prev := expired + kept
 	for run := range 5 {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), "WGKEX_STORE_SWEEP_CHILD="+path)
-		cmd.Stderr = os.Stderr
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		bufio.NewReader(out).ReadString('\n') // "sweeping": the store is open
+		cmd, _ := startChild(t, "WGKEX_STORE_SWEEP_CHILD", path) // "sweeping": the store is open
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
 		select {
@@ -400,4 +390,22 @@ func TestKeysPageRecords(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("page (-want +got):\n%s", diff)
 	}
+}
+
+// startChild runs this test binary as a child (TestMain runs the child's part when env names path) and returns
+// it with the first line it printed, once it did.
+func startChild(t *testing.T, env, path string) (*exec.Cmd, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), env+"="+path)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	return cmd, line
 }

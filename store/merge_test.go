@@ -1,12 +1,10 @@
 package store
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"syscall"
@@ -122,17 +120,7 @@ func checkMerged(t *testing.T, s *Store, skip ...string) {
 func TestMergeKilledBeforeIndex(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
 	windowFile(t, path)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "WGKEX_STORE_MERGE_CHILD="+path)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, _ := bufio.NewReader(out).ReadString('\n')
+	cmd, line := startChild(t, "WGKEX_STORE_MERGE_CHILD", path)
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	if line != "keys merged\n" {
