@@ -5,13 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/broker"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
-	"github.com/freifunkMUC/wgkex-go/store"
 )
 
 // BenchmarkCatchup100k: broker a holds 100,000 keys that broker b, starting with an empty state file, missed. It
@@ -22,27 +19,8 @@ func BenchmarkCatchup100k(b *testing.B) {
 	addr := testenv.Mosquitto(b, testenv.MosquittoOptions{Users: clusterUsers, ACL: testenv.DeployedACL(b)}).Addr
 	dir := b.TempDir()
 	aCfg := clusterConfig(b, filepath.Join(dir, "a.db"), addr, "broker-a")
-	st, err := store.Open(aCfg.Broker.StateFile, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
+	fillState(b, aCfg.Broker.StateFile, n)
 	quiet := slog.New(slog.DiscardHandler)
-	now := time.Now()
-	var wg sync.WaitGroup
-	for w := range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < n; i += 32 {
-				if err := st.PutKey(broker.KeyRecord{Key: testenv.NewKey(b).PublicKey().String(), Domain: "ffmuc_welt", FirstSeen: now, LastSeen: now}); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	st.Close()
 	a, err := Start(aCfg, quiet)
 	if err != nil {
 		b.Fatal(err)

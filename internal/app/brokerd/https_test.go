@@ -21,11 +21,7 @@ import (
 // fixed (443), so the test takes a loopback address of its own (127.x.y.z) instead of a port that might be taken.
 func TestHTTPSListener(t *testing.T) {
 	testenv.RequireRoot(t) // port 443
-	dir := t.TempDir()
-	host := fmt.Sprintf("127.%d.%d.%d", 1+mrand.IntN(250), mrand.IntN(256), 1+mrand.IntN(250))
-	certFile, keyFile := filepath.Join(dir, "fullchain.pem"), filepath.Join(dir, "privkey.pem")
-	ca := testenv.NewCA(t, "brokerd test CA")
-	testenv.WriteKeyPair(t, ca.Server(t, host), certFile, keyFile)
+	dir, host, certFile, keyFile, ca := httpsHost(t)
 	cfg, err := config.Parse([]byte(fmt.Sprintf(`
 domains: [ffmuc_welt]
 domain_prefixes: [ffmuc_]
@@ -61,11 +57,7 @@ broker:
 // a regular file): the listener must be closed and its goroutines gone (goleak in TestMain checks the latter).
 func TestStartFailureClosesHTTPS(t *testing.T) {
 	testenv.RequireRoot(t) // port 443
-	dir := t.TempDir()
-	host := fmt.Sprintf("127.%d.%d.%d", 1+mrand.IntN(250), mrand.IntN(256), 1+mrand.IntN(250))
-	certFile, keyFile := filepath.Join(dir, "fullchain.pem"), filepath.Join(dir, "privkey.pem")
-	ca := testenv.NewCA(t, "brokerd test CA")
-	testenv.WriteKeyPair(t, ca.Server(t, host), certFile, keyFile)
+	dir, host, certFile, keyFile, _ := httpsHost(t)
 	adminPath := filepath.Join(dir, "admin.sock")
 	if err := os.WriteFile(adminPath, []byte("not a socket"), 0o600); err != nil {
 		t.Fatal(err)
@@ -90,4 +82,16 @@ broker:
 		c.Close()
 		t.Error("HTTPS listener still accepts connections after Start failed")
 	}
+}
+
+// httpsHost picks a loopback address of the test's own (127.x.y.z: port 443 is fixed) and writes a certificate
+// for it, signed by a new CA, into a new directory.
+func httpsHost(t *testing.T) (dir, host, certFile, keyFile string, ca *testenv.CA) {
+	t.Helper()
+	dir = t.TempDir()
+	host = fmt.Sprintf("127.%d.%d.%d", 1+mrand.IntN(250), mrand.IntN(256), 1+mrand.IntN(250))
+	certFile, keyFile = filepath.Join(dir, "fullchain.pem"), filepath.Join(dir, "privkey.pem")
+	ca = testenv.NewCA(t, "brokerd test CA")
+	testenv.WriteKeyPair(t, ca.Server(t, host), certFile, keyFile)
+	return dir, host, certFile, keyFile, ca
 }

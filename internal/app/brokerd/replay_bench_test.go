@@ -9,15 +9,12 @@ import (
 	"net/http"
 	"path/filepath"
 	"sort"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/freifunkMUC/wgkex-go/broker"
 	"github.com/freifunkMUC/wgkex-go/internal/config"
 	"github.com/freifunkMUC/wgkex-go/internal/testenv"
 	"github.com/freifunkMUC/wgkex-go/internal/wire"
-	"github.com/freifunkMUC/wgkex-go/store"
 )
 
 // BenchmarkReplay100kTo20Workers: a broker with 100,000 keys registered in one domain; 20 workers reconnect at
@@ -29,26 +26,7 @@ func BenchmarkReplay100kTo20Workers(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		state := filepath.Join(b.TempDir(), "state.db")
-		st, err := store.Open(state, quiet)
-		if err != nil {
-			b.Fatal(err)
-		}
-		var wg sync.WaitGroup
-		now := time.Now()
-		for g := 0; g < 50; g++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for j := 0; j < nKeys/50; j++ {
-					if err := st.PutKey(broker.KeyRecord{Key: testenv.NewKey(b).PublicKey().String(), Domain: "ffmuc_welt", FirstSeen: now, LastSeen: now}); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		st.Close()
+		fillState(b, state, nKeys)
 
 		d, err := Start(replayConfig(b, state, nWorkers), quiet)
 		if err != nil {

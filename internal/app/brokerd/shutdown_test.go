@@ -22,28 +22,7 @@ import (
 func TestShutdownWithReplaysRunning(t *testing.T) {
 	const nKeys, nWorkers = 5000, 10
 	state := filepath.Join(t.TempDir(), "state.db")
-	st, err := store.Open(state, testenv.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	var wg sync.WaitGroup
-	for g := 0; g < 20; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := 0; j < nKeys/20; j++ {
-				if err := st.PutKey(broker.KeyRecord{Key: testenv.NewKey(t).PublicKey().String(), Domain: "ffmuc_welt", FirstSeen: now, LastSeen: now}); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if err := st.Close(); err != nil {
-		t.Fatal(err)
-	}
+	fillState(t, state, nKeys)
 
 	// mochi's client goroutines may log after Shutdown has returned, so the daemon logs nowhere.
 	cfg := testConfig(t, state)
@@ -82,5 +61,31 @@ func TestShutdownWithReplaysRunning(t *testing.T) {
 	}
 	if _, err := d.Store.Workers(); err == nil {
 		t.Error("state file still open after Shutdown succeeded")
+	}
+}
+
+// fillState writes n fresh keys of ffmuc_welt, all seen now, into a new state file at path, from 32 goroutines
+// so that they share the log's groups, and closes it.
+func fillState(tb testing.TB, path string, n int) {
+	tb.Helper()
+	st, err := store.Open(path, slog.New(slog.DiscardHandler))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	now := time.Now()
+	var wg sync.WaitGroup
+	for w := range 32 {
+		wg.Go(func() {
+			for i := w; i < n; i += 32 {
+				if err := st.PutKey(broker.KeyRecord{Key: testenv.NewKey(tb).PublicKey().String(), Domain: "ffmuc_welt", FirstSeen: now, LastSeen: now}); err != nil {
+					tb.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := st.Close(); err != nil {
+		tb.Fatal(err)
 	}
 }
