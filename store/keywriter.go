@@ -18,15 +18,31 @@ const (
 	maxYields = 4
 )
 
+// lazySyncDelay bounds how long records written by PutKeyLazy stay without an fdatasync when no PutKey comes.
+var lazySyncDelay = time.Second
+
 type keyWrite struct {
-	r   broker.KeyRecord
-	err chan error
+	r    broker.KeyRecord
+	err  chan error
+	lazy bool // PutKeyLazy: no fdatasync of its own
 }
 
 // PutKey records a registration. It returns once the registration is on disk: appended to the write-ahead log
 // together with every registration that arrived meanwhile, with one fdatasync.
 func (s *Store) PutKey(r broker.KeyRecord) error {
 	w := keyWrite{r: r, err: make(chan error, 1)}
+	return request(s, s.keys, w, w.err)
+}
+
+// PutKeyLazy records a registration that another broker already holds on disk (a key it registered and
+// published). It is appended to the write-ahead log like PutKey's, but returns without waiting for an fdatasync:
+// a group of such records alone is not synced. The next PutKey's fdatasync, a merge, or at the latest a sync
+// lazySyncDelay later makes it durable. A crash of the process loses nothing (the kernel holds what was written);
+// a power cut may lose the last second of them here, which the catch-up after the restart fetches again from
+// the other brokers. Under load, this spares most of the fdatasyncs of the keys other brokers send
+// (BENCHMARKS.md, issue 18).
+func (s *Store) PutKeyLazy(r broker.KeyRecord) error {
+	w := keyWrite{r: r, err: make(chan error, 1), lazy: true}
 	return request(s, s.keys, w, w.err)
 }
 
@@ -72,8 +88,12 @@ func (s *Store) keyWriter() {
 	recs := make([]broker.KeyRecord, 0, maxBatch)
 	merged := make(chan error, 1)
 	busy := false
+	lazy := time.NewTimer(time.Hour) // armed by the first lazy group
+	lazy.Stop()
 	for {
 		select {
+		case <-lazy.C:
+			s.syncLog()
 		case w, ok := <-s.keys:
 			if !ok {
 				s.finishErr = s.finish(busy, merged)
@@ -102,7 +122,15 @@ func (s *Store) keyWriter() {
 					break drain
 				}
 			}
-			errs := s.appendLog(recs)
+			sync := false
+			for _, w := range batch {
+				sync = sync || !w.lazy
+			}
+			unsynced := s.wal.unsynced
+			errs := s.appendLog(recs, sync)
+			if !unsynced && s.wal.unsynced {
+				lazy.Reset(lazySyncDelay)
+			}
 			s.mu.Lock()
 			for i, r := range recs {
 				if errs[i] == nil {
@@ -147,7 +175,7 @@ func (s *Store) keyWriter() {
 // is not written again: what the failure left in it may be garbage, and records after it would then follow
 // garbage. Its group failed (the callers get the error), its earlier records stay in it until they are merged,
 // and the log goes on in a new segment.
-func (s *Store) appendLog(recs []broker.KeyRecord) []error {
+func (s *Store) appendLog(recs []broker.KeyRecord, sync bool) []error {
 	if s.wal.broken {
 		next, err := openSegment(s.walBase, s.wal.seg+1)
 		if err != nil {
@@ -162,12 +190,27 @@ func (s *Store) appendLog(recs []broker.KeyRecord) []error {
 		s.wal = next
 		s.mu.Unlock()
 	}
-	errs := s.wal.append(recs)
-	s.observeFsync(s.wal.lastSync)
+	errs := s.wal.append(recs, sync)
+	if sync {
+		s.observeFsync(s.wal.lastSync)
+	}
 	if s.wal.broken {
 		s.logf("write-ahead log segment %s failed, continuing in a new one: %v", segmentName(s.walBase, s.wal.seg), errs[len(errs)-1])
 	}
 	return errs
+}
+
+// syncLog makes the records PutKeyLazy appended to the current segment durable, if no fdatasync has since.
+func (s *Store) syncLog() {
+	if !s.wal.unsynced || s.wal.broken {
+		return
+	}
+	err := s.wal.sync()
+	s.observeFsync(s.wal.lastSync)
+	if err != nil {
+		s.logf("write-ahead log segment %s failed, continuing in a new one (registrations of other brokers since the last sync may be lost on a power cut; the next start catches up on them): %v",
+			segmentName(s.walBase, s.wal.seg), err)
+	}
 }
 
 // finish ends the key writer at Close: it merges every registration left into bbolt and then removes the log. A

@@ -142,7 +142,7 @@ func TestPreallocatedSegment(t *testing.T) {
 			want = append(want, k)
 			recs = append(recs, broker.KeyRecord{Key: k, Domain: "d", FirstSeen: time.Unix(1, 0), LastSeen: time.Unix(2, 0)})
 		}
-		for _, err := range w.append(recs) {
+		for _, err := range w.append(recs, true) {
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -408,4 +408,78 @@ func FuzzParseSegment(f *testing.F) {
 			t.Fatalf("one changed byte at %d lost %d of %d records, damaged %v", at, lost, len(base.recs), got.damaged)
 		}
 	})
+}
+
+// TestPutKeyLazy: a key another broker holds is written to the log at once but not synced on its own: it waits
+// for the next PutKey's fdatasync or, without one, for a sync lazySyncDelay later; Close leaves it merged.
+func TestPutKeyLazy(t *testing.T) {
+	defer func(d time.Duration) { lazySyncDelay = d }(lazySyncDelay)
+	lazySyncDelay = time.Hour
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := open(t, path)
+	reg := prometheus.NewRegistry()
+	if err := s.RegisterMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	syncs := func() uint64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "wgkex_wal_fsync_seconds" {
+				return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+			}
+		}
+		return 0
+	}
+	t0 := time.Unix(1_700_000_000, 0)
+	lazy := []string{"lazy1", "lazy2", "lazy3"}
+	for _, k := range lazy {
+		if err := s.PutKeyLazy(broker.KeyRecord{Key: k, Domain: "d", FirstSeen: t0, LastSeen: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := syncs(); n != 0 {
+		t.Errorf("%d fdatasyncs after three lazy keys, want 0", n)
+	}
+	if got, err := s.Key("d", "lazy2"); err != nil || got.Key != "lazy2" {
+		t.Errorf("Key(lazy2) = %+v, %v", got, err)
+	}
+	// Written, not only held in memory: a crash of the process would leave them in the segment.
+	s.mu.RLock()
+	name := segmentName(path+".wal", s.wal.seg)
+	s.mu.RUnlock()
+	seg, err := readSegment(name, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seg.recs) != len(lazy) {
+		t.Errorf("the segment holds %d records, want %d", len(seg.recs), len(lazy))
+	}
+	put(t, s, "d", "synced", t0)
+	if n := syncs(); n != 1 {
+		t.Errorf("%d fdatasyncs after a PutKey, want 1", n)
+	}
+
+	// Without a PutKey, a lazy key is synced lazySyncDelay after it was written, once.
+	lazySyncDelay = time.Millisecond
+	if err := s.PutKeyLazy(broker.KeyRecord{Key: "lazy4", Domain: "d", FirstSeen: t0, LastSeen: t0}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); syncs() != 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d fdatasyncs 10 s after a lazy key, want 2", syncs())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path)
+	if diff := cmp.Diff([]string{"lazy1", "lazy2", "lazy3", "lazy4", "synced"}, allKeys(t, s, "d", t0)); diff != "" {
+		t.Errorf("after reopen (-want +got):\n%s", diff)
+	}
+	s.Close() // before lazySyncDelay is set back
 }

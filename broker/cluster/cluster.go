@@ -72,7 +72,7 @@ type Syncer interface {
 
 // Store is the part of the state file the cluster reads and writes.
 type Store interface {
-	PutKey(broker.KeyRecord) error
+	PutKeyLazy(broker.KeyRecord) error
 	KeysPage(domain string, since time.Time, after broker.KeyCursor, limit int) ([]broker.KeyRecord, broker.KeyCursor, error)
 	// Revoked returns the keys of domain revoked at or after since, with the time of each revocation.
 	Revoked(domain string, since time.Time) (map[string]time.Time, error)
@@ -376,7 +376,7 @@ func (c *Cluster) record(r broker.KeyRecord, batch *sync.WaitGroup) {
 		if batch != nil {
 			defer batch.Done()
 		}
-		if err := c.st.PutKey(r); err != nil {
+		if err := c.st.PutKeyLazy(r); err != nil {
 			c.log.Error("record key of another broker", "domain", r.Domain, "err", err)
 			return
 		}

@@ -443,11 +443,11 @@ type gated struct {
 	gate chan struct{}
 }
 
-func (g *gated) PutKey(r broker.KeyRecord) error {
+func (g *gated) PutKeyLazy(r broker.KeyRecord) error {
 	if r.Key == g.key {
 		<-g.gate
 	}
-	return g.Store.PutKey(r)
+	return g.Store.PutKeyLazy(r)
 }
 
 // TestCatchupWhileKeysArrive: a catch-up ends once its own keys are recorded, even while the write of a key
