@@ -141,6 +141,7 @@ type Cluster struct {
 	progress     chan struct{} // a catch-up batch arrived
 	finished     atomic.Bool   // the last batch of the current catch-up arrived
 	recorded     atomic.Int64  // keys recorded from other brokers (live and catch-up)
+	others       atomic.Int32  // other brokers alive, as their last status said (set under mu)
 	connected    chan time.Time
 	down         atomic.Int64 // Unix nanoseconds of the last lost connection, 0 before any
 	up           atomic.Bool  // between Up and Down
@@ -195,10 +196,11 @@ func (c *Cluster) ID() string { return c.opts.ID }
 // the node gets its answer, even if this broker dies then.
 func (c *Cluster) KeyQoS() byte { return 1 }
 
-// Sync waits (at most two seconds) until the choices other brokers announced so far are counted.
+// Sync waits (at most two seconds) until the choices other brokers announced so far are counted. Alone on the
+// server there are none: it returns at once.
 func (c *Cluster) Sync(ctx context.Context) {
 	s, ok := c.pub.(Syncer)
-	if !ok {
+	if !ok || c.others.Load() == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -213,7 +215,15 @@ func (c *Cluster) Sync(ctx context.Context) {
 // spread drift. It returns at once; wait returns once the server has acknowledged the choice (or the publish
 // failed), so that the caller waits for it only before it answers the node, while it stores and publishes the key.
 // Choices announced while an announcement is under way go together in the next one, one a line.
+//
+// Alone on the server, a broker announces nothing: nobody would count it, and a broker that starts later learns
+// the peers from the workers' metrics, as it would learn those of choices announced before it subscribed. A
+// choice made in the instant before this broker sees a newcomer's status is not announced to it; the workers'
+// next metrics correct that.
 func (c *Cluster) Announce(worker, domain string) (wait func()) {
+	if c.others.Load() == 0 {
+		return func() {}
+	}
 	a := &c.announce
 	a.mu.Lock()
 	if a.done == nil {
@@ -456,6 +466,7 @@ func (c *Cluster) handleStatus(topic string, payload []byte) {
 		c.mu.Lock()
 		_, known := c.brokers[id]
 		delete(c.brokers, id)
+		c.countOthers()
 		c.mu.Unlock()
 		if known {
 			c.log.Info("broker forgotten", "broker", id)
@@ -478,6 +489,7 @@ func (c *Cluster) handleStatus(topic string, payload []byte) {
 	full := !known && len(c.brokers) >= maxBrokers && !c.evictGone()
 	if changed && !full {
 		c.brokers[id] = broker.BrokerState{ID: id, Alive: alive, Since: c.opts.Now()}
+		c.countOthers()
 	}
 	c.mu.Unlock()
 	switch {
@@ -486,6 +498,17 @@ func (c *Cluster) handleStatus(topic string, payload []byte) {
 	case changed:
 		c.log.Info("broker status changed", "broker", id, "alive", alive)
 	}
+}
+
+// countOthers sets others from brokers. c.mu is held.
+func (c *Cluster) countOthers() {
+	n := int32(0)
+	for _, s := range c.brokers {
+		if s.Alive {
+			n++
+		}
+	}
+	c.others.Store(n)
 }
 
 // evictGone forgets the broker that has been gone longest, to make room for another; false when every broker

@@ -30,12 +30,18 @@ const (
 	gwKey7 = "PcKkakZcTEx3LKh+G06Opb8/esg08aWK33A5/Ff1YXE="
 )
 
-// recorder is a Publisher that keeps what was published.
+// recorder is a Publisher that keeps what was published, and a Syncer that counts its rounds.
 type recorder struct {
 	mu  sync.Mutex
 	msg []string
 	// deliver, if set, gets every message after it is recorded.
 	deliver func(topic string, payload []byte)
+	syncs   atomic.Int32
+}
+
+func (r *recorder) Sync(context.Context) error {
+	r.syncs.Add(1)
+	return nil
 }
 
 func (r *recorder) Publish(topic string, payload []byte, retain bool, qos byte) error {
@@ -184,6 +190,7 @@ func TestPeerMessages(t *testing.T) {
 // 1: a choice sent at QoS 0 may be dropped by a server whose queue for a busy broker is full.
 func TestChoiceAnnounced(t *testing.T) {
 	e := newEnv(t, nil)
+	e.c.handleStatus(BrokerStatusTopic("broker-b"), []byte("1"))
 	e.worker("gw04.in.ffmuc.net", "ffmuc_welt", gwKey4, 0)
 	e.pub.take()
 	if _, err := e.b.ExchangeV2(broker.Request{PublicKey: key1, Domain: "ffmuc_welt"}); err != nil {
@@ -200,11 +207,48 @@ func TestChoiceAnnounced(t *testing.T) {
 	}
 }
 
+// TestAloneAnnouncesNothing: a broker alone on the server neither announces its choices nor waits for a sync
+// round (nobody would count them); once another broker is alive it does both, and after that one is gone it stops.
+func TestAloneAnnouncesNothing(t *testing.T) {
+	e := newEnv(t, nil)
+	e.worker("gw04.in.ffmuc.net", "ffmuc_welt", gwKey4, 0)
+	e.pub.take()
+	register := func(key string) {
+		t.Helper()
+		if _, err := e.b.ExchangeV2(broker.Request{PublicKey: key, Domain: "ffmuc_welt"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	announced := func() (n int) {
+		for _, m := range e.pub.take() {
+			if strings.HasPrefix(m, ChoiceTopic("broker-a")+" ") {
+				n++
+			}
+		}
+		return n
+	}
+	register(key1)
+	if n, s := announced(), e.pub.syncs.Load(); n != 0 || s != 0 {
+		t.Errorf("alone: %d announcements, %d sync rounds, want none", n, s)
+	}
+	e.c.handleStatus(BrokerStatusTopic("broker-b"), []byte("1"))
+	register(gwKey7)
+	if n, s := announced(), e.pub.syncs.Load(); n != 1 || s != 1 {
+		t.Errorf("with broker-b alive: %d announcements, %d sync rounds, want 1 and 1", n, s)
+	}
+	e.c.handleStatus(BrokerStatusTopic("broker-b"), []byte("0"))
+	register(key1)
+	if n, s := announced(), e.pub.syncs.Load(); n != 0 || s != 1 {
+		t.Errorf("after broker-b is gone: %d announcements, %d sync rounds in all, want 0 and 1", n, s)
+	}
+}
+
 // TestChoicesShareAnnouncement: while a choice's announcement is under way, other registrations store and publish
 // their keys, and their choices go together in the next announcement; no node gets its answer before its
 // choice is published.
 func TestChoicesShareAnnouncement(t *testing.T) {
 	e := newEnv(t, nil)
+	e.c.handleStatus(BrokerStatusTopic("broker-b"), []byte("1"))
 	e.worker("gw04.in.ffmuc.net", "ffmuc_welt", gwKey4, 0)
 	e.pub.take()
 	release, once := make(chan struct{}), sync.Once{}
