@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"runtime"
@@ -18,13 +19,13 @@ const (
 	maxYields = 4
 )
 
-// lazySyncDelay bounds how long records written by PutKeyLazy stay without an fdatasync when no PutKey comes.
+// lazySyncDelay bounds how long registrations held by PutKeyLazy wait to be written when no PutKey comes.
 var lazySyncDelay = time.Second
 
 type keyWrite struct {
 	r    broker.KeyRecord
 	err  chan error
-	lazy bool // PutKeyLazy: no fdatasync of its own
+	lazy bool // PutKeyLazy: held, written with the next group
 }
 
 // PutKey records a registration. It returns once the registration is on disk: appended to the write-ahead log
@@ -35,12 +36,12 @@ func (s *Store) PutKey(r broker.KeyRecord) error {
 }
 
 // PutKeyLazy records a registration that another broker already holds on disk (a key it registered and
-// published). It is appended to the write-ahead log like PutKey's, but returns without waiting for an fdatasync:
-// a group of such records alone is not synced. The next PutKey's fdatasync, a merge, or at the latest a sync
-// lazySyncDelay later makes it durable. A crash of the process loses nothing (the kernel holds what was written);
-// a power cut may lose the last second of them here, which the catch-up after the restart fetches again from
-// the other brokers. Under load, this spares most of the fdatasyncs of the keys other brokers send
-// (BENCHMARKS.md, issue 18).
+// published). Reads see it at once, but it is not written on its own: it goes into the write-ahead log with the
+// next group of PutKey's, which is synced anyway, or as a group of its own lazySyncDelay later, or into the
+// state file with the next merge, whichever comes first. A crash of the process or of the machine may lose the
+// last second of them here, which the catch-up after the restart fetches again from the other brokers. Every
+// group on disk is still written and synced as one, so the log's recovery rules hold (wal.go). Under load, this
+// spares most of the fdatasyncs of the keys other brokers send (BENCHMARKS.md, issue 18).
 func (s *Store) PutKeyLazy(r broker.KeyRecord) error {
 	w := keyWrite{r: r, err: make(chan error, 1), lazy: true}
 	return request(s, s.keys, w, w.err)
@@ -88,14 +89,24 @@ func (s *Store) keyWriter() {
 	recs := make([]broker.KeyRecord, 0, maxBatch)
 	merged := make(chan error, 1)
 	busy := false
-	lazy := time.NewTimer(time.Hour) // armed by the first lazy group
+	lazyRecs := make([]broker.KeyRecord, 0, maxBatch) // held by PutKeyLazy, not yet written
+	lazy := time.NewTimer(time.Hour)                  // armed while lazyRecs waits
 	lazy.Stop()
+	armed := false
+	disarm := func() { // nothing held any more
+		if armed {
+			lazy.Stop()
+			armed = false
+		}
+	}
 	for {
 		select {
 		case <-lazy.C:
-			s.syncLog()
+			armed = false
+			lazyRecs = s.writeLazy(lazyRecs)
 		case w, ok := <-s.keys:
 			if !ok {
+				s.writeLazy(lazyRecs)
 				s.finishErr = s.finish(busy, merged)
 				return
 			}
@@ -122,15 +133,35 @@ func (s *Store) keyWriter() {
 					break drain
 				}
 			}
-			sync := false
-			for _, w := range batch {
-				sync = sync || !w.lazy
+			if !anySync(batch) {
+				// Registrations of other brokers only: held, visible to reads at once, and written with the
+				// next group that has to be synced anyway, or lazySyncDelay from now.
+				lazyRecs = append(lazyRecs, recs...)
+				full := s.hold(recs)
+				for _, w := range batch {
+					w.err <- nil
+				}
+				if len(lazyRecs) >= maxBatch {
+					lazyRecs = s.writeLazy(lazyRecs)
+					disarm()
+				} else if !armed {
+					lazy.Reset(lazySyncDelay)
+					armed = true
+				}
+				if full && !busy {
+					busy = s.startMerge(merged)
+				}
+				continue
 			}
-			unsynced := s.wal.unsynced
-			errs := s.appendLog(recs, sync)
-			if !unsynced && s.wal.unsynced {
-				lazy.Reset(lazySyncDelay)
+			if len(lazyRecs)+len(recs) > maxBatch { // a group holds at most maxBatch (maxGroup)
+				lazyRecs = s.writeLazy(lazyRecs)
 			}
+			held := len(lazyRecs)
+			lazyRecs = append(lazyRecs, recs...)
+			errs := s.appendLog(lazyRecs)
+			s.lazyWritten(errs[:held])
+			lazyRecs, errs = lazyRecs[:0], errs[held:]
+			disarm()
 			s.mu.Lock()
 			for i, r := range recs {
 				if errs[i] == nil {
@@ -175,7 +206,7 @@ func (s *Store) keyWriter() {
 // is not written again: what the failure left in it may be garbage, and records after it would then follow
 // garbage. Its group failed (the callers get the error), its earlier records stay in it until they are merged,
 // and the log goes on in a new segment.
-func (s *Store) appendLog(recs []broker.KeyRecord, sync bool) []error {
+func (s *Store) appendLog(recs []broker.KeyRecord) []error {
 	if s.wal.broken {
 		next, err := openSegment(s.walBase, s.wal.seg+1)
 		if err != nil {
@@ -190,26 +221,56 @@ func (s *Store) appendLog(recs []broker.KeyRecord, sync bool) []error {
 		s.wal = next
 		s.mu.Unlock()
 	}
-	errs := s.wal.append(recs, sync)
-	if sync {
-		s.observeFsync(s.wal.lastSync)
-	}
+	errs := s.wal.append(recs)
+	s.observeFsync(s.wal.lastSync)
 	if s.wal.broken {
 		s.logf("write-ahead log segment %s failed, continuing in a new one: %v", segmentName(s.walBase, s.wal.seg), errs[len(errs)-1])
 	}
 	return errs
 }
 
-// syncLog makes the records PutKeyLazy appended to the current segment durable, if no fdatasync has since.
-func (s *Store) syncLog() {
-	if !s.wal.unsynced || s.wal.broken {
-		return
+// anySync reports whether a group holds a registration that must be on disk before its answer (PutKey's).
+func anySync(batch []keyWrite) bool {
+	for _, w := range batch {
+		if !w.lazy {
+			return true
+		}
 	}
-	err := s.wal.sync()
-	s.observeFsync(s.wal.lastSync)
-	if err != nil {
-		s.logf("write-ahead log segment %s failed, continuing in a new one (registrations of other brokers since the last sync may be lost on a power cut; the next start catches up on them): %v",
-			segmentName(s.walBase, s.wal.seg), err)
+	return false
+}
+
+// hold adds registrations to the records waiting for the merge and reports whether enough wait to start one.
+func (s *Store) hold(recs []broker.KeyRecord) (full bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range recs {
+		s.pending.add(r)
+		s.pendingN++
+	}
+	return s.pendingN >= mergeThreshold
+}
+
+// writeLazy writes the registrations PutKeyLazy held as one group, with its fdatasync, and returns the emptied
+// slice. They are in the records waiting for the merge already: a failure loses none of them unless the process
+// ends before the merge.
+func (s *Store) writeLazy(recs []broker.KeyRecord) []broker.KeyRecord {
+	if len(recs) == 0 {
+		return recs
+	}
+	s.lazyWritten(s.appendLog(recs))
+	return recs[:0]
+}
+
+// lazyWritten logs the registrations held by PutKeyLazy that could not be written.
+func (s *Store) lazyWritten(errs []error) {
+	n, first := 0, error(nil)
+	for _, err := range errs {
+		if err != nil {
+			n, first = n+1, cmp.Or(first, err)
+		}
+	}
+	if n > 0 {
+		s.logf("%d registrations of other brokers not written to the write-ahead log (they are merged into the state file with the others): %v", n, first)
 	}
 }
 

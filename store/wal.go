@@ -101,8 +101,6 @@ type wal struct {
 	off, size int64 // next write offset; allocated size (0: the file system cannot preallocate)
 	buf       []byte
 	lastSync  time.Duration // of the last append's fdatasync
-	// unsynced is set while groups written without fdatasync (PutKeyLazy) wait for one.
-	unsynced bool
 	// broken is set after a failed write or fdatasync: the segment is not written again.
 	broken bool
 }
@@ -298,9 +296,9 @@ func openSegment(base string, n int) (*wal, error) {
 	return w, nil
 }
 
-// append writes the records as one group with one write and, if sync, one fdatasync. After a failure the segment
-// is broken and must not be written again.
-func (w *wal) append(recs []broker.KeyRecord, sync bool) []error {
+// append writes the records as one group with one write and one fdatasync. After a failure the segment is
+// broken and must not be written again.
+func (w *wal) append(recs []broker.KeyRecord) []error {
 	w.buf = append(w.buf[:0], make([]byte, 8)...)
 	errs := make([]error, len(recs))
 	for i, r := range recs {
@@ -328,14 +326,9 @@ func (w *wal) append(recs []broker.KeyRecord, sync bool) []error {
 		start := w.off
 		if _, err = w.f.WriteAt(w.buf, w.off); err == nil {
 			w.off += int64(len(w.buf))
-			if sync {
-				t0 := time.Now()
-				err = fdatasync(w.f)
-				w.lastSync = time.Since(t0)
-				w.unsynced = err != nil
-			} else {
-				w.unsynced = true
-			}
+			t0 := time.Now()
+			err = fdatasync(w.f)
+			w.lastSync = time.Since(t0)
 		}
 		if err != nil {
 			// The group failed (its callers are told): cut it off, so that the segment ends with its last good
@@ -358,26 +351,7 @@ func (w *wal) append(recs []broker.KeyRecord, sync bool) []error {
 	return errs
 }
 
-// sync makes every group written so far durable. After a failure the segment is broken.
-func (w *wal) sync() error {
-	t0 := time.Now()
-	err := fdatasync(w.f)
-	w.lastSync = time.Since(t0)
-	if err != nil {
-		w.broken = true
-		return fmt.Errorf("write-ahead log: %w", err)
-	}
-	w.unsynced = false
-	return nil
-}
-
-// close closes the segment, after an fdatasync if groups wait for one: a segment left behind is durable.
-func (w *wal) close() error {
-	if w.unsynced && !w.broken {
-		w.sync()
-	}
-	return w.f.Close()
-}
+func (w *wal) close() error { return w.f.Close() }
 
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -142,7 +143,7 @@ func TestPreallocatedSegment(t *testing.T) {
 			want = append(want, k)
 			recs = append(recs, broker.KeyRecord{Key: k, Domain: "d", FirstSeen: time.Unix(1, 0), LastSeen: time.Unix(2, 0)})
 		}
-		for _, err := range w.append(recs, true) {
+		for _, err := range w.append(recs) {
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -410,8 +411,8 @@ func FuzzParseSegment(f *testing.F) {
 	})
 }
 
-// TestPutKeyLazy: a key another broker holds is written to the log at once but not synced on its own: it waits
-// for the next PutKey's fdatasync or, without one, for a sync lazySyncDelay later; Close leaves it merged.
+// TestPutKeyLazy: a key another broker holds is visible at once but written only with the next PutKey's group
+// (one write, one fdatasync for both), or on its own lazySyncDelay later, or once maxBatch wait; Close loses none.
 func TestPutKeyLazy(t *testing.T) {
 	defer func(d time.Duration) { lazySyncDelay = d }(lazySyncDelay)
 	lazySyncDelay = time.Hour
@@ -434,52 +435,93 @@ func TestPutKeyLazy(t *testing.T) {
 		}
 		return 0
 	}
+	// onDisk returns the groups and records of the current segment.
+	onDisk := func() (groups, records int) {
+		t.Helper()
+		s.mu.RLock()
+		name := segmentName(path+".wal", s.wal.seg)
+		s.mu.RUnlock()
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for b = b[len(segmentMagic):]; ; {
+			recs, n, ok := readGroup(b)
+			if !ok {
+				return groups, records
+			}
+			groups, records, b = groups+1, records+len(recs), b[n:]
+		}
+	}
 	t0 := time.Unix(1_700_000_000, 0)
-	lazy := []string{"lazy1", "lazy2", "lazy3"}
-	for _, k := range lazy {
+	lazy := func(k string) {
+		t.Helper()
 		if err := s.PutKeyLazy(broker.KeyRecord{Key: k, Domain: "d", FirstSeen: t0, LastSeen: t0}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	for _, k := range []string{"lazy1", "lazy2", "lazy3"} {
+		lazy(k)
+	}
 	if n := syncs(); n != 0 {
 		t.Errorf("%d fdatasyncs after three lazy keys, want 0", n)
 	}
+	if g, r := onDisk(); g != 0 || r != 0 {
+		t.Errorf("%d groups, %d records on disk after three lazy keys, want none yet", g, r)
+	}
 	if got, err := s.Key("d", "lazy2"); err != nil || got.Key != "lazy2" {
 		t.Errorf("Key(lazy2) = %+v, %v", got, err)
-	}
-	// Written, not only held in memory: a crash of the process would leave them in the segment.
-	s.mu.RLock()
-	name := segmentName(path+".wal", s.wal.seg)
-	s.mu.RUnlock()
-	seg, err := readSegment(name, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(seg.recs) != len(lazy) {
-		t.Errorf("the segment holds %d records, want %d", len(seg.recs), len(lazy))
 	}
 	put(t, s, "d", "synced", t0)
 	if n := syncs(); n != 1 {
 		t.Errorf("%d fdatasyncs after a PutKey, want 1", n)
 	}
+	if g, r := onDisk(); g != 1 || r != 4 {
+		t.Errorf("%d groups, %d records on disk after a PutKey, want the three lazy keys in its group: 1, 4", g, r)
+	}
 
-	// Without a PutKey, a lazy key is synced lazySyncDelay after it was written, once.
+	// Without a PutKey, held keys are written lazySyncDelay after the first of them, as one group.
 	lazySyncDelay = time.Millisecond
-	if err := s.PutKeyLazy(broker.KeyRecord{Key: "lazy4", Domain: "d", FirstSeen: t0, LastSeen: t0}); err != nil {
-		t.Fatal(err)
+	lazy("lazy4")
+	lazy("lazy5")
+	testenv.Eventually(t, 10*time.Second, func() bool { return syncs() == 2 }, "lazy keys not written 10 s after")
+	if g, r := onDisk(); g != 2 || r != 6 {
+		t.Errorf("%d groups, %d records on disk, want 2, 6", g, r)
 	}
-	for deadline := time.Now().Add(10 * time.Second); syncs() != 2; {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d fdatasyncs 10 s after a lazy key, want 2", syncs())
-		}
-		time.Sleep(time.Millisecond)
+
+	// maxBatch held keys are written at once, whatever the delay.
+	lazySyncDelay = time.Hour
+	for i := range maxBatch {
+		lazy(fmt.Sprintf("many%05d", i))
 	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return syncs() == 3 }, "maxBatch lazy keys not written at once")
+	lazy("lazy6") // held at Close
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 	s = open(t, path)
-	if diff := cmp.Diff([]string{"lazy1", "lazy2", "lazy3", "lazy4", "synced"}, allKeys(t, s, "d", t0)); diff != "" {
-		t.Errorf("after reopen (-want +got):\n%s", diff)
+	got := allKeys(t, s, "d", t0)
+	if len(got) != 7+maxBatch || !slices.Contains(got, "lazy6") || !slices.Contains(got, "many04095") {
+		t.Errorf("after reopen: %d keys, want %d with lazy6 and many04095", len(got), 7+maxBatch)
 	}
 	s.Close() // before lazySyncDelay is set back
+}
+
+// TestAnySync: a group is synced when any of its registrations is PutKey's, wherever it is in the group.
+func TestAnySync(t *testing.T) {
+	l, p := keyWrite{lazy: true}, keyWrite{}
+	for _, tt := range []struct {
+		batch []keyWrite
+		want  bool
+	}{
+		{[]keyWrite{l}, false},
+		{[]keyWrite{l, l, l}, false},
+		{[]keyWrite{p}, true},
+		{[]keyWrite{l, l, p}, true},
+		{[]keyWrite{p, l}, true},
+	} {
+		if got := anySync(tt.batch); got != tt.want {
+			t.Errorf("anySync(%v) = %v, want %v", tt.batch, got, tt.want)
+		}
+	}
 }
