@@ -43,6 +43,9 @@ func (s *Store) PutKey(r broker.KeyRecord) error {
 // group on disk is still written and synced as one, so the log's recovery rules hold (wal.go). Under load, this
 // spares most of the fdatasyncs of the keys other brokers send (BENCHMARKS.md, issue 18).
 func (s *Store) PutKeyLazy(r broker.KeyRecord) error {
+	if err := checkRecord(r); err != nil { // refused now: it is written later, with no one to tell
+		return err
+	}
 	w := keyWrite{r: r, err: make(chan error, 1), lazy: true}
 	return request(s, s.keys, w, w.err)
 }
@@ -136,7 +139,7 @@ func (s *Store) keyWriter() {
 			if !anySync(batch) {
 				// Registrations of other brokers only: held, visible to reads at once, and written with the
 				// next group that has to be synced anyway, or lazySyncDelay from now.
-				lazyRecs = append(lazyRecs, recs...)
+				lazyRecs = append(s.makeRoom(lazyRecs, len(recs)), recs...)
 				full := s.hold(recs)
 				for _, w := range batch {
 					w.err <- nil
@@ -153,9 +156,7 @@ func (s *Store) keyWriter() {
 				}
 				continue
 			}
-			if len(lazyRecs)+len(recs) > maxBatch { // a group holds at most maxBatch (maxGroup)
-				lazyRecs = s.writeLazy(lazyRecs)
-			}
+			lazyRecs = s.makeRoom(lazyRecs, len(recs))
 			held := len(lazyRecs)
 			lazyRecs = append(lazyRecs, recs...)
 			errs := s.appendLog(lazyRecs)
@@ -259,6 +260,15 @@ func (s *Store) writeLazy(recs []broker.KeyRecord) []broker.KeyRecord {
 	}
 	s.lazyWritten(s.appendLog(recs))
 	return recs[:0]
+}
+
+// makeRoom writes the held registrations first if n more would not fit in one group with them: a group holds at
+// most maxBatch (readGroup refuses more than maxGroup bytes).
+func (s *Store) makeRoom(held []broker.KeyRecord, n int) []broker.KeyRecord {
+	if len(held)+n > maxBatch {
+		return s.writeLazy(held)
+	}
+	return held
 }
 
 // lazyWritten logs the registrations held by PutKeyLazy that could not be written.

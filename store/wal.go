@@ -38,9 +38,17 @@ const maxField = 255
 // maxPayload is the longest payload of a record: two times and three fields with their lengths.
 const maxPayload = 16 + 3*(1+maxField)
 
-func appendRecord(buf []byte, r broker.KeyRecord) ([]byte, error) {
+// checkRecord refuses a registration that a record cannot hold.
+func checkRecord(r broker.KeyRecord) error {
 	if len(r.Domain) > maxField || len(r.Key) > maxField || len(r.Gateway) > maxField {
-		return buf, fmt.Errorf("record field longer than %d bytes", maxField)
+		return fmt.Errorf("record field longer than %d bytes", maxField)
+	}
+	return nil
+}
+
+func appendRecord(buf []byte, r broker.KeyRecord) ([]byte, error) {
+	if err := checkRecord(r); err != nil {
+		return buf, err
 	}
 	start := len(buf)
 	buf = append(buf, make([]byte, 8)...)
@@ -299,6 +307,7 @@ func openSegment(base string, n int) (*wal, error) {
 // append writes the records as one group with one write and one fdatasync. After a failure the segment is
 // broken and must not be written again.
 func (w *wal) append(recs []broker.KeyRecord) []error {
+	w.lastSync = 0 // until this append's fdatasync, if it makes one
 	w.buf = append(w.buf[:0], make([]byte, 8)...)
 	errs := make([]error, len(recs))
 	for i, r := range recs {
