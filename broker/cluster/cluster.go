@@ -31,7 +31,7 @@ import (
 )
 
 const (
-	// maxRecording bounds the keys of other brokers being written at once; the store commits them together.
+	// maxRecording bounds the keys of other brokers being handed to the store at once.
 	maxRecording = 64
 	// catchupBatch is the number of keys per catch-up message.
 	catchupBatch = 1000
@@ -369,9 +369,10 @@ func (c *Cluster) begin(wg *sync.WaitGroup) bool {
 	return true
 }
 
-// record stores a key another broker registered, concurrently with others so that the store commits them
-// together; it blocks while maxRecording writes are pending. A catch-up batch passes its own WaitGroup to learn
-// when its keys are written; live keys pass nil.
+// record stores a key another broker registered (Store.PutKeyLazy: held and written with the next group),
+// concurrently with others, so that the MQTT handler does not wait while the store's key writer is in an
+// fdatasync; it blocks while maxRecording are pending. A catch-up batch passes its own WaitGroup to learn when
+// its keys are recorded (readable); live keys pass nil.
 func (c *Cluster) record(r broker.KeyRecord, batch *sync.WaitGroup) {
 	if !c.begin(&c.recording) {
 		return // stopping: the next start catches up

@@ -22,18 +22,7 @@ import (
 func TestHTTPSListener(t *testing.T) {
 	testenv.RequireRoot(t) // port 443
 	dir, host, certFile, keyFile, ca := httpsHost(t)
-	cfg, err := config.Parse([]byte(fmt.Sprintf(`
-domains: [ffmuc_welt]
-domain_prefixes: [ffmuc_]
-broker_listen: {host: %q, port: 0, tls_port: 443, cert_file: %q, key_file: %q}
-broker:
-  state_file: %s
-  mqtt_listeners: [{address: "127.0.0.1:0"}]
-`, host, certFile, keyFile, filepath.Join(dir, "state.db"))), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := startDaemon(t, cfg)
+	d := startDaemon(t, httpsConfig(t, dir, host, certFile, keyFile, ""))
 	if got, want := d.HTTPSAddr(), host+":443"; got != want {
 		t.Fatalf("HTTPSAddr = %q, want %q", got, want)
 	}
@@ -62,18 +51,7 @@ func TestStartFailureClosesHTTPS(t *testing.T) {
 	if err := os.WriteFile(adminPath, []byte("not a socket"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Parse([]byte(fmt.Sprintf(`
-domains: [ffmuc_welt]
-domain_prefixes: [ffmuc_]
-broker_listen: {host: %q, port: 0, tls_port: 443, cert_file: %q, key_file: %q}
-broker:
-  state_file: %s
-  admin_socket: %s
-  mqtt_listeners: [{address: "127.0.0.1:0"}]
-`, host, certFile, keyFile, filepath.Join(dir, "state.db"), adminPath)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := httpsConfig(t, dir, host, certFile, keyFile, "admin_socket: "+adminPath)
 	if d, err := Start(cfg, testenv.Logger(t)); err == nil {
 		d.Shutdown(context.Background())
 		t.Fatal("Start succeeded with a regular file at the administration socket's path")
@@ -82,6 +60,25 @@ broker:
 		c.Close()
 		t.Error("HTTPS listener still accepts connections after Start failed")
 	}
+}
+
+// httpsConfig is the configuration of a broker serving HTTPS on host:443 with the files from httpsHost; extra is
+// one more line of its broker section.
+func httpsConfig(t *testing.T, dir, host, certFile, keyFile, extra string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`
+domains: [ffmuc_welt]
+domain_prefixes: [ffmuc_]
+broker_listen: {host: %q, port: 0, tls_port: 443, cert_file: %q, key_file: %q}
+broker:
+  state_file: %s
+  mqtt_listeners: [{address: "127.0.0.1:0"}]
+  %s
+`, host, certFile, keyFile, filepath.Join(dir, "state.db"), extra)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
 
 // httpsHost picks a loopback address of the test's own (127.x.y.z: port 443 is fixed) and writes a certificate
