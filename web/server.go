@@ -179,6 +179,8 @@ func (s *Server) request(c echo.Context) (broker.Request, error) {
 		// A malformed chunk, a body cut short or too slow: the client's fault, like net/http's own 400s.
 		return broker.Request{}, echo.ErrBadRequest.WithInternal(fmt.Errorf("read body: %w", err))
 	}
+	// Read to its end, so the body can be closed: net/http then skips its discarding read after the handler.
+	_ = c.Request().Body.Close()
 	body := buf.Bytes()
 	if len(body) >= len(utf8BOM) && string(body[:len(utf8BOM)]) == utf8BOM {
 		body = body[len(utf8BOM):]
